@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command of the README: builds millrace and runs every test
+# (unit, integration, sql/ scripts, crash tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/millrace/target}"
+cargo test --all-targets "$@"

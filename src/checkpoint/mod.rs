@@ -1,0 +1,187 @@
+//! The checkpoint directory: what makes a streaming query restartable exactly-once.
+//!
+//! ```text
+//! <checkpoint>/
+//!   metadata            query id and the identity of its sources and sink
+//!   offsets/<N>         what batch N reads (every source's end offset) + its watermark;
+//!                       written and fsynced BEFORE batch N runs
+//!   commits/<N>         batch N's output is committed in the sink; written AFTER the sink commit
+//!   sources/<name>/     each source's own durable state (file list per batch, socket WAL, ...)
+//!   progress.jsonl      one StreamingQueryProgress JSON object per batch
+//! ```
+//!
+//! Recovery rule (as in Spark): if the newest `offsets/N` has no `commits/N`, batch N
+//! is run again with exactly the offsets recorded for it; sinks make that re-run
+//! idempotent by batch id.
+
+mod batch_log;
+
+pub use batch_log::BatchLog;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Writes `bytes` to `path` atomically: a reader (or a restart after `kill -9`) sees
+/// either the old content or the whole new content, never a torn file.
+///
+/// Write a hidden temporary beside the target, fsync it, rename it over the target,
+/// then fsync the directory so the rename itself is durable.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = File::create(&tmp).map_err(Error::io(&tmp))?;
+    file.write_all(bytes).map_err(Error::io(&tmp))?;
+    file.sync_all().map_err(Error::io(&tmp))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(Error::io(path))?;
+    sync_dir(dir)
+}
+
+/// Fsyncs a directory so that renames and creations inside it survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let handle = File::open(dir).map_err(Error::io(dir))?;
+    handle.sync_all().map_err(Error::io(dir))
+}
+
+/// Creates `dir` and its parents, with an error that names it.
+pub fn create_dir_all(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(Error::io(dir))
+}
+
+/// The `metadata` file: which query owns this checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueryMetadata {
+    /// Stable query id: survives restarts, names the query's output files.
+    pub id: String,
+    /// Identity of each source (`name -> "FORMAT location"`), to refuse a checkpoint
+    /// that was made by a query reading something else.
+    pub sources: BTreeMap<String, String>,
+}
+
+/// The `offsets/<N>` entry: everything needed to run batch N again identically.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OffsetEntry {
+    /// The batch these offsets belong to.
+    pub batch_id: u64,
+    /// Wall-clock time the batch was planned (ms since epoch); a replay reuses it.
+    pub batch_timestamp_ms: i64,
+    /// The event-time watermark in force for this batch (ms since epoch), if any.
+    pub batch_watermark_ms: Option<i64>,
+    /// Per-source event-time maximum seen before this batch, so the watermark carries over a restart.
+    #[serde(default)]
+    pub source_max_event_time_ms: BTreeMap<String, i64>,
+    /// End offset of every source for this batch (its start is the previous entry's end).
+    pub sources: BTreeMap<String, serde_json::Value>,
+}
+
+/// The `commits/<N>` entry: batch N is done.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitEntry {
+    /// The committed batch.
+    pub batch_id: u64,
+    /// Rows the sink received for this batch.
+    pub num_output_rows: u64,
+    /// Largest event time per watermarked source after this batch, so the next
+    /// batch's watermark survives a restart.
+    #[serde(default)]
+    pub source_max_event_time_ms: BTreeMap<String, i64>,
+}
+
+/// A query's checkpoint directory, opened for one run of the query.
+#[derive(Debug)]
+pub struct Checkpoint {
+    root: PathBuf,
+    /// The write-before-run log of what each batch reads.
+    pub offsets: BatchLog<OffsetEntry>,
+    /// The log of batches whose sink output is committed.
+    pub commits: BatchLog<CommitEntry>,
+    metadata: QueryMetadata,
+}
+
+impl Checkpoint {
+    /// Opens (or creates) the checkpoint at `root` for a query reading `sources`.
+    ///
+    /// A new checkpoint gets a fresh query id. An existing one must have been made by a
+    /// query over the same sources; otherwise it is refused, since replaying its
+    /// offsets against other sources would silently lose or duplicate data.
+    pub fn open(root: &Path, sources: BTreeMap<String, String>) -> Result<Self> {
+        create_dir_all(root)?;
+        let meta_path = root.join("metadata");
+        let metadata = if meta_path.exists() {
+            let text = fs::read_to_string(&meta_path).map_err(Error::io(&meta_path))?;
+            let found: QueryMetadata = serde_json::from_str(&text).map_err(|e| {
+                Error::Checkpoint(format!(
+                    "{} is damaged ({e}); restore it or start the query with a new checkpoint directory",
+                    meta_path.display()
+                ))
+            })?;
+            if found.sources != sources {
+                return Err(Error::Checkpoint(format!(
+                    "checkpoint {} was made by a query reading {:?}, but this query reads {:?}; \
+                     use a new checkpoint directory for a changed query",
+                    root.display(),
+                    found.sources,
+                    sources
+                )));
+            }
+            found
+        } else {
+            let fresh = QueryMetadata {
+                id: uuid::Uuid::new_v4().to_string(),
+                sources,
+            };
+            write_atomic(&meta_path, &serde_json::to_vec_pretty(&fresh)?)?;
+            fresh
+        };
+        Ok(Checkpoint {
+            offsets: BatchLog::open(root.join("offsets"))?,
+            commits: BatchLog::open(root.join("commits"))?,
+            root: root.to_path_buf(),
+            metadata,
+        })
+    }
+
+    /// The stable query id stored in `metadata`.
+    pub fn query_id(&self) -> &str {
+        &self.metadata.id
+    }
+
+    /// The checkpoint's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory a source keeps its own durable state in.
+    pub fn source_dir(&self, source_name: &str) -> PathBuf {
+        self.root.join("sources").join(source_name)
+    }
+
+    /// Appends one progress report as a JSON line to `progress.jsonl`.
+    pub fn append_progress(&self, json: &str) -> Result<()> {
+        let path = self.root.join("progress.jsonl");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(Error::io(&path))?;
+        writeln!(file, "{json}").map_err(Error::io(&path))
+    }
+
+    /// Drops offset and commit entries older than the newest `keep` batches.
+    pub fn purge(&self, keep: u64) -> Result<()> {
+        self.offsets.purge(keep)?;
+        self.commits.purge(keep)
+    }
+}

@@ -1,0 +1,625 @@
+//! A running streaming query: the micro-batch loop on its own thread, and the
+//! [`StreamingQuery`] handle to watch and stop it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, TimeZone, Utc};
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::compute::{cast, max};
+use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMillisecondType};
+use datafusion::execution::SessionState;
+use datafusion::physical_plan::collect;
+use serde_json::Value;
+use tokio::runtime::Handle;
+
+use super::progress::{DurationMs, EventTime, QueryProgress, SinkProgress, SourceProgress};
+use super::{Trigger, crash_point};
+use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry};
+use crate::error::{Error, Result};
+use crate::planning::{BatchTable, StreamingPlan};
+use crate::sink::console::ConsoleSink;
+use crate::sink::file::FileSink;
+use crate::sink::memory::MemorySink;
+use crate::sink::{OutputMode, Sink, SinkSpec};
+use crate::source::{StreamDef, StreamSource};
+
+/// How long a query with the default trigger waits before looking for new data again.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Progress reports kept in memory per query.
+const RECENT_PROGRESS: usize = 100;
+
+/// Everything needed to start a streaming query.
+pub struct QueryConfig {
+    /// The query's name (the sink's name).
+    pub name: String,
+    /// The planned query.
+    pub plan: StreamingPlan,
+    /// Where results go.
+    pub sink: SinkSpec,
+    /// Which rows the sink receives.
+    pub output_mode: OutputMode,
+    /// When batches run.
+    pub trigger: Trigger,
+    /// The checkpoint directory; `None` uses a temporary one (console and memory sinks only).
+    pub checkpoint: Option<PathBuf>,
+    /// The DataFusion session state the plan runs in.
+    pub state: SessionState,
+    /// Print each progress report to standard error.
+    pub print_progress: bool,
+    /// The session table a memory sink fills.
+    pub memory_table: Option<Arc<BatchTable>>,
+    /// Offset and commit log entries kept in the checkpoint.
+    pub retain_batches: u64,
+}
+
+/// A handle on a running (or ended) streaming query, cheap to clone.
+#[derive(Clone)]
+pub struct StreamingQuery {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    name: String,
+    id: String,
+    run_id: String,
+    state: Mutex<RunState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct RunState {
+    stop_requested: bool,
+    outcome: Option<Result<(), String>>,
+    progress: VecDeque<QueryProgress>,
+}
+
+impl StreamingQuery {
+    /// Opens the checkpoint, sources and sink, recovers from the checkpoint, and starts
+    /// the micro-batch loop on its own thread. Errors in any of that are returned here,
+    /// before anything runs.
+    pub fn start(config: QueryConfig, runtime: Handle) -> Result<StreamingQuery> {
+        let (root, temporary) = match &config.checkpoint {
+            Some(path) => (path.clone(), false),
+            None => (
+                std::env::temp_dir().join(format!(
+                    "millrace-{}-{}",
+                    config.name,
+                    uuid::Uuid::new_v4()
+                )),
+                true,
+            ),
+        };
+        let identities = config
+            .plan
+            .inputs
+            .iter()
+            .map(|(name, (def, _))| (name.clone(), def.identity()))
+            .collect();
+        let checkpoint = Checkpoint::open(&root, identities)?;
+        let mut sources = Vec::new();
+        for (name, (def, table)) in &config.plan.inputs {
+            let source = def.open(&checkpoint.source_dir(name))?;
+            sources.push(OpenSource {
+                name: name.clone(),
+                def: def.clone(),
+                source,
+                table: table.clone(),
+            });
+        }
+        let sink: Box<dyn Sink> = match &config.sink {
+            SinkSpec::Console { num_rows } => Box::new(ConsoleSink::stdout(*num_rows)),
+            SinkSpec::Memory => Box::new(MemorySink::new(
+                config
+                    .memory_table
+                    .clone()
+                    .expect("a memory sink comes with its table"),
+            )),
+            SinkSpec::Files { format, path } => {
+                Box::new(FileSink::open(*format, path, checkpoint.query_id())?)
+            }
+        };
+        let shared = Arc::new(Shared {
+            name: config.name.clone(),
+            id: checkpoint.query_id().to_string(),
+            run_id: uuid::Uuid::new_v4().to_string(),
+            state: Mutex::new(RunState::default()),
+            changed: Condvar::new(),
+        });
+        let mut runner = Runner {
+            shared: shared.clone(),
+            plan: config.plan,
+            trigger: config.trigger,
+            state: config.state,
+            print_progress: config.print_progress,
+            retain_batches: config.retain_batches.max(2),
+            checkpoint,
+            sources,
+            sink,
+            next_batch: 0,
+            committed: BTreeMap::new(),
+            pending: None,
+            max_event_ms: BTreeMap::new(),
+            last_trigger_start: None,
+        };
+        runner.recover()?;
+        if runner.trigger == Trigger::AvailableNow {
+            for open in &mut runner.sources {
+                open.source.prepare_for_available_now()?;
+            }
+        }
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("stream-{}", config.name))
+            .spawn(move || {
+                let outcome = runtime.block_on(runner.run());
+                if temporary {
+                    let _ = std::fs::remove_dir_all(&root);
+                }
+                let mut state = thread_shared.lock();
+                state.outcome = Some(outcome.map_err(|e| e.to_string()));
+                thread_shared.changed.notify_all();
+            })
+            .map_err(|e| Error::Network(format!("cannot start the query thread: {e}")))?;
+        Ok(StreamingQuery { shared })
+    }
+
+    /// The query's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The stable query id stored in the checkpoint.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// The id of this run.
+    pub fn run_id(&self) -> &str {
+        &self.shared.run_id
+    }
+
+    /// Asks the query to stop after the batch in progress has committed.
+    pub fn stop(&self) {
+        self.shared.lock().stop_requested = true;
+        self.shared.changed.notify_all();
+    }
+
+    /// Whether the loop is still running.
+    pub fn is_active(&self) -> bool {
+        self.shared.lock().outcome.is_none()
+    }
+
+    /// Blocks until the query ends; `Err` carries the failure that ended it.
+    pub fn await_termination(&self) -> Result<()> {
+        let mut state = self.shared.lock();
+        while state.outcome.is_none() {
+            state = self
+                .shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        Self::outcome(&self.shared.name, &state)
+    }
+
+    /// Like [`await_termination`](Self::await_termination), giving up after `timeout`
+    /// (`None`: still running).
+    pub fn await_termination_timeout(&self, timeout: Duration) -> Option<Result<()>> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        while state.outcome.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Some(Self::outcome(&self.shared.name, &state))
+    }
+
+    fn outcome(name: &str, state: &RunState) -> Result<()> {
+        match &state.outcome {
+            Some(Err(message)) => Err(Error::Stopped(format!(
+                "streaming query '{name}' failed: {message}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The most recent progress reports (up to 100), oldest first.
+    pub fn recent_progress(&self) -> Vec<QueryProgress> {
+        self.shared.lock().progress.iter().cloned().collect()
+    }
+
+    /// The newest progress report.
+    pub fn last_progress(&self) -> Option<QueryProgress> {
+        self.shared.lock().progress.back().cloned()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, RunState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.lock().stop_requested
+    }
+
+    /// Sleeps up to `duration`; returns early (true) if a stop is requested.
+    fn sleep_unless_stopped(&self, duration: Duration) -> bool {
+        let deadline = Instant::now() + duration;
+        let mut state = self.lock();
+        while !state.stop_requested {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+struct OpenSource {
+    name: String,
+    def: Arc<StreamDef>,
+    source: Box<dyn StreamSource>,
+    table: Arc<BatchTable>,
+}
+
+/// The micro-batch loop's state, owned by the query thread.
+struct Runner {
+    shared: Arc<Shared>,
+    plan: StreamingPlan,
+    trigger: Trigger,
+    state: SessionState,
+    print_progress: bool,
+    retain_batches: u64,
+    checkpoint: Checkpoint,
+    sources: Vec<OpenSource>,
+    sink: Box<dyn Sink>,
+    /// The id the next new batch gets.
+    next_batch: u64,
+    /// End offsets of the last committed batch, per source.
+    committed: BTreeMap<String, Value>,
+    /// A batch found in the offset log without a commit: run it again first.
+    pending: Option<OffsetEntry>,
+    /// Largest event time seen per watermarked source (ms since epoch).
+    max_event_ms: BTreeMap<String, i64>,
+    last_trigger_start: Option<Instant>,
+}
+
+/// What one batch did, for its progress report.
+struct BatchOutcome {
+    entry: OffsetEntry,
+    start: BTreeMap<String, Value>,
+    rows_per_source: BTreeMap<String, u64>,
+    malformed_per_source: BTreeMap<String, u64>,
+    output_rows: u64,
+    durations: DurationMs,
+}
+
+impl Runner {
+    /// Reads the checkpoint's logs: where to resume, and which batch (if any) to re-run.
+    fn recover(&mut self) -> Result<()> {
+        let Some((last, entry)) = self.checkpoint.offsets.latest()? else {
+            return Ok(());
+        };
+        let previous = match last.checked_sub(1) {
+            Some(id) => self.checkpoint.offsets.get(id)?.map(|e| e.sources),
+            None => None,
+        };
+        if let Some(commit) = self.checkpoint.commits.get(last)? {
+            self.committed = entry.sources;
+            self.max_event_ms = commit.source_max_event_time_ms;
+            self.next_batch = last + 1;
+        } else {
+            if last > 0 && previous.is_none() {
+                return Err(Error::Checkpoint(format!(
+                    "offsets/{} is missing from {}: the checkpoint is damaged",
+                    last - 1,
+                    self.checkpoint.root().display()
+                )));
+            }
+            self.committed = previous.unwrap_or_default();
+            self.max_event_ms = entry.source_max_event_time_ms.clone();
+            self.next_batch = last;
+            self.pending = Some(entry);
+        }
+        Ok(())
+    }
+
+    async fn run(mut self) -> Result<()> {
+        loop {
+            if self.shared.stop_requested() {
+                return Ok(());
+            }
+            if let Trigger::ProcessingTime(interval) = self.trigger
+                && let Some(last) = self.last_trigger_start
+            {
+                let wait = (last + interval).saturating_duration_since(Instant::now());
+                if self.shared.sleep_unless_stopped(wait) {
+                    return Ok(());
+                }
+            }
+            let trigger_start = Instant::now();
+            let replay = self.pending.is_some();
+            match self.run_batch(trigger_start).await? {
+                Some(outcome) => {
+                    self.report(outcome, trigger_start)?;
+                    self.last_trigger_start = Some(trigger_start);
+                    if self.trigger == Trigger::Once && !replay {
+                        return Ok(());
+                    }
+                }
+                None if self.trigger.is_finite() => return Ok(()),
+                None => {
+                    self.last_trigger_start = Some(trigger_start);
+                    let idle = match self.trigger {
+                        Trigger::ProcessingTime(interval) if !interval.is_zero() => Duration::ZERO,
+                        _ => IDLE_POLL,
+                    };
+                    if self.shared.sleep_unless_stopped(idle) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The watermark for a batch planned now: min over watermarked sources of
+    /// (max event time - delay); none until every watermarked source has seen data.
+    fn watermark_ms(&self) -> Option<i64> {
+        let mut watermark: Option<i64> = None;
+        for open in &self.sources {
+            if let Some(spec) = &open.def.watermark {
+                let max = *self.max_event_ms.get(&open.name)?;
+                let value = max - spec.delay.as_millis() as i64;
+                watermark = Some(watermark.map_or(value, |w| w.min(value)));
+            }
+        }
+        watermark
+    }
+
+    /// Runs one batch (a replay first, if recovery found one). `None`: no new data.
+    async fn run_batch(&mut self, trigger_start: Instant) -> Result<Option<BatchOutcome>> {
+        let mut durations = DurationMs::default();
+        let entry = match self.pending.take() {
+            Some(entry) => entry,
+            None => {
+                let started = Instant::now();
+                let mut ends = BTreeMap::new();
+                let mut new_data = false;
+                for open in &mut self.sources {
+                    let start = self.committed.get(&open.name);
+                    if let Some(end) = open.source.latest_offset(start)? {
+                        new_data |= Some(&end) != start;
+                        ends.insert(open.name.clone(), end);
+                    }
+                }
+                durations.latest_offset = elapsed_ms(started);
+                if !new_data {
+                    return Ok(None);
+                }
+                let entry = OffsetEntry {
+                    batch_id: self.next_batch,
+                    batch_timestamp_ms: Utc::now().timestamp_millis(),
+                    batch_watermark_ms: self.watermark_ms(),
+                    source_max_event_time_ms: self.max_event_ms.clone(),
+                    sources: ends,
+                };
+                let started = Instant::now();
+                self.checkpoint.offsets.add(entry.batch_id, &entry)?;
+                durations.wal_commit = elapsed_ms(started);
+                entry
+            }
+        };
+        crash_point("after-offsets");
+
+        // Read every source's rows for the batch.
+        let started = Instant::now();
+        let mut rows_per_source = BTreeMap::new();
+        let mut malformed_per_source = BTreeMap::new();
+        for open in &mut self.sources {
+            let start = self.committed.get(&open.name);
+            let batch = match entry.sources.get(&open.name) {
+                Some(end) if Some(end) != start => open.source.get_batch(start, end)?,
+                _ => Default::default(),
+            };
+            rows_per_source.insert(open.name.clone(), batch.num_rows());
+            malformed_per_source.insert(open.name.clone(), batch.malformed_dropped);
+            if let Some(spec) = &open.def.watermark
+                && let Some(max) = max_event_time(&batch.batches, &spec.column)?
+            {
+                let seen = self.max_event_ms.entry(open.name.clone()).or_insert(max);
+                *seen = (*seen).max(max);
+            }
+            open.table.replace(batch.batches);
+        }
+        durations.get_batch = elapsed_ms(started);
+
+        // Plan and run the batch in DataFusion. The batch timestamp from the offset log
+        // is the query start time, so now() gives the same answer on a replay.
+        let started = Instant::now();
+        let mut state = self.state.clone();
+        state.execution_props_mut().query_execution_start_time =
+            Utc.timestamp_millis_opt(entry.batch_timestamp_ms).single();
+        let physical = state.create_physical_plan(&self.plan.plan).await?;
+        durations.query_planning = elapsed_ms(started);
+        let started = Instant::now();
+        let results: Vec<RecordBatch> = collect(physical, state.task_ctx()).await?;
+        let output_rows = results.iter().map(|b| b.num_rows() as u64).sum();
+        self.sink
+            .add_batch(entry.batch_id, &self.plan.schema, &results)?;
+        durations.add_batch = elapsed_ms(started);
+        for open in &self.sources {
+            open.table.replace(Vec::new());
+        }
+        crash_point("after-sink");
+
+        let started = Instant::now();
+        self.checkpoint.commits.add(
+            entry.batch_id,
+            &CommitEntry {
+                batch_id: entry.batch_id,
+                num_output_rows: output_rows,
+                source_max_event_time_ms: self.max_event_ms.clone(),
+            },
+        )?;
+        durations.commit_offsets = elapsed_ms(started);
+        crash_point("after-commit");
+        for open in &mut self.sources {
+            if let Some(end) = entry.sources.get(&open.name) {
+                open.source.commit(end)?;
+            }
+        }
+        let start = std::mem::replace(&mut self.committed, entry.sources.clone());
+        self.next_batch = entry.batch_id + 1;
+        self.checkpoint.purge(self.retain_batches)?;
+        durations.trigger_execution = elapsed_ms(trigger_start);
+        Ok(Some(BatchOutcome {
+            entry,
+            start,
+            rows_per_source,
+            malformed_per_source,
+            output_rows,
+            durations,
+        }))
+    }
+
+    fn report(&mut self, outcome: BatchOutcome, trigger_start: Instant) -> Result<()> {
+        let since_last = self
+            .last_trigger_start
+            .map(|t| trigger_start.duration_since(t).as_secs_f64())
+            .unwrap_or(0.0);
+        let processing = outcome.durations.trigger_execution as f64 / 1000.0;
+        let rate = |rows: u64, seconds: f64| {
+            if seconds > 0.0 {
+                rows as f64 / seconds
+            } else {
+                0.0
+            }
+        };
+        let sources = self
+            .sources
+            .iter()
+            .map(|open| {
+                let rows = outcome
+                    .rows_per_source
+                    .get(&open.name)
+                    .copied()
+                    .unwrap_or(0);
+                let mut metrics = BTreeMap::new();
+                metrics.insert(
+                    "numMalformedRowsDropped".to_string(),
+                    outcome
+                        .malformed_per_source
+                        .get(&open.name)
+                        .copied()
+                        .unwrap_or(0)
+                        .to_string(),
+                );
+                let end = outcome
+                    .entry
+                    .sources
+                    .get(&open.name)
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                SourceProgress {
+                    description: open.source.describe(),
+                    start_offset: outcome
+                        .start
+                        .get(&open.name)
+                        .cloned()
+                        .unwrap_or(Value::Null),
+                    latest_offset: end.clone(),
+                    end_offset: end,
+                    num_input_rows: rows,
+                    input_rows_per_second: rate(rows, since_last),
+                    processed_rows_per_second: rate(rows, processing),
+                    metrics,
+                }
+            })
+            .collect();
+        let num_input_rows = outcome.rows_per_source.values().sum();
+        let progress = QueryProgress {
+            id: self.shared.id.clone(),
+            run_id: self.shared.run_id.clone(),
+            name: self.shared.name.clone(),
+            timestamp: iso_ms(outcome.entry.batch_timestamp_ms),
+            batch_id: outcome.entry.batch_id,
+            num_input_rows,
+            input_rows_per_second: rate(num_input_rows, since_last),
+            processed_rows_per_second: rate(num_input_rows, processing),
+            duration_ms: outcome.durations,
+            event_time: EventTime {
+                watermark: outcome.entry.batch_watermark_ms.map(iso_ms),
+                max: None,
+            },
+            state_operators: Vec::new(),
+            sources,
+            sink: SinkProgress {
+                description: self.sink.describe(),
+                num_output_rows: outcome.output_rows,
+            },
+        };
+        let json = serde_json::to_string(&progress)?;
+        self.checkpoint.append_progress(&json)?;
+        if self.print_progress {
+            eprintln!("{json}");
+        }
+        let mut state = self.shared.lock();
+        state.progress.push_back(progress);
+        while state.progress.len() > RECENT_PROGRESS {
+            state.progress.pop_front();
+        }
+        self.shared.changed.notify_all();
+        Ok(())
+    }
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
+fn iso_ms(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// Largest value of a timestamp column over some batches, in ms since epoch.
+fn max_event_time(batches: &[RecordBatch], column: &str) -> Result<Option<i64>> {
+    let mut result: Option<i64> = None;
+    for batch in batches {
+        let Some(array) = batch.column_by_name(column) else {
+            continue;
+        };
+        let millis = cast(
+            array.as_ref(),
+            &DataType::Timestamp(TimeUnit::Millisecond, None),
+        )?;
+        let millis = millis
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::PrimitiveArray<TimestampMillisecondType>>()
+            .expect("cast to timestamp(ms)");
+        if let Some(m) = max(millis) {
+            result = Some(result.map_or(m, |r| r.max(m)));
+        }
+    }
+    Ok(result)
+}

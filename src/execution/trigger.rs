@@ -1,0 +1,42 @@
+//! When batches run (Spark's triggers).
+
+use std::time::Duration;
+
+use crate::duration::parse_duration;
+use crate::error::Result;
+
+/// When a streaming query runs its next batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A batch at most every `interval`; `Duration::ZERO` (the default) runs the next
+    /// batch as soon as the last one ended and new data exists.
+    ProcessingTime(Duration),
+    /// One batch, then stop.
+    Once,
+    /// Everything available when the query starts, in as many batches as the
+    /// per-trigger limits need, then stop.
+    AvailableNow,
+}
+
+impl Default for Trigger {
+    fn default() -> Self {
+        Trigger::ProcessingTime(Duration::ZERO)
+    }
+}
+
+impl Trigger {
+    /// Reads the `trigger` option: `available_now`, `once`, or an interval (`'2 seconds'`).
+    pub fn parse(value: &str) -> Result<Self> {
+        match value.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "available_now" | "availablenow" => Ok(Trigger::AvailableNow),
+            "once" => Ok(Trigger::Once),
+            "" | "default" | "continuous_batches" => Ok(Trigger::default()),
+            other => Ok(Trigger::ProcessingTime(parse_duration(other)?)),
+        }
+    }
+
+    /// Whether the query ends by itself once the data at hand is processed.
+    pub fn is_finite(self) -> bool {
+        matches!(self, Trigger::Once | Trigger::AvailableNow)
+    }
+}

@@ -1,0 +1,31 @@
+//! # millrace
+//!
+//! A streaming SQL engine on Apache Arrow and DataFusion, in the style of Spark
+//! Structured Streaming: unbounded tables, incremental micro-batch queries, sinks with
+//! exactly-once delivery, and a checkpoint that survives `kill -9` at any instant.
+//!
+//! The modules follow the data's path (see `docs/ARCHITECTURE.md`):
+//!
+//! - [`source`]: unbounded tables (files, rate, socket) read by offsets;
+//! - [`planning`]: SQL over unbounded tables → a DataFusion plan run per batch;
+//! - [`execution`]: the micro-batch loop, triggers, progress;
+//! - [`sink`]: console, memory and file sinks;
+//! - [`checkpoint`]: offset log, commit log, source state — beside them all;
+//! - front ends on top: [`sql`] (scripts), [`session`], [`repl`].
+
+pub mod bench;
+pub mod checkpoint;
+pub mod demo;
+pub mod duration;
+pub mod error;
+pub mod execution;
+pub mod planning;
+pub mod repl;
+pub mod session;
+pub mod sink;
+pub mod source;
+pub mod sql;
+
+pub use error::{Error, Result};
+pub use execution::{QueryProgress, StreamingQuery, Trigger};
+pub use session::{Session, SessionSettings, StatementResult};

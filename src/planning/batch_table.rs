@@ -1,0 +1,81 @@
+//! A table whose rows are swapped from outside: the bridge between the micro-batch
+//! loop and DataFusion.
+//!
+//! A streaming query's logical plan is built once; its scans of unbounded tables read
+//! [`BatchTable`]s. Before each batch the engine puts that batch's source rows in the
+//! table, then DataFusion runs the plan over them. The memory sink uses the same type
+//! for the session table it fills.
+
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+
+/// In-memory rows of a fixed schema, replaced or extended between scans.
+#[derive(Debug)]
+pub struct BatchTable {
+    schema: SchemaRef,
+    batches: RwLock<Vec<RecordBatch>>,
+}
+
+impl BatchTable {
+    /// An empty table of `schema`.
+    pub fn new(schema: SchemaRef) -> Arc<Self> {
+        Arc::new(BatchTable {
+            schema,
+            batches: RwLock::new(Vec::new()),
+        })
+    }
+
+    /// Replaces the rows (the next micro-batch's input).
+    pub fn replace(&self, batches: Vec<RecordBatch>) {
+        *self.batches.write().unwrap_or_else(|p| p.into_inner()) = batches;
+    }
+
+    /// Adds rows after the existing ones.
+    pub fn append(&self, batches: impl IntoIterator<Item = RecordBatch>) {
+        self.batches
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(batches);
+    }
+
+    /// A snapshot of the current rows.
+    pub fn batches(&self) -> Vec<RecordBatch> {
+        self.batches
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+#[async_trait]
+impl TableProvider for BatchTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        Ok(MemorySourceConfig::try_new_exec(
+            &[self.batches()],
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+}

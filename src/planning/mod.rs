@@ -1,0 +1,170 @@
+//! Planning: from a `SELECT` over unbounded tables to a plan the micro-batch loop can
+//! run again and again.
+//!
+//! The session registers every unbounded table as a [`StreamTable`], a placeholder
+//! that DataFusion can plan against but not scan. When a streaming query starts,
+//! DataFusion turns its SQL into a logical plan once; [`plan_streaming_query`] then
+//! swaps each `StreamTable` scan for a scan of a fresh [`BatchTable`] owned by this
+//! query, and [`check_supported`] refuses the shapes a stateless micro-batch engine
+//! cannot run correctly, with Spark's reasons.
+
+mod batch_table;
+mod unsupported;
+
+pub use batch_table::BatchTable;
+pub use unsupported::check_supported;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::{TableType, provider_as_source, source_as_provider};
+use datafusion::logical_expr::{Expr, LogicalPlan, TableScan, TableScanBuilder};
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::error::{Error, Result};
+use crate::source::StreamDef;
+
+/// The session's entry for an unbounded table: plannable, not scannable on its own.
+#[derive(Debug)]
+pub struct StreamTable {
+    /// The table's declaration.
+    pub def: Arc<StreamDef>,
+}
+
+#[async_trait]
+impl TableProvider for StreamTable {
+    fn schema(&self) -> SchemaRef {
+        self.def.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        Err(Error::Unsupported(format!(
+            "'{}' is an unbounded table: read it with a streaming query \
+             (CREATE SINK ... AS SELECT ...), or with a bare SELECT in a script",
+            self.def.name
+        ))
+        .into())
+    }
+}
+
+/// Returns the stream declaration behind a table scan, if it scans an unbounded table.
+pub fn scanned_stream(scan: &TableScan) -> Option<Arc<StreamDef>> {
+    let provider = source_as_provider(&scan.source).ok()?;
+    provider
+        .downcast_ref::<StreamTable>()
+        .map(|t| t.def.clone())
+}
+
+/// Whether a plan reads any unbounded table.
+pub fn reads_stream(plan: &LogicalPlan) -> bool {
+    plan.exists(|node| {
+        Ok(match node {
+            LogicalPlan::TableScan(scan) => scanned_stream(scan).is_some() || is_batch_scan(scan),
+            _ => false,
+        })
+    })
+    .unwrap_or(false)
+}
+
+fn is_batch_scan(scan: &TableScan) -> bool {
+    source_as_provider(&scan.source)
+        .map(|p| p.downcast_ref::<BatchTable>().is_some())
+        .unwrap_or(false)
+}
+
+/// A streaming query's plan, ready for the micro-batch loop.
+#[derive(Debug, Clone)]
+pub struct StreamingPlan {
+    /// The logical plan, with unbounded tables replaced by this query's batch tables.
+    pub plan: LogicalPlan,
+    /// Each unbounded table the query reads, with the batch table that feeds it.
+    pub inputs: BTreeMap<String, (Arc<StreamDef>, Arc<BatchTable>)>,
+    /// The result schema.
+    pub schema: SchemaRef,
+}
+
+/// Turns the logical plan of a query over unbounded tables into a [`StreamingPlan`].
+/// Fails if the plan reads no unbounded table, or has a shape that is not supported.
+pub fn plan_streaming_query(plan: LogicalPlan) -> Result<StreamingPlan> {
+    let mut inputs: BTreeMap<String, (Arc<StreamDef>, Arc<BatchTable>)> = BTreeMap::new();
+    let rewritten = plan
+        .transform_up(|node| {
+            let LogicalPlan::TableScan(scan) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            let Some(def) = scanned_stream(scan) else {
+                return Ok(Transformed::no(node));
+            };
+            let table = inputs
+                .entry(def.name.clone())
+                .or_insert_with(|| (def.clone(), BatchTable::new(def.schema.clone())))
+                .1
+                .clone();
+            let replaced =
+                TableScanBuilder::new(scan.table_name.clone(), provider_as_source(table))
+                    .with_projection(scan.projection.clone())
+                    .with_filters(scan.filters.clone())
+                    .with_fetch(scan.fetch)
+                    .build()?;
+            Ok(Transformed::yes(LogicalPlan::TableScan(replaced)))
+        })?
+        .data;
+    if inputs.is_empty() {
+        return Err(Error::Sql(
+            "a streaming query must read at least one unbounded table \
+             (declared with CREATE UNBOUNDED EXTERNAL TABLE)"
+                .to_string(),
+        ));
+    }
+    check_supported(&rewritten)?;
+    let schema = Arc::new(rewritten.schema().as_arrow().clone());
+    Ok(StreamingPlan {
+        plan: rewritten,
+        inputs,
+        schema,
+    })
+}
+
+/// Visits every node of `plan`, including those inside subqueries.
+pub(crate) fn visit_all(
+    plan: &LogicalPlan,
+    f: &mut dyn FnMut(&LogicalPlan, bool) -> Result<()>,
+) -> Result<()> {
+    fn walk(
+        plan: &LogicalPlan,
+        in_subquery: bool,
+        f: &mut dyn FnMut(&LogicalPlan, bool) -> Result<()>,
+    ) -> Result<()> {
+        f(plan, in_subquery)?;
+        let mut error = None;
+        plan.apply_subqueries(|sub| {
+            if let Err(e) = walk(sub, true, f) {
+                error = Some(e);
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Jump)
+        })?;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        for input in plan.inputs() {
+            walk(input, in_subquery, f)?;
+        }
+        Ok(())
+    }
+    walk(plan, false, f)
+}

@@ -1,0 +1,91 @@
+//! The unsupported-operation checker (Spark's `UnsupportedOperationChecker`): refuses,
+//! before a streaming query starts, the plan shapes it cannot run correctly, with a
+//! message that says why and what to do instead.
+//!
+//! Only nodes that read a stream are checked: an aggregation over a static table inside
+//! a stream-static join is fine.
+
+use datafusion::logical_expr::{JoinType, LogicalPlan};
+
+use super::{reads_stream, visit_all};
+use crate::error::{Error, Result};
+
+fn unsupported(what: &str) -> Error {
+    Error::Unsupported(what.to_string())
+}
+
+/// Checks a streaming plan (after unbounded tables were swapped for batch tables).
+pub fn check_supported(plan: &LogicalPlan) -> Result<()> {
+    visit_all(plan, &mut |node, in_subquery| {
+        if !reads_stream(node) {
+            return Ok(());
+        }
+        if in_subquery {
+            return Err(unsupported(
+                "an unbounded table cannot be read inside a subquery; \
+                 join it instead (the stream on the left, static tables on the right)",
+            ));
+        }
+        match node {
+            LogicalPlan::Aggregate(_) => Err(unsupported(
+                "aggregation (GROUP BY, aggregate functions, count(DISTINCT ...)) over an \
+                 unbounded table is not supported yet; it arrives with stateful streaming",
+            )),
+            LogicalPlan::Distinct(_) => Err(unsupported(
+                "DISTINCT over an unbounded table is not supported yet (it needs state); \
+                 it arrives with stateful streaming",
+            )),
+            LogicalPlan::Window(_) => Err(unsupported(
+                "window functions (OVER ...) are not supported on unbounded tables; \
+                 event-time windows (window(ts, '10 seconds')) arrive with stateful streaming",
+            )),
+            LogicalPlan::Sort(_) => Err(unsupported(
+                "ORDER BY over an unbounded table is not supported: a stream has no end to \
+                 sort to (sort the sink's output when you read it)",
+            )),
+            LogicalPlan::Limit(_) => Err(unsupported(
+                "LIMIT over an unbounded table is not supported yet (it needs state across batches)",
+            )),
+            LogicalPlan::RecursiveQuery(_) => Err(unsupported(
+                "recursive queries over an unbounded table are not supported",
+            )),
+            LogicalPlan::Join(join) => {
+                let (left, right) = (reads_stream(&join.left), reads_stream(&join.right));
+                if left && right {
+                    return Err(unsupported(
+                        "joins between two unbounded tables (stream-stream joins) are not \
+                         supported yet; join a stream with static tables",
+                    ));
+                }
+                if right {
+                    return Err(unsupported(
+                        "in a stream-static join the unbounded table must be on the left: \
+                         write `stream JOIN static` or `stream LEFT JOIN static`",
+                    ));
+                }
+                match join.join_type {
+                    JoinType::Inner
+                    | JoinType::Left
+                    | JoinType::LeftSemi
+                    | JoinType::LeftAnti
+                    | JoinType::LeftMark => Ok(()),
+                    other => Err(Error::Unsupported(format!(
+                        "a {other} join with the unbounded table on the left needs state that \
+                         is not kept yet; use an inner or left outer join"
+                    ))),
+                }
+            }
+            LogicalPlan::Union(union) => {
+                if union.inputs.iter().all(|i| reads_stream(i)) {
+                    Ok(())
+                } else {
+                    Err(unsupported(
+                        "UNION of an unbounded table with a static table is not supported \
+                         (the static rows would repeat in every batch)",
+                    ))
+                }
+            }
+            _ => Ok(()),
+        }
+    })
+}

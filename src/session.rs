@@ -1,0 +1,275 @@
+//! A millrace session: one DataFusion `SessionContext` holding static tables, the
+//! declarations of unbounded tables, memory-sink tables, and the streaming queries
+//! started from it. Every front end (scripts, REPL, Rust API) drives a `Session`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::execution::SessionState;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use sqlparser::ast::Statement as SQLStatement;
+use tokio::runtime::Handle;
+
+use crate::error::{Error, Result};
+use crate::execution::{QueryConfig, StreamingQuery, Trigger};
+use crate::planning::{BatchTable, StreamTable, plan_streaming_query, reads_stream};
+use crate::sink::{OutputMode, SinkSpec};
+use crate::sql::ddl::{self, StatementKind};
+use crate::sql::split::split_statements;
+use crate::sql::{declare_stream, sink_options};
+
+/// What running one statement produced.
+#[derive(Clone)]
+pub enum StatementResult {
+    /// Rows of an ordinary (bounded) query.
+    Rows(Vec<RecordBatch>),
+    /// A table (static or unbounded) was declared.
+    Declared(String),
+    /// A streaming query was started.
+    QueryStarted(StreamingQuery),
+    /// DataFusion ran a statement with no rows to show.
+    Done,
+}
+
+/// Settings that apply to every query started from the session.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Print each progress report as a JSON line on standard error.
+    pub print_progress: bool,
+    /// Offset and commit log entries kept per checkpoint.
+    pub retain_batches: u64,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            print_progress: false,
+            retain_batches: 100,
+        }
+    }
+}
+
+/// A session: declare tables, run statements, start and watch streaming queries.
+pub struct Session {
+    ctx: SessionContext,
+    runtime: Handle,
+    settings: SessionSettings,
+    queries: Mutex<Vec<StreamingQuery>>,
+    bare_selects: Mutex<u64>,
+}
+
+impl Session {
+    /// A session whose queries run on `runtime` (DataFusion executes there).
+    pub fn new(runtime: Handle, settings: SessionSettings) -> Self {
+        let config = SessionConfig::new().with_information_schema(true);
+        Session {
+            ctx: SessionContext::new_with_config(config),
+            runtime,
+            settings,
+            queries: Mutex::new(Vec::new()),
+            bare_selects: Mutex::new(0),
+        }
+    }
+
+    /// The DataFusion context, for registering UDFs or tables from Rust.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    fn state(&self) -> SessionState {
+        self.ctx.state()
+    }
+
+    /// Runs every statement of a script in order; stops at the first error.
+    pub async fn execute_script(&self, script: &str) -> Result<Vec<StatementResult>> {
+        let mut results = Vec::new();
+        for statement in split_statements(script) {
+            results.push(self.execute(&statement).await?);
+        }
+        Ok(results)
+    }
+
+    /// Runs one statement.
+    pub async fn execute(&self, sql: &str) -> Result<StatementResult> {
+        match ddl::classify(sql) {
+            StatementKind::CreateStream => {
+                let parsed = ddl::parse_create_stream(sql)?;
+                let (if_not_exists, or_replace) = (parsed.if_not_exists, parsed.or_replace);
+                let def = declare_stream(&self.state(), parsed).await?;
+                let name = def.name.clone();
+                if or_replace {
+                    self.ctx.deregister_table(name.as_str())?;
+                }
+                if self.ctx.table_exist(name.as_str())? {
+                    if if_not_exists {
+                        return Ok(StatementResult::Declared(name));
+                    }
+                    return Err(Error::Sql(format!(
+                        "table '{name}' already exists; DROP TABLE {name} first, or use IF NOT EXISTS"
+                    )));
+                }
+                self.ctx
+                    .register_table(name.as_str(), Arc::new(StreamTable { def: Arc::new(def) }))?;
+                Ok(StatementResult::Declared(name))
+            }
+            StatementKind::CreateSink => {
+                ddl::check_no_window_functions(sql)?;
+                let parsed = ddl::parse_create_sink(sql)?;
+                let options = sink_options(&parsed)?;
+                let plan = self
+                    .state()
+                    .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                        SQLStatement::Query(parsed.query.clone()),
+                    )))
+                    .await?;
+                let query = self.start_query(
+                    &parsed.name,
+                    plan,
+                    options.spec,
+                    options.output_mode,
+                    options.trigger,
+                    options.checkpoint,
+                )?;
+                Ok(StatementResult::QueryStarted(query))
+            }
+            StatementKind::Other => {
+                let plan = self.state().create_logical_plan(sql).await?;
+                if reads_stream(&plan) {
+                    // A bare SELECT over a stream runs like a console sink.
+                    ddl::check_no_window_functions(sql)?;
+                    let name = {
+                        let mut n = self.bare_selects.lock().unwrap_or_else(|p| p.into_inner());
+                        *n += 1;
+                        format!("select_{n}")
+                    };
+                    let query = self.start_query(
+                        &name,
+                        plan,
+                        SinkSpec::Console { num_rows: 20 },
+                        OutputMode::Append,
+                        Trigger::default(),
+                        None,
+                    )?;
+                    return Ok(StatementResult::QueryStarted(query));
+                }
+                let frame = self.ctx.execute_logical_plan(plan).await?;
+                let batches = frame.collect().await?;
+                if batches.is_empty() {
+                    Ok(StatementResult::Done)
+                } else {
+                    Ok(StatementResult::Rows(batches))
+                }
+            }
+        }
+    }
+
+    /// Starts a streaming query from a logical plan over unbounded tables.
+    pub fn start_query(
+        &self,
+        name: &str,
+        plan: datafusion::logical_expr::LogicalPlan,
+        sink: SinkSpec,
+        output_mode: OutputMode,
+        trigger: Trigger,
+        checkpoint: Option<std::path::PathBuf>,
+    ) -> Result<StreamingQuery> {
+        if self
+            .queries()
+            .iter()
+            .any(|q| q.name() == name && q.is_active())
+        {
+            return Err(Error::Sql(format!(
+                "a streaming query named '{name}' is already running; stop it or choose another name"
+            )));
+        }
+        let plan = plan_streaming_query(plan)?;
+        if output_mode == OutputMode::Complete {
+            return Err(Error::Unsupported(
+                "output_mode 'complete' needs a streaming aggregation (the whole result table is \
+                 re-emitted each batch); this query has none: use 'append'"
+                    .to_string(),
+            ));
+        }
+        let memory_table = match sink {
+            SinkSpec::Memory => {
+                let table = BatchTable::new(plan.schema.clone());
+                self.ctx.deregister_table(name)?;
+                self.ctx.register_table(name, table.clone())?;
+                Some(table)
+            }
+            _ => None,
+        };
+        let config = QueryConfig {
+            name: name.to_string(),
+            plan,
+            sink,
+            output_mode,
+            trigger,
+            checkpoint,
+            state: self.state(),
+            print_progress: self.settings.print_progress,
+            memory_table,
+            retain_batches: self.settings.retain_batches,
+        };
+        let query = StreamingQuery::start(config, self.runtime.clone())?;
+        self.queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(query.clone());
+        Ok(query)
+    }
+
+    /// Every query started from this session, running or ended.
+    pub fn queries(&self) -> Vec<StreamingQuery> {
+        self.queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Asks every running query to stop after its current batch.
+    pub fn stop_all(&self) {
+        for query in self.queries() {
+            query.stop();
+        }
+    }
+
+    /// Blocks until every query has ended; returns the first failure, if any.
+    pub fn await_all(&self) -> Result<()> {
+        let mut first_error = None;
+        for query in self.queries() {
+            if let Err(e) = query.await_termination() {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Blocks until every query has ended or `timeout` passed; `false` on timeout.
+    pub fn await_all_timeout(&self, timeout: Duration) -> Result<bool> {
+        let deadline = std::time::Instant::now() + timeout;
+        for query in self.queries() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match query.await_termination_timeout(left) {
+                None => return Ok(false),
+                Some(outcome) => outcome?,
+            }
+        }
+        Ok(true)
+    }
+
+    /// Runs a bounded query (for example over a memory sink's table) and returns its rows.
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        match self.execute(sql).await? {
+            StatementResult::Rows(rows) => Ok(rows),
+            StatementResult::QueryStarted(q) => {
+                q.stop();
+                Err(Error::Sql(format!(
+                    "'{sql}' reads an unbounded table; use a memory sink to query a stream"
+                )))
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+}

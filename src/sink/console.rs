@@ -1,0 +1,77 @@
+//! The console sink: each batch as a pretty table under a `Batch: N` banner, as
+//! Spark's console sink prints it. Meant for development and the REPL.
+
+use std::io::Write;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+
+use super::Sink;
+use crate::error::{Error, Result};
+
+/// Prints batches to a writer (standard output by default).
+pub struct ConsoleSink {
+    num_rows: usize,
+    out: Box<dyn Write + Send>,
+}
+
+impl ConsoleSink {
+    /// A console sink on standard output showing up to `num_rows` rows per batch.
+    pub fn stdout(num_rows: usize) -> Self {
+        ConsoleSink {
+            num_rows,
+            out: Box::new(std::io::stdout()),
+        }
+    }
+}
+
+/// Formats one batch the way the console sink prints it.
+pub fn format_batch(
+    batch_id: u64,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    num_rows: usize,
+) -> Result<String> {
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut shown = Vec::new();
+    let mut left = num_rows;
+    for batch in batches {
+        if left == 0 {
+            break;
+        }
+        let take = batch.num_rows().min(left);
+        shown.push(batch.slice(0, take));
+        left -= take;
+    }
+    if shown.is_empty() {
+        shown.push(RecordBatch::new_empty(schema.clone()));
+    }
+    let table = pretty_format_batches(&shown)?;
+    let mut text = format!(
+        "-------------------------------------------\nBatch: {batch_id}\n-------------------------------------------\n{table}\n"
+    );
+    if total > num_rows {
+        text.push_str(&format!("only showing top {num_rows} rows\n"));
+    }
+    Ok(text)
+}
+
+impl Sink for ConsoleSink {
+    fn add_batch(
+        &mut self,
+        batch_id: u64,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+    ) -> Result<()> {
+        let text = format_batch(batch_id, schema, batches, self.num_rows)?;
+        self.out
+            .write_all(text.as_bytes())
+            .and_then(|_| self.out.flush())
+            .map_err(|e| Error::Network(format!("cannot write to the console: {e}")))
+    }
+
+    fn describe(&self) -> String {
+        "ConsoleSink".to_string()
+    }
+}

@@ -1,0 +1,613 @@
+//! Decoding one file of a file source into Arrow, with Spark's malformed-record modes.
+//!
+//! - CSV: the `csv` crate splits records (with their line numbers and byte spans);
+//!   each column is then cast from text with Arrow's `cast` kernel in safe mode, so a
+//!   value that does not fit its column shows up as a null where the text was not null.
+//! - JSON lines: Arrow's JSON decoder reads the whole file in one pass; only when that
+//!   fails is the file decoded line by line to find, and handle, the bad lines.
+//! - TEXT: one `value` row per line. PARQUET: columns are matched by name and cast.
+//!
+//! A record is *malformed* when it has the wrong number of fields, a value that cannot
+//! be read as its column's type, a null in a `NOT NULL` column, or (JSON) is not an
+//! object. What happens then is the table's `mode`:
+//! `permissive` keeps the row with nulls for the bad fields and puts the raw line in a
+//! declared `_corrupt_record` column (a row that would need a null in a `NOT NULL`
+//! column cannot be kept, and is dropped and counted); `drop_malformed` drops and
+//! counts it; `fail_fast` stops the query with the file name and line number.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StringBuilder, new_null_array,
+};
+use datafusion::arrow::compute::{
+    CastOptions, cast_with_options, concat_batches, filter_record_batch,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::json::ReaderBuilder as JsonReaderBuilder;
+use datafusion::arrow::util::display::FormatOptions;
+use datafusion::parquet::arrow::ProjectionMask;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::error::{Error, Result};
+
+/// Name of the optional column that receives the raw text of malformed records.
+pub const CORRUPT_RECORD_COLUMN: &str = "_corrupt_record";
+
+/// What to do with a malformed record (Spark's `mode` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MalformedMode {
+    /// Keep the row: bad fields become null, the raw line goes to `_corrupt_record`.
+    Permissive,
+    /// Drop the row and count it in progress (`numMalformedRowsDropped`).
+    DropMalformed,
+    /// Stop the query with the file name and line number.
+    FailFast,
+}
+
+impl MalformedMode {
+    /// Reads the option value (`permissive`, `drop_malformed`, `fail_fast`; Spark's
+    /// upper-case spellings are accepted too).
+    pub fn parse(value: &str) -> Result<Self> {
+        match value.to_ascii_lowercase().replace('-', "_").as_str() {
+            "permissive" => Ok(MalformedMode::Permissive),
+            "drop_malformed" | "dropmalformed" => Ok(MalformedMode::DropMalformed),
+            "fail_fast" | "failfast" => Ok(MalformedMode::FailFast),
+            _ => Err(Error::Option(format!(
+                "unknown mode '{value}': use 'permissive', 'drop_malformed' or 'fail_fast'"
+            ))),
+        }
+    }
+}
+
+/// How the bytes of a file become rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Encoding {
+    /// Delimited text; `has_header` skips (and checks) a header line.
+    Csv { has_header: bool, delimiter: u8 },
+    /// One JSON object per line.
+    Json,
+    /// One `value` row per line.
+    Text,
+    /// Apache Parquet.
+    Parquet,
+}
+
+/// A file format with its malformed-record policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileFormat {
+    /// How bytes become rows.
+    pub encoding: Encoding,
+    /// What to do with malformed records.
+    pub mode: MalformedMode,
+}
+
+impl FileFormat {
+    /// The `STORED AS` name.
+    pub fn name(&self) -> &'static str {
+        match self.encoding {
+            Encoding::Csv { .. } => "CSV",
+            Encoding::Json => "JSON",
+            Encoding::Text => "TEXT",
+            Encoding::Parquet => "PARQUET",
+        }
+    }
+
+    /// Reads one whole file into a batch of `schema`, applying the malformed-record mode.
+    pub fn read_file(&self, path: &Path, schema: &SchemaRef) -> Result<Decoded> {
+        let shape = Shape::new(schema);
+        match &self.encoding {
+            Encoding::Parquet => read_parquet(path, &shape),
+            encoding => {
+                let bytes = std::fs::read(path).map_err(Error::io(path))?;
+                let rows = match encoding {
+                    Encoding::Csv {
+                        has_header,
+                        delimiter,
+                    } => read_csv(&bytes, path, *has_header, *delimiter, &shape)?,
+                    Encoding::Json => read_json(&bytes, &shape)?,
+                    _ => read_text(&bytes, &shape)?,
+                };
+                rows.resolve(path, self.mode, &shape)
+            }
+        }
+    }
+
+    /// Checks a file against the declared schema without reading its rows (CSV header,
+    /// Parquet columns), so a wrong declaration is refused when the table is created.
+    pub fn check_file(&self, path: &Path, schema: &SchemaRef) -> Result<()> {
+        let shape = Shape::new(schema);
+        match &self.encoding {
+            Encoding::Csv {
+                has_header: true,
+                delimiter,
+            } => {
+                let bytes = std::fs::read(path).map_err(Error::io(path))?;
+                let mut reader = csv_reader(&bytes, *delimiter);
+                let mut header = csv::ByteRecord::new();
+                if reader.read_byte_record(&mut header).unwrap_or(false) {
+                    check_header(&header, path, &shape)?;
+                }
+                Ok(())
+            }
+            Encoding::Parquet => parquet_projection(path, &shape).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One decoded file.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The kept rows, in the declared schema.
+    pub batch: RecordBatch,
+    /// Malformed rows that were dropped.
+    pub malformed_dropped: u64,
+}
+
+/// The declared schema split into data columns and the optional corrupt-record column.
+struct Shape {
+    schema: SchemaRef,
+    data: SchemaRef,
+    corrupt_index: Option<usize>,
+}
+
+impl Shape {
+    fn new(schema: &SchemaRef) -> Self {
+        let corrupt_index = schema.index_of(CORRUPT_RECORD_COLUMN).ok();
+        let data_fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() != CORRUPT_RECORD_COLUMN)
+            .map(|f| f.as_ref().clone())
+            .collect();
+        Shape {
+            schema: schema.clone(),
+            data: Arc::new(Schema::new(data_fields)),
+            corrupt_index,
+        }
+    }
+
+    /// Inserts the corrupt-record column (if declared) into a batch of data columns.
+    fn assemble(&self, data: RecordBatch, corrupt: Option<ArrayRef>) -> Result<RecordBatch> {
+        let mut columns = data.columns().to_vec();
+        if let Some(index) = self.corrupt_index {
+            let corrupt =
+                corrupt.unwrap_or_else(|| new_null_array(&DataType::Utf8, data.num_rows()));
+            columns.insert(index, corrupt);
+        }
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+}
+
+/// Rows decoded from text, before the malformed-record mode is applied.
+struct TextRows {
+    /// Data columns, with nulls where a value was missing or unreadable.
+    data: RecordBatch,
+    /// Per row: why it is malformed (if it is), with its line number and raw text.
+    problems: Vec<Option<Problem>>,
+    /// Rows that cannot be kept in any mode (null in a NOT NULL column).
+    unkeepable: Vec<bool>,
+}
+
+struct Problem {
+    line: u64,
+    reason: String,
+    raw: String,
+}
+
+impl TextRows {
+    fn resolve(self, path: &Path, mode: MalformedMode, shape: &Shape) -> Result<Decoded> {
+        let TextRows {
+            data,
+            problems,
+            unkeepable,
+        } = self;
+        let bad_rows = problems.iter().filter(|p| p.is_some()).count();
+        if bad_rows == 0 {
+            return Ok(Decoded {
+                batch: shape.assemble(data, None)?,
+                malformed_dropped: 0,
+            });
+        }
+        if mode == MalformedMode::FailFast {
+            let problem = problems.into_iter().flatten().next().expect("a bad row");
+            return Err(Error::Data(format!(
+                "malformed record in {} at line {}: {}; set the table's 'mode' option to \
+                 'permissive' or 'drop_malformed' to go past bad records",
+                path.display(),
+                problem.line,
+                problem.reason
+            )));
+        }
+        let keep: BooleanArray = problems
+            .iter()
+            .zip(&unkeepable)
+            .map(|(problem, unkeepable)| {
+                Some(!unkeepable && !(problem.is_some() && mode == MalformedMode::DropMalformed))
+            })
+            .collect();
+        let dropped = keep.iter().filter(|k| *k == Some(false)).count() as u64;
+        let corrupt: StringArray = problems
+            .iter()
+            .map(|p| p.as_ref().map(|p| p.raw.as_str()))
+            .collect();
+        let assembled = shape.assemble(data, Some(Arc::new(corrupt)))?;
+        Ok(Decoded {
+            batch: filter_record_batch(&assembled, &keep)?,
+            malformed_dropped: dropped,
+        })
+    }
+}
+
+fn csv_reader(bytes: &[u8], delimiter: u8) -> csv::Reader<&[u8]> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .delimiter(delimiter)
+        .flexible(true)
+        .from_reader(bytes)
+}
+
+fn check_header(header: &csv::ByteRecord, path: &Path, shape: &Shape) -> Result<()> {
+    let found: Vec<String> = header
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).trim().to_string())
+        .collect();
+    let declared: Vec<&String> = shape.data.fields().iter().map(|f| f.name()).collect();
+    let matches = found.len() == declared.len()
+        && found
+            .iter()
+            .zip(&declared)
+            .all(|(a, b)| a.eq_ignore_ascii_case(b));
+    if matches {
+        Ok(())
+    } else {
+        Err(Error::Data(format!(
+            "the header of {} is [{}] but the table declares columns [{}]; fix the column list \
+             (same names, same order) or set 'has_header' 'false'",
+            path.display(),
+            found.join(", "),
+            declared
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
+fn read_csv(
+    bytes: &[u8],
+    path: &Path,
+    has_header: bool,
+    delimiter: u8,
+    shape: &Shape,
+) -> Result<TextRows> {
+    let width = shape.data.fields().len();
+    let mut reader = csv_reader(bytes, delimiter);
+    let mut record = csv::ByteRecord::new();
+    let mut columns: Vec<StringBuilder> = (0..width).map(|_| StringBuilder::new()).collect();
+    let mut problems: Vec<Option<Problem>> = Vec::new();
+    let mut spans: Vec<(u64, usize, usize)> = Vec::new();
+    let mut first = true;
+    loop {
+        let more = reader
+            .read_byte_record(&mut record)
+            .map_err(|e| Error::Data(format!("cannot read {} as CSV: {e}", path.display())))?;
+        if !more {
+            break;
+        }
+        let position = record
+            .position()
+            .cloned()
+            .unwrap_or_else(csv::Position::new);
+        if std::mem::take(&mut first) && has_header {
+            check_header(&record, path, shape)?;
+            continue;
+        }
+        let end = reader.position().byte() as usize;
+        spans.push((position.line(), position.byte() as usize, end));
+        let mut reason = (record.len() != width)
+            .then(|| format!("expected {width} fields, found {}", record.len()));
+        for (i, column) in columns.iter_mut().enumerate() {
+            match record.get(i).filter(|f| !f.is_empty()) {
+                None => column.append_null(),
+                Some(field) => match std::str::from_utf8(field) {
+                    Ok(text) => column.append_value(text),
+                    Err(_) => {
+                        column.append_null();
+                        reason.get_or_insert_with(|| format!("field {} is not valid UTF-8", i + 1));
+                    }
+                },
+            }
+        }
+        problems.push(reason.map(|reason| Problem {
+            line: position.line(),
+            reason,
+            raw: String::new(),
+        }));
+    }
+    let texts: Vec<StringArray> = columns.iter_mut().map(|c| c.finish()).collect();
+    let rows = typed_rows(texts, shape, problems)?;
+    // Attach raw lines only to the rows that need them.
+    let problems = rows
+        .problems
+        .into_iter()
+        .zip(&spans)
+        .map(|(problem, (line, start, end))| {
+            problem.map(|p| Problem {
+                line: *line,
+                reason: p.reason,
+                raw: String::from_utf8_lossy(&bytes[*start..*end])
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            })
+        })
+        .collect();
+    Ok(TextRows { problems, ..rows })
+}
+
+/// Casts text columns to the declared types, marking rows whose values do not fit.
+fn typed_rows(
+    texts: Vec<StringArray>,
+    shape: &Shape,
+    mut problems: Vec<Option<Problem>>,
+) -> Result<TextRows> {
+    let rows = problems.len();
+    let mut unkeepable = vec![false; rows];
+    let options = CastOptions {
+        safe: true,
+        format_options: FormatOptions::default(),
+    };
+    let mut arrays = Vec::with_capacity(texts.len());
+    for (text, field) in texts.iter().zip(shape.data.fields()) {
+        let typed = cast_with_options(text, field.data_type(), &options)?;
+        if typed.null_count() > text.null_count() {
+            for row in 0..rows {
+                if typed.is_null(row) && text.is_valid(row) && problems[row].is_none() {
+                    problems[row] = Some(Problem {
+                        line: 0,
+                        reason: format!(
+                            "'{}' is not a valid {} for column '{}'",
+                            text.value(row),
+                            field.data_type(),
+                            field.name()
+                        ),
+                        raw: String::new(),
+                    });
+                }
+            }
+        }
+        if !field.is_nullable() && typed.null_count() > 0 {
+            for (row, slot) in unkeepable.iter_mut().enumerate() {
+                if typed.is_null(row) {
+                    *slot = true;
+                    problems[row].get_or_insert_with(|| Problem {
+                        line: 0,
+                        reason: format!("column '{}' is NOT NULL but has no value", field.name()),
+                        raw: String::new(),
+                    });
+                }
+            }
+        }
+        arrays.push(typed);
+    }
+    let data = RecordBatch::try_new_with_options(
+        nullable(&shape.data),
+        arrays,
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?;
+    Ok(TextRows {
+        data,
+        problems,
+        unkeepable,
+    })
+}
+
+/// The same schema with every field nullable: rows are decoded into it first, and the
+/// declared nullability is enforced when malformed rows are resolved.
+fn nullable(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn read_json(bytes: &[u8], shape: &Shape) -> Result<TextRows> {
+    let schema = nullable(&shape.data);
+    if let Ok(data) = decode_json(bytes, &schema) {
+        let rows = data.num_rows();
+        return mark_not_null(data, shape, (0..rows).map(|_| None).collect());
+    }
+    // Slow path: something in the file is bad; decode line by line to find it.
+    let mut batches = Vec::new();
+    let mut problems = Vec::new();
+    for (index, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match decode_json(line, &schema) {
+            Ok(batch) if batch.num_rows() == 1 => {
+                batches.push(batch);
+                problems.push(None);
+            }
+            outcome => {
+                let reason = match outcome {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "not a single JSON object".to_string(),
+                };
+                batches.push(salvage_json(line, &schema)?);
+                problems.push(Some(Problem {
+                    line: index as u64 + 1,
+                    reason,
+                    raw: String::from_utf8_lossy(line)
+                        .trim_end_matches('\r')
+                        .to_string(),
+                }));
+            }
+        }
+    }
+    let data = concat_batches(&schema, &batches)?;
+    mark_not_null(data, shape, problems)
+}
+
+/// Marks rows with nulls in NOT NULL columns as malformed and unkeepable.
+fn mark_not_null(
+    data: RecordBatch,
+    shape: &Shape,
+    mut problems: Vec<Option<Problem>>,
+) -> Result<TextRows> {
+    let mut unkeepable = vec![false; data.num_rows()];
+    for (column, field) in data.columns().iter().zip(shape.data.fields()) {
+        if field.is_nullable() || column.null_count() == 0 {
+            continue;
+        }
+        for (row, slot) in unkeepable.iter_mut().enumerate() {
+            if column.is_null(row) {
+                *slot = true;
+                problems[row].get_or_insert_with(|| Problem {
+                    line: row as u64 + 1,
+                    reason: format!("column '{}' is NOT NULL but has no value", field.name()),
+                    raw: String::new(),
+                });
+            }
+        }
+    }
+    Ok(TextRows {
+        data,
+        problems,
+        unkeepable,
+    })
+}
+
+fn decode_json(bytes: &[u8], schema: &SchemaRef) -> Result<RecordBatch, Error> {
+    let mut decoder = JsonReaderBuilder::new(schema.clone())
+        .with_batch_size(8192)
+        .build_decoder()?;
+    let mut batches = Vec::new();
+    let mut offset = 0;
+    loop {
+        let read = decoder.decode(&bytes[offset..])?;
+        offset += read;
+        if let Some(batch) = decoder.flush()? {
+            batches.push(batch);
+        }
+        if offset >= bytes.len() || read == 0 {
+            break;
+        }
+    }
+    Ok(concat_batches(schema, &batches)?)
+}
+
+/// Keeps the fields of a bad JSON line that decode on their own (for `permissive`).
+fn salvage_json(line: &[u8], schema: &SchemaRef) -> Result<RecordBatch> {
+    let object = match serde_json::from_slice::<serde_json::Value>(line) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let single = Arc::new(Schema::new(vec![field.as_ref().clone()]));
+            object
+                .get(field.name())
+                .and_then(|value| {
+                    let text = serde_json::json!({ field.name(): value }).to_string();
+                    decode_json(text.as_bytes(), &single).ok()
+                })
+                .filter(|b| b.num_rows() == 1)
+                .map(|b| b.column(0).clone())
+                .unwrap_or_else(|| new_null_array(field.data_type(), 1))
+        })
+        .collect();
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+fn read_text(bytes: &[u8], shape: &Shape) -> Result<TextRows> {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: StringArray = text
+        .lines()
+        .map(|l| Some(l.trim_end_matches('\r')))
+        .collect();
+    let rows = lines.len();
+    typed_rows(vec![lines], shape, (0..rows).map(|_| None).collect())
+}
+
+/// Finds the declared columns in a Parquet file, by name.
+fn parquet_projection(
+    path: &Path,
+    shape: &Shape,
+) -> Result<(ParquetRecordBatchReaderBuilder<std::fs::File>, Vec<usize>)> {
+    let file = std::fs::File::open(path).map_err(Error::io(path))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::Data(format!("cannot read {} as Parquet: {e}", path.display())))?;
+    let file_schema = builder.schema().clone();
+    let mut indices = Vec::new();
+    for field in shape.data.fields() {
+        let found = file_schema
+            .fields()
+            .iter()
+            .position(|f| f.name().eq_ignore_ascii_case(field.name()))
+            .ok_or_else(|| {
+                Error::Data(format!(
+                    "{} has no column '{}' (it has: {}); fix the table's column list",
+                    path.display(),
+                    field.name(),
+                    file_schema
+                        .fields()
+                        .iter()
+                        .map(|f| format!("{} {}", f.name(), f.data_type()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        let found_type = file_schema.field(found).data_type();
+        if !datafusion::arrow::compute::can_cast_types(found_type, field.data_type()) {
+            return Err(Error::Data(format!(
+                "column '{}' of {} is {found_type}, which cannot be read as the declared {}",
+                field.name(),
+                path.display(),
+                field.data_type()
+            )));
+        }
+        indices.push(found);
+    }
+    Ok((builder, indices))
+}
+
+fn read_parquet(path: &Path, shape: &Shape) -> Result<Decoded> {
+    let (builder, indices) = parquet_projection(path, shape)?;
+    let mut sorted = indices.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), sorted.iter().copied());
+    let reader = builder.with_projection(mask).build()?;
+    let mut batches = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        let columns = indices
+            .iter()
+            .zip(shape.data.fields())
+            .map(|(index, field)| {
+                let at = sorted.binary_search(index).expect("projected column");
+                Ok(cast_with_options(
+                    batch.column(at),
+                    field.data_type(),
+                    &CastOptions::default(),
+                )?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let data = RecordBatch::try_new(shape.data.clone(), columns)
+            .map_err(|e| Error::Data(format!("{} does not fit the table: {e}", path.display())))?;
+        batches.push(shape.assemble(data, None)?);
+    }
+    Ok(Decoded {
+        batch: concat_batches(&shape.schema, &batches)?,
+        malformed_dropped: 0,
+    })
+}

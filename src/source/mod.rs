@@ -1,0 +1,136 @@
+//! Sources: where unbounded tables get their rows.
+//!
+//! A source is read in micro-batches delimited by **offsets**, JSON values that the
+//! engine writes to the checkpoint's offset log before a batch runs. A source must
+//! be able to return exactly the same rows for the same `(start, end]` range after a
+//! restart: that is what makes a replayed batch identical to the one that crashed.
+//!
+//! - [`file`]: files landing in a directory (CSV, JSON lines, Parquet, text)
+//! - [`rate`]: a generator of `(timestamp, value)` rows at a fixed rate
+//! - [`socket`]: lines from a TCP server, made replayable by a write-ahead log
+
+pub mod file;
+pub mod format;
+pub mod options;
+pub mod rate;
+pub mod socket;
+
+use std::path::Path;
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use serde_json::Value;
+
+use crate::error::Result;
+
+/// An offset: a source-specific JSON value, stored verbatim in the offset log.
+pub type Offset = Value;
+
+/// The rows a source returns for one batch, with what it had to leave out.
+#[derive(Debug, Default)]
+pub struct SourceBatch {
+    /// The rows, in the source's schema.
+    pub batches: Vec<RecordBatch>,
+    /// Malformed records dropped under `mode = 'drop_malformed'`.
+    pub malformed_dropped: u64,
+}
+
+impl SourceBatch {
+    /// Number of rows in the batch.
+    pub fn num_rows(&self) -> u64 {
+        self.batches.iter().map(|b| b.num_rows() as u64).sum()
+    }
+}
+
+/// A source opened for one run of one streaming query (Spark's `Source`).
+///
+/// The engine calls, per batch: [`latest_offset`](Self::latest_offset) to decide the
+/// batch's end, then [`get_batch`](Self::get_batch) for the rows, then, once the sink
+/// has committed, [`commit`](Self::commit).
+pub trait StreamSource: Send {
+    /// The rows' schema (fixed for the life of the source).
+    fn schema(&self) -> SchemaRef;
+
+    /// The offset the next batch may read up to, honouring per-trigger limits.
+    /// `start` is the previous batch's end (`None` before the source's first batch).
+    /// A value equal to `start`, or `None` while the source has never had data, means
+    /// there is no new data.
+    fn latest_offset(&mut self, start: Option<&Offset>) -> Result<Option<Offset>>;
+
+    /// Freezes the data available now as the upper bound for `trigger = 'available_now'`.
+    fn prepare_for_available_now(&mut self) -> Result<()>;
+
+    /// The rows in `(start, end]`: the same rows every time for the same range.
+    fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<SourceBatch>;
+
+    /// Batches up to `end` are committed: the source may forget what lies before it.
+    fn commit(&mut self, end: &Offset) -> Result<()>;
+
+    /// A one-line description for progress reports (`FileSource[in/readings/]`).
+    fn describe(&self) -> String;
+}
+
+/// The kind of an unbounded table, from `STORED AS`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceKind {
+    /// Files landing in a directory, in one of the file formats.
+    Files(file::FileSourceOptions),
+    /// The rate generator.
+    Rate(rate::RateOptions),
+    /// Lines from a TCP server.
+    Socket,
+}
+
+/// An event-time watermark declared with `WATERMARK FOR col AS col - INTERVAL ...`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatermarkSpec {
+    /// The event-time column (a timestamp).
+    pub column: String,
+    /// How late data may arrive: watermark = max event time seen - delay.
+    pub delay: Duration,
+}
+
+/// The declaration of an unbounded table: everything needed to open a source for a query.
+#[derive(Debug, Clone)]
+pub struct StreamDef {
+    /// The table name used in queries.
+    pub name: String,
+    /// The declared schema (for files this includes an optional `_corrupt_record`).
+    pub schema: SchemaRef,
+    /// What the table reads.
+    pub kind: SourceKind,
+    /// Directory (files) or `host:port` (socket); empty for rate.
+    pub location: String,
+    /// The event-time watermark, if declared.
+    pub watermark: Option<WatermarkSpec>,
+}
+
+impl StreamDef {
+    /// Identity used to check that a checkpoint belongs to a query over the same sources.
+    pub fn identity(&self) -> String {
+        let kind = match &self.kind {
+            SourceKind::Files(f) => f.format.name().to_string(),
+            SourceKind::Rate(_) => "RATE".to_string(),
+            SourceKind::Socket => "SOCKET".to_string(),
+        };
+        format!("{kind} {}", self.location).trim().to_string()
+    }
+
+    /// Opens the source for one query, keeping its durable state in `state_dir`.
+    pub fn open(&self, state_dir: &Path) -> Result<Box<dyn StreamSource>> {
+        crate::checkpoint::create_dir_all(state_dir)?;
+        Ok(match &self.kind {
+            SourceKind::Files(options) => Box::new(file::FileSource::open(
+                self.schema.clone(),
+                options.clone(),
+                Path::new(&self.location),
+                state_dir,
+            )?),
+            SourceKind::Rate(options) => {
+                Box::new(rate::RateSource::open(options.clone(), state_dir)?)
+            }
+            SourceKind::Socket => Box::new(socket::SocketSource::open(&self.location, state_dir)?),
+        })
+    }
+}

@@ -1,0 +1,346 @@
+//! millrace's own statements, parsed with sqlparser's parser API:
+//!
+//! ```sql
+//! CREATE UNBOUNDED EXTERNAL TABLE [IF NOT EXISTS] name (
+//!   col TYPE [NOT NULL], ...,
+//!   WATERMARK FOR col AS col - INTERVAL '5' SECOND
+//! ) STORED AS CSV|JSON|PARQUET|TEXT|RATE|SOCKET [LOCATION '...'] [OPTIONS ('k' 'v', ...)];
+//!
+//! CREATE SINK name STORED AS CONSOLE|MEMORY|PARQUET|CSV|JSON [LOCATION '...']
+//!   [OPTIONS ('checkpoint' '...', 'output_mode' 'append', 'trigger' '...')]
+//! AS SELECT ...;
+//! ```
+//!
+//! The column list goes to DataFusion's own SQL planner for type conversion and name
+//! normalisation, so types mean exactly what they mean in a DataFusion `CREATE TABLE`.
+
+use sqlparser::ast::{BinaryOperator, ColumnDef, Expr, ObjectName, Query};
+use sqlparser::dialect::GenericDialect;
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token;
+
+use crate::error::{Error, Result};
+
+/// A parsed `CREATE UNBOUNDED EXTERNAL TABLE`.
+#[derive(Debug, Clone)]
+pub struct CreateStream {
+    /// Table name as written.
+    pub name: ObjectName,
+    /// `IF NOT EXISTS` was given.
+    pub if_not_exists: bool,
+    /// `OR REPLACE` was given.
+    pub or_replace: bool,
+    /// Declared columns.
+    pub columns: Vec<ColumnDef>,
+    /// `WATERMARK FOR column AS expr`.
+    pub watermark: Option<(String, Expr)>,
+    /// `STORED AS` value, upper-cased.
+    pub format: String,
+    /// `LOCATION` value.
+    pub location: Option<String>,
+    /// `OPTIONS` pairs, in order.
+    pub options: Vec<(String, String)>,
+}
+
+/// A parsed `CREATE SINK`.
+#[derive(Debug, Clone)]
+pub struct CreateSink {
+    /// Sink (and query) name.
+    pub name: String,
+    /// `STORED AS` value, upper-cased.
+    pub format: String,
+    /// `LOCATION` value.
+    pub location: Option<String>,
+    /// `OPTIONS` pairs, in order.
+    pub options: Vec<(String, String)>,
+    /// The query after `AS`.
+    pub query: Box<Query>,
+}
+
+/// What kind of statement a piece of SQL is, judged by its first words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementKind {
+    /// `CREATE UNBOUNDED EXTERNAL TABLE`
+    CreateStream,
+    /// `CREATE SINK`
+    CreateSink,
+    /// Anything else: DataFusion's to run (a SELECT may still read a stream).
+    Other,
+}
+
+/// Classifies a statement by its leading words.
+pub fn classify(sql: &str) -> StatementKind {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(4)
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["CREATE", "UNBOUNDED", ..] | ["CREATE", "OR", "REPLACE", "UNBOUNDED"] => {
+            StatementKind::CreateStream
+        }
+        ["CREATE", "SINK", ..] => StatementKind::CreateSink,
+        _ => StatementKind::Other,
+    }
+}
+
+/// Refuses Spark's event-time window functions until stateful streaming supports them,
+/// with a clearer message than "invalid function".
+pub fn check_no_window_functions(sql: &str) -> Result<()> {
+    let dialect = GenericDialect {};
+    let tokens = sqlparser::tokenizer::Tokenizer::new(&dialect, sql).tokenize()?;
+    let mut previous: Option<&Token> = None;
+    for token in tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))) {
+        if let (Some(Token::Word(w)), Token::LParen) = (previous, token) {
+            let name = w.value.to_ascii_lowercase();
+            if w.quote_style.is_none()
+                && ["window", "session_window", "window_time"].contains(&name.as_str())
+            {
+                return Err(Error::Unsupported(format!(
+                    "event-time window function {name}() is not supported yet; \
+                     it arrives with stateful streaming"
+                )));
+            }
+        }
+        previous = Some(token);
+    }
+    Ok(())
+}
+
+fn is_word(parser: &Parser, word: &str) -> bool {
+    matches!(&parser.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case(word) && w.quote_style.is_none())
+}
+
+fn parse_word(parser: &mut Parser, word: &str) -> bool {
+    if is_word(parser, word) {
+        parser.next_token();
+        true
+    } else {
+        false
+    }
+}
+
+fn expect_word(parser: &mut Parser, word: &str, context: &str) -> Result<()> {
+    if parse_word(parser, word) {
+        Ok(())
+    } else {
+        Err(Error::Sql(format!(
+            "expected {word} {context}, found '{}'",
+            parser.peek_token().token
+        )))
+    }
+}
+
+/// Parses `STORED AS x [LOCATION '..'] [OPTIONS (..)]` (in either order after STORED AS).
+fn parse_storage(parser: &mut Parser) -> Result<(String, Option<String>, Vec<(String, String)>)> {
+    expect_word(parser, "STORED", "(STORED AS <format>)")?;
+    expect_word(parser, "AS", "after STORED")?;
+    let format = parser.parse_identifier()?.value.to_ascii_uppercase();
+    let mut location = None;
+    let mut options = Vec::new();
+    loop {
+        if parse_word(parser, "LOCATION") {
+            location = Some(parser.parse_literal_string()?);
+        } else if parse_word(parser, "OPTIONS") {
+            options = parse_options(parser)?;
+        } else {
+            break;
+        }
+    }
+    Ok((format, location, options))
+}
+
+/// Parses `( 'key' 'value', key 'value', ... )`.
+fn parse_options(parser: &mut Parser) -> Result<Vec<(String, String)>> {
+    parser.expect_token(&Token::LParen)?;
+    let mut pairs = Vec::new();
+    if parser.consume_token(&Token::RParen) {
+        return Ok(pairs);
+    }
+    loop {
+        let mut key = option_text(parser, "option name")?;
+        while parser.consume_token(&Token::Period) {
+            key = format!("{key}.{}", option_text(parser, "option name")?);
+        }
+        let value = option_text(parser, "option value")?;
+        pairs.push((key, value));
+        if parser.consume_token(&Token::Comma) {
+            continue;
+        }
+        parser.expect_token(&Token::RParen)?;
+        return Ok(pairs);
+    }
+}
+
+fn option_text(parser: &mut Parser, what: &str) -> Result<String> {
+    let token = parser.next_token();
+    match token.token {
+        Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => Ok(s),
+        Token::Number(n, _) => Ok(n),
+        Token::Word(w) => Ok(w.value),
+        other => Err(Error::Sql(format!(
+            "expected an {what} in OPTIONS, found '{other}'"
+        ))),
+    }
+}
+
+fn expect_end(parser: &mut Parser, statement: &str) -> Result<()> {
+    let _ = parser.consume_token(&Token::SemiColon);
+    match parser.peek_token().token {
+        Token::EOF => Ok(()),
+        other => Err(Error::Sql(format!(
+            "unexpected '{other}' after the end of {statement}"
+        ))),
+    }
+}
+
+/// Parses a `CREATE UNBOUNDED EXTERNAL TABLE` statement.
+pub fn parse_create_stream(sql: &str) -> Result<CreateStream> {
+    let dialect = GenericDialect {};
+    let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
+    parser.expect_keyword_is(Keyword::CREATE)?;
+    let or_replace = parser.parse_keywords(&[Keyword::OR, Keyword::REPLACE]);
+    expect_word(&mut parser, "UNBOUNDED", "after CREATE")?;
+    expect_word(&mut parser, "EXTERNAL", "after CREATE UNBOUNDED")?;
+    expect_word(&mut parser, "TABLE", "after CREATE UNBOUNDED EXTERNAL")?;
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = parser.parse_object_name(false)?;
+    let mut columns = Vec::new();
+    let mut watermark = None;
+    if parser.consume_token(&Token::LParen) && !parser.consume_token(&Token::RParen) {
+        loop {
+            if parse_word(&mut parser, "WATERMARK") {
+                expect_word(&mut parser, "FOR", "after WATERMARK")?;
+                let column = parser.parse_identifier()?.value;
+                expect_word(
+                    &mut parser,
+                    "AS",
+                    "in WATERMARK FOR <column> AS <expression>",
+                )?;
+                if watermark.is_some() {
+                    return Err(Error::Sql(
+                        "a table may declare only one WATERMARK".to_string(),
+                    ));
+                }
+                watermark = Some((column, parser.parse_expr()?));
+            } else {
+                columns.push(parser.parse_column_def()?);
+            }
+            if parser.consume_token(&Token::Comma) {
+                continue;
+            }
+            parser.expect_token(&Token::RParen)?;
+            break;
+        }
+    }
+    let (format, location, options) = parse_storage(&mut parser)?;
+    expect_end(&mut parser, "CREATE UNBOUNDED EXTERNAL TABLE")?;
+    Ok(CreateStream {
+        name,
+        if_not_exists,
+        or_replace,
+        columns,
+        watermark,
+        format,
+        location,
+        options,
+    })
+}
+
+/// Parses a `CREATE SINK` statement.
+pub fn parse_create_sink(sql: &str) -> Result<CreateSink> {
+    let dialect = GenericDialect {};
+    let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
+    parser.expect_keyword_is(Keyword::CREATE)?;
+    expect_word(&mut parser, "SINK", "after CREATE")?;
+    let name = parser.parse_identifier()?.value;
+    let (format, location, options) = parse_storage(&mut parser)?;
+    expect_word(
+        &mut parser,
+        "AS",
+        "before the sink's query (CREATE SINK ... AS SELECT ...)",
+    )?;
+    let query = parser.parse_query()?;
+    expect_end(&mut parser, "CREATE SINK")?;
+    Ok(CreateSink {
+        name,
+        format,
+        location,
+        options,
+        query,
+    })
+}
+
+/// Reads the delay of a watermark expression: `col` (no delay) or `col - INTERVAL ...`.
+pub fn watermark_delay(column: &str, expr: &Expr) -> Result<std::time::Duration> {
+    let names_column = |e: &Expr| match e {
+        Expr::Identifier(id) => id.value.eq_ignore_ascii_case(column),
+        Expr::CompoundIdentifier(ids) => ids
+            .last()
+            .is_some_and(|id| id.value.eq_ignore_ascii_case(column)),
+        _ => false,
+    };
+    match expr {
+        e if names_column(e) => Ok(std::time::Duration::ZERO),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Minus,
+            right,
+        } if names_column(left) => crate::duration::interval_expr_duration(right),
+        Expr::Nested(inner) => watermark_delay(column, inner),
+        other => Err(Error::Sql(format!(
+            "WATERMARK FOR {column} AS {other}: the expression must be `{column} - INTERVAL '<n>' <unit>` \
+             (or just `{column}`)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_stream_with_a_watermark_and_options() {
+        let stream = parse_create_stream(
+            "CREATE UNBOUNDED EXTERNAL TABLE readings (sensor VARCHAR NOT NULL, ts TIMESTAMP, \
+             WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) STORED AS json LOCATION 'in/' \
+             OPTIONS ('max_files_per_trigger' '10', format.has_header true)",
+        )
+        .unwrap();
+        assert_eq!(stream.columns.len(), 2);
+        assert_eq!(stream.format, "JSON");
+        assert_eq!(stream.location.as_deref(), Some("in/"));
+        let (column, expr) = stream.watermark.unwrap();
+        assert_eq!(
+            watermark_delay(&column, &expr).unwrap(),
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(
+            stream.options,
+            vec![
+                ("max_files_per_trigger".to_string(), "10".to_string()),
+                ("format.has_header".to_string(), "true".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn parses_a_sink() {
+        let sink = parse_create_sink(
+            "CREATE SINK hot STORED AS PARQUET LOCATION 'out/' OPTIONS ('checkpoint' 'c') \
+             AS SELECT a FROM t WHERE a > 1",
+        )
+        .unwrap();
+        assert_eq!(sink.name, "hot");
+        assert_eq!(sink.format, "PARQUET");
+        assert_eq!(sink.query.to_string(), "SELECT a FROM t WHERE a > 1");
+    }
+
+    #[test]
+    fn refuses_window_functions_by_name() {
+        assert!(check_no_window_functions("SELECT window(ts, '1 minute') FROM t").is_err());
+        assert!(check_no_window_functions("SELECT \"window\" FROM t").is_ok());
+    }
+}
