@@ -2,12 +2,17 @@
 //! write-ahead log so that a restart loses nothing it had received.
 //!
 //! A background thread reads lines and appends them to the WAL in
-//! `<checkpoint>/sources/<table>/wal-<first line>.log`. A line becomes part of an
-//! offset only when [`latest_offset`](StreamSource::latest_offset) has flushed and
-//! fsynced the WAL, and the offset is the number of durable lines. So:
+//! `<checkpoint>/sources/<table>/wal-<first line>.log`, handing every burst of lines
+//! to the operating system as soon as it is read (so a process crash loses none of
+//! them). A line becomes part of an offset only when
+//! [`latest_offset`](StreamSource::latest_offset) has fsynced the WAL, and the offset
+//! is the number of durable lines. So:
 //!
-//! - every line that reached the WAL before a crash is delivered after the restart,
-//!   exactly once (a replayed batch reads the same lines back from the WAL);
+//! - every line millrace read from the socket before a process crash (`kill -9`) is
+//!   delivered after the restart, exactly once: lines already in a batch are replayed
+//!   from the WAL with that batch, the others go into the next batch. After a machine
+//!   crash (power loss), lines not yet fsynced can be lost, but never a line that was
+//!   part of a batch;
 //! - lines the server sent but millrace had not yet written (in the kernel's socket
 //!   buffer or the reader's hands at the instant of a `kill -9`) are lost: TCP has no
 //!   way to ask the server for them again. A restarted query reconnects and reads what
@@ -229,7 +234,16 @@ fn read_lines(stream: TcpStream, wal: Arc<Mutex<Wal>>) {
                     .trim_end_matches(['\n', '\r'])
                     .to_string();
                 let mut wal = wal.lock().unwrap_or_else(|p| p.into_inner());
-                if let Err(e) = wal.append(line) {
+                // Hand each burst of lines to the OS as soon as it is read, so a process
+                // crash cannot lose a received line; fsync waits for the next batch.
+                let written = wal.append(line).and_then(|_| {
+                    if reader.buffer().is_empty() {
+                        wal.writer.flush()
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Err(e) = written {
                     break format!("cannot write the WAL: {e}");
                 }
             }
