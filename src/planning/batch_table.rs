@@ -22,15 +22,33 @@ use datafusion::physical_plan::ExecutionPlan;
 pub struct BatchTable {
     schema: SchemaRef,
     batches: RwLock<Vec<RecordBatch>>,
+    /// Whether the table feeds a streaming query one micro-batch at a time (as opposed
+    /// to holding results, like a memory sink's table): such scans mark a plan as streaming.
+    stream_input: bool,
 }
 
 impl BatchTable {
-    /// An empty table of `schema`.
+    /// An empty table of `schema` holding results (a memory sink's table).
     pub fn new(schema: SchemaRef) -> Arc<Self> {
         Arc::new(BatchTable {
             schema,
             batches: RwLock::new(Vec::new()),
+            stream_input: false,
         })
+    }
+
+    /// An empty table of `schema` that feeds a streaming query its micro-batches.
+    pub fn stream_input(schema: SchemaRef) -> Arc<Self> {
+        Arc::new(BatchTable {
+            schema,
+            batches: RwLock::new(Vec::new()),
+            stream_input: true,
+        })
+    }
+
+    /// Whether this table feeds a streaming query (see [`BatchTable::stream_input`]).
+    pub fn is_stream_input(&self) -> bool {
+        self.stream_input
     }
 
     /// Replaces the rows (the next micro-batch's input).

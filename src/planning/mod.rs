@@ -82,7 +82,10 @@ pub fn reads_stream(plan: &LogicalPlan) -> bool {
 
 fn is_batch_scan(scan: &TableScan) -> bool {
     source_as_provider(&scan.source)
-        .map(|p| p.downcast_ref::<BatchTable>().is_some())
+        .map(|p| {
+            p.downcast_ref::<BatchTable>()
+                .is_some_and(|t| t.is_stream_input())
+        })
         .unwrap_or(false)
 }
 
@@ -111,7 +114,7 @@ pub fn plan_streaming_query(plan: LogicalPlan) -> Result<StreamingPlan> {
             };
             let table = inputs
                 .entry(def.name.clone())
-                .or_insert_with(|| (def.clone(), BatchTable::new(def.schema.clone())))
+                .or_insert_with(|| (def.clone(), BatchTable::stream_input(def.schema.clone())))
                 .1
                 .clone();
             let replaced =
