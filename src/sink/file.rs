@@ -197,3 +197,95 @@ impl Sink for FileSink {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn visible_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.') && !n.starts_with('_'))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn batch(values: Vec<i64>) -> (SchemaRef, RecordBatch) {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))]).unwrap();
+        (schema, batch)
+    }
+
+    #[test]
+    fn a_replayed_batch_writes_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (schema, rows) = batch(vec![1, 2, 3]);
+        let mut sink = FileSink::open(FileSinkFormat::Parquet, dir.path(), "query-a").unwrap();
+        sink.add_batch(0, &schema, std::slice::from_ref(&rows))
+            .unwrap();
+        sink.add_batch(0, &schema, &[rows]).unwrap();
+        sink.add_batch(1, &schema, &[]).unwrap();
+        assert_eq!(
+            visible_files(dir.path()),
+            vec!["part-000000-query-a-0.parquet"]
+        );
+        assert_eq!(sink.manifest.get(1).unwrap().unwrap().num_rows, 0);
+    }
+
+    #[test]
+    fn a_crash_between_manifest_and_rename_is_finished_by_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (schema, rows) = batch(vec![1]);
+        let mut sink = FileSink::open(FileSinkFormat::Json, dir.path(), "query-a").unwrap();
+        sink.add_batch(0, &schema, &[rows]).unwrap();
+        // Undo step 3 by hand: the state right after the commit point.
+        let name = "part-000000-query-a-0.json";
+        fs::rename(
+            dir.path().join(name),
+            dir.path().join(format!(".{name}.tmp")),
+        )
+        .unwrap();
+        assert!(visible_files(dir.path()).is_empty());
+        let (_, other_rows) = batch(vec![99]);
+        let mut reopened = FileSink::open(FileSinkFormat::Json, dir.path(), "query-a").unwrap();
+        reopened.add_batch(0, &schema, &[other_rows]).unwrap();
+        assert_eq!(visible_files(dir.path()), vec![name]);
+        let content = fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(
+            content.trim(),
+            "{\"v\":1}",
+            "the committed file, not a rewrite"
+        );
+    }
+
+    #[test]
+    fn temporaries_of_uncommitted_batches_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(".part-000004-query-a-0.csv.tmp"), "junk").unwrap();
+        FileSink::open(FileSinkFormat::Csv, dir.path(), "query-a").unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "only the manifest dir is left"
+        );
+    }
+
+    #[test]
+    fn another_querys_output_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (schema, rows) = batch(vec![1]);
+        let mut sink = FileSink::open(FileSinkFormat::Csv, dir.path(), "query-a").unwrap();
+        sink.add_batch(0, &schema, &[rows]).unwrap();
+        let error = FileSink::open(FileSinkFormat::Csv, dir.path(), "query-b")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("another query (query-a)"), "{error}");
+    }
+}

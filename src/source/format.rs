@@ -169,15 +169,30 @@ impl Shape {
         }
     }
 
-    /// Inserts the corrupt-record column (if declared) into a batch of data columns.
-    fn assemble(&self, data: RecordBatch, corrupt: Option<ArrayRef>) -> Result<RecordBatch> {
+    /// Inserts the corrupt-record column (if declared) into a batch of data columns,
+    /// keeping only the rows in `keep` (all rows if `None`). The declared schema (with
+    /// its NOT NULL columns) is applied after the filter has removed unkeepable rows.
+    fn assemble(
+        &self,
+        data: RecordBatch,
+        corrupt: Option<ArrayRef>,
+        keep: Option<&BooleanArray>,
+    ) -> Result<RecordBatch> {
         let mut columns = data.columns().to_vec();
         if let Some(index) = self.corrupt_index {
             let corrupt =
                 corrupt.unwrap_or_else(|| new_null_array(&DataType::Utf8, data.num_rows()));
             columns.insert(index, corrupt);
         }
-        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+        let all = RecordBatch::try_new(nullable(&self.schema), columns)?;
+        let kept = match keep {
+            Some(keep) => filter_record_batch(&all, keep)?,
+            None => all,
+        };
+        Ok(RecordBatch::try_new(
+            self.schema.clone(),
+            kept.columns().to_vec(),
+        )?)
     }
 }
 
@@ -207,7 +222,7 @@ impl TextRows {
         let bad_rows = problems.iter().filter(|p| p.is_some()).count();
         if bad_rows == 0 {
             return Ok(Decoded {
-                batch: shape.assemble(data, None)?,
+                batch: shape.assemble(data, None, None)?,
                 malformed_dropped: 0,
             });
         }
@@ -233,9 +248,8 @@ impl TextRows {
             .iter()
             .map(|p| p.as_ref().map(|p| p.raw.as_str()))
             .collect();
-        let assembled = shape.assemble(data, Some(Arc::new(corrupt)))?;
         Ok(Decoded {
-            batch: filter_record_batch(&assembled, &keep)?,
+            batch: shape.assemble(data, Some(Arc::new(corrupt)), Some(&keep))?,
             malformed_dropped: dropped,
         })
     }
@@ -604,10 +618,194 @@ fn read_parquet(path: &Path, shape: &Shape) -> Result<Decoded> {
             .collect::<Result<Vec<_>>>()?;
         let data = RecordBatch::try_new(shape.data.clone(), columns)
             .map_err(|e| Error::Data(format!("{} does not fit the table: {e}", path.display())))?;
-        batches.push(shape.assemble(data, None)?);
+        batches.push(shape.assemble(data, None, None)?);
     }
     Ok(Decoded {
         batch: concat_batches(&shape.schema, &batches)?,
         malformed_dropped: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Float64Array, Int64Array};
+
+    fn schema(fields: Vec<Field>) -> SchemaRef {
+        Arc::new(Schema::new(fields))
+    }
+
+    fn decode(format: FileFormat, schema: &SchemaRef, text: &str) -> Result<Decoded> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input");
+        std::fs::write(&path, text).unwrap();
+        format.read_file(&path, schema)
+    }
+
+    fn csv(mode: MalformedMode) -> FileFormat {
+        FileFormat {
+            encoding: Encoding::Csv {
+                has_header: false,
+                delimiter: b',',
+            },
+            mode,
+        }
+    }
+
+    fn json(mode: MalformedMode) -> FileFormat {
+        FileFormat {
+            encoding: Encoding::Json,
+            mode,
+        }
+    }
+
+    fn id_temp_corrupt() -> SchemaRef {
+        schema(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("temp", DataType::Float64, true),
+            Field::new(CORRUPT_RECORD_COLUMN, DataType::Utf8, true),
+        ])
+    }
+
+    #[test]
+    fn csv_permissive_nulls_bad_fields_and_keeps_the_raw_line() {
+        let decoded = decode(
+            csv(MalformedMode::Permissive),
+            &id_temp_corrupt(),
+            "1,20.5\n2,hot\n3\n",
+        )
+        .unwrap();
+        let batch = decoded.batch;
+        assert_eq!(batch.num_rows(), 3);
+        let temp = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        assert_eq!(temp.value(0), 20.5);
+        assert!(temp.is_null(1) && temp.is_null(2));
+        let corrupt = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert!(corrupt.is_null(0));
+        assert_eq!(corrupt.value(1), "2,hot");
+        assert_eq!(corrupt.value(2), "3");
+        assert_eq!(decoded.malformed_dropped, 0);
+    }
+
+    #[test]
+    fn csv_drop_malformed_counts_what_it_drops() {
+        let decoded = decode(
+            csv(MalformedMode::DropMalformed),
+            &id_temp_corrupt(),
+            "1,20.5\nx,1\n2,21\n4,5,6\n",
+        )
+        .unwrap();
+        let ids = decoded
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(ids.values().to_vec(), vec![1, 2]);
+        assert_eq!(decoded.malformed_dropped, 2);
+    }
+
+    #[test]
+    fn csv_fail_fast_names_the_file_and_line() {
+        let error = decode(
+            csv(MalformedMode::FailFast),
+            &id_temp_corrupt(),
+            "1,20.5\n2,21\n3,warm\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("input at line 3"), "{error}");
+        assert!(error.contains("'warm' is not a valid Float64"), "{error}");
+    }
+
+    #[test]
+    fn a_null_in_a_not_null_column_cannot_be_kept_even_when_permissive() {
+        let decoded = decode(
+            csv(MalformedMode::Permissive),
+            &id_temp_corrupt(),
+            "1,1\n,2\n",
+        )
+        .unwrap();
+        assert_eq!(decoded.batch.num_rows(), 1);
+        assert_eq!(decoded.malformed_dropped, 1);
+    }
+
+    #[test]
+    fn csv_header_must_match_the_declared_columns() {
+        let format = FileFormat {
+            encoding: Encoding::Csv {
+                has_header: true,
+                delimiter: b';',
+            },
+            mode: MalformedMode::Permissive,
+        };
+        let ok = decode(format.clone(), &id_temp_corrupt(), "ID;Temp\n1;2\n").unwrap();
+        assert_eq!(ok.batch.num_rows(), 1);
+        let error = decode(format, &id_temp_corrupt(), "id;pressure\n1;2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("[id, pressure]") && error.contains("[id, temp]"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn json_fast_path_and_line_by_line_fallback_agree() {
+        let good = "{\"id\": 1, \"temp\": 1.5}\n{\"id\": 2}\n";
+        let decoded = decode(json(MalformedMode::FailFast), &id_temp_corrupt(), good).unwrap();
+        assert_eq!(decoded.batch.num_rows(), 2);
+
+        let bad =
+            "{\"id\": 1, \"temp\": 1.5}\n[1, 2]\n{\"id\": 3, \"temp\": \"hot\"}\n{\"id\": 4\n";
+        let decoded = decode(json(MalformedMode::Permissive), &id_temp_corrupt(), bad).unwrap();
+        // Line 2 has no id (NOT NULL): dropped. Line 3 keeps its id, temp is null.
+        // Line 4 is cut off: no id either.
+        let ids = decoded
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(ids.values().to_vec(), vec![1, 3]);
+        assert_eq!(decoded.malformed_dropped, 2);
+        let corrupt = decoded
+            .batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(corrupt.value(1), "{\"id\": 3, \"temp\": \"hot\"}");
+
+        let error = decode(json(MalformedMode::FailFast), &id_temp_corrupt(), bad)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("at line 2"), "{error}");
+    }
+
+    #[test]
+    fn text_gives_one_value_per_line() {
+        let text = schema(vec![Field::new("value", DataType::Utf8, true)]);
+        let format = FileFormat {
+            encoding: Encoding::Text,
+            mode: MalformedMode::Permissive,
+        };
+        let decoded = decode(format, &text, "first line\r\nsecond, with comma\n\nlast").unwrap();
+        let values = decoded
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let values: Vec<&str> = values.iter().map(|v| v.unwrap()).collect();
+        assert_eq!(values, vec!["first line", "second, with comma", "", "last"]);
+    }
 }
