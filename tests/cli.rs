@@ -1,0 +1,152 @@
+//! The `millrace` command, driven as a user drives it: scripts with `-f`, inline
+//! statements with `-c`, `--progress`, and the shell on standard input.
+
+use std::fs;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn millrace(args: &[&str], dir: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run millrace")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_script_runs_its_queries_to_the_end_and_exits_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("in")).unwrap();
+    fs::write(tmp.path().join("in/a.json"), "{\"n\": 1}\n{\"n\": 2}\n").unwrap();
+    fs::write(
+        tmp.path().join("job.sql"),
+        "-- relative paths resolve against the working directory\n\
+         CREATE UNBOUNDED EXTERNAL TABLE t (n BIGINT) STORED AS JSON LOCATION 'in/';\n\
+         CREATE SINK doubled STORED AS JSON LOCATION 'out/' \
+         OPTIONS ('checkpoint' 'ckpt', 'trigger' 'available_now') AS SELECT n * 2 AS m FROM t;\n",
+    )
+    .unwrap();
+    let out = millrace(&["-f", "job.sql", "--progress"], tmp.path());
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let progress: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(progress.len(), 1, "one batch, one progress line: {stderr}");
+    assert_eq!(progress[0]["name"], "doubled");
+    let written: Vec<String> = fs::read_dir(tmp.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(written, vec!["{\"m\":2}\n{\"m\":4}\n".to_string()]);
+}
+
+#[test]
+fn a_failing_statement_exits_non_zero_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = millrace(
+        &[
+            "-c",
+            "CREATE UNBOUNDED EXTERNAL TABLE t (n BIGINT) STORED AS AVRO LOCATION 'in/'",
+        ],
+        tmp.path(),
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("unknown format 'AVRO'"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_query_that_fails_while_running_exits_non_zero_with_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("in")).unwrap();
+    fs::write(tmp.path().join("in/bad.csv"), "1\n2\nthree\n").unwrap();
+    let out = millrace(
+        &[
+            "-c",
+            "CREATE UNBOUNDED EXTERNAL TABLE t (n BIGINT) STORED AS CSV LOCATION 'in/' OPTIONS ('mode' 'fail_fast');
+             CREATE SINK s STORED AS CONSOLE OPTIONS ('trigger' 'available_now') AS SELECT n FROM t",
+        ],
+        tmp.path(),
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("bad.csv at line 3"), "{stderr}");
+    assert!(stderr.contains("'three' is not a valid Int64"), "{stderr}");
+}
+
+#[test]
+fn static_queries_print_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = millrace(&["-c", "SELECT 1 + 1 AS two, upper('x') AS x"], tmp.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("| two | x |"), "{stdout}");
+    assert!(stdout.contains("| 2   | X |"), "{stdout}");
+}
+
+#[test]
+fn the_shell_reads_statements_from_standard_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("in")).unwrap();
+    fs::write(tmp.path().join("in/a.csv"), "5\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .current_dir(tmp.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = "CREATE UNBOUNDED EXTERNAL TABLE t (n BIGINT)\n  STORED AS CSV LOCATION 'in/';\n\
+                  CREATE SINK m STORED AS MEMORY OPTIONS ('trigger' 'once') AS SELECT n + 1 AS n FROM t;\n\
+                  SELECT 40 + 2 AS answer;\n\
+                  \\queries\n\
+                  \\q\n";
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("| 42     |"), "{stdout}");
+    assert!(stderr.contains("table 't' declared"), "{stderr}");
+    assert!(stderr.contains("streaming query 'm' started"), "{stderr}");
+}
+
+#[test]
+fn the_demo_writes_one_alert_per_low_pressure_reading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = millrace(&["demo", "--dir", "demo", "--files", "3"], tmp.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    // "generated 1080 sensor readings (41 below 5 psi) in ..."
+    let low: u64 = stderr
+        .split(" below 5 psi")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no generator summary in: {stderr}"));
+    assert!(low > 0);
+    // The last table printed is `alerts | pumps` counted from the Parquet output.
+    let counts = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("| ") && l.chars().nth(2).is_some_and(|c| c.is_ascii_digit()))
+        .unwrap_or_else(|| panic!("no count table in: {stdout}"));
+    let alerts: u64 = counts.split('|').nth(1).unwrap().trim().parse().unwrap();
+    assert_eq!(alerts, low, "{stdout}");
+    // Every batch printed on the console too.
+    assert!(stdout.contains("Batch: 1"), "{stdout}");
+}
