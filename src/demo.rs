@@ -77,7 +77,7 @@ pub fn generate_sensor_data(
             let total = file * minutes + minute;
             let (day, hour, min) = (10 + total / 1440, (total / 60) % 24, total % 60);
             for (name, ..) in PUMPS {
-                let pressure = if rng.next() % 25 == 0 {
+                let pressure = if rng.next().is_multiple_of(25) {
                     rng.range(0.0, 5.0)
                 } else {
                     rng.range(60.0, 95.0)

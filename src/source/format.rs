@@ -240,7 +240,8 @@ impl TextRows {
             .iter()
             .zip(&unkeepable)
             .map(|(problem, unkeepable)| {
-                Some(!unkeepable && !(problem.is_some() && mode == MalformedMode::DropMalformed))
+                let dropped = problem.is_some() && mode == MalformedMode::DropMalformed;
+                Some(!(*unkeepable || dropped))
             })
             .collect();
         let dropped = keep.iter().filter(|k| *k == Some(false)).count() as u64;
@@ -378,9 +379,9 @@ fn typed_rows(
     for (text, field) in texts.iter().zip(shape.data.fields()) {
         let typed = cast_with_options(text, field.data_type(), &options)?;
         if typed.null_count() > text.null_count() {
-            for row in 0..rows {
-                if typed.is_null(row) && text.is_valid(row) && problems[row].is_none() {
-                    problems[row] = Some(Problem {
+            for (row, problem) in problems.iter_mut().enumerate() {
+                if typed.is_null(row) && text.is_valid(row) && problem.is_none() {
+                    *problem = Some(Problem {
                         line: 0,
                         reason: format!(
                             "'{}' is not a valid {} for column '{}'",

@@ -133,8 +133,15 @@ fn expect_word(parser: &mut Parser, word: &str, context: &str) -> Result<()> {
     }
 }
 
+/// The `STORED AS x [LOCATION '..'] [OPTIONS (..)]` part shared by both statements.
+struct Storage {
+    format: String,
+    location: Option<String>,
+    options: Vec<(String, String)>,
+}
+
 /// Parses `STORED AS x [LOCATION '..'] [OPTIONS (..)]` (in either order after STORED AS).
-fn parse_storage(parser: &mut Parser) -> Result<(String, Option<String>, Vec<(String, String)>)> {
+fn parse_storage(parser: &mut Parser) -> Result<Storage> {
     expect_word(parser, "STORED", "(STORED AS <format>)")?;
     expect_word(parser, "AS", "after STORED")?;
     let format = parser.parse_identifier()?.value.to_ascii_uppercase();
@@ -149,7 +156,11 @@ fn parse_storage(parser: &mut Parser) -> Result<(String, Option<String>, Vec<(St
             break;
         }
     }
-    Ok((format, location, options))
+    Ok(Storage {
+        format,
+        location,
+        options,
+    })
 }
 
 /// Parses `( 'key' 'value', key 'value', ... )`.
@@ -235,7 +246,11 @@ pub fn parse_create_stream(sql: &str) -> Result<CreateStream> {
             break;
         }
     }
-    let (format, location, options) = parse_storage(&mut parser)?;
+    let Storage {
+        format,
+        location,
+        options,
+    } = parse_storage(&mut parser)?;
     expect_end(&mut parser, "CREATE UNBOUNDED EXTERNAL TABLE")?;
     Ok(CreateStream {
         name,
@@ -256,7 +271,11 @@ pub fn parse_create_sink(sql: &str) -> Result<CreateSink> {
     parser.expect_keyword_is(Keyword::CREATE)?;
     expect_word(&mut parser, "SINK", "after CREATE")?;
     let name = parser.parse_identifier()?.value;
-    let (format, location, options) = parse_storage(&mut parser)?;
+    let Storage {
+        format,
+        location,
+        options,
+    } = parse_storage(&mut parser)?;
     expect_word(
         &mut parser,
         "AS",
