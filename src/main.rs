@@ -128,17 +128,15 @@ fn run(cli: Cli, runtime: &Runtime) -> Result<()> {
 
 /// Runs a script, then waits for its queries; Ctrl-C or SIGTERM stops them gracefully.
 fn run_script(session: &Session, runtime: &Runtime, script: &str) -> Result<()> {
-    let outcome = runtime.block_on(session.execute_script(script));
-    let results = match outcome {
-        Ok(results) => results,
-        Err(e) => {
+    for statement in millrace::sql::split::split_statements(script) {
+        let outcome = runtime
+            .block_on(session.execute(&statement))
+            .and_then(|result| print_result(&result));
+        if let Err(e) = outcome {
             session.stop_all();
             let _ = session.await_all();
             return Err(e);
         }
-    };
-    for result in &results {
-        print_result(result)?;
     }
     let stopper = {
         let queries = session.queries();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::execution::SessionState;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use sqlparser::ast::Statement as SQLStatement;
 use tokio::runtime::Handle;
@@ -81,6 +82,14 @@ impl Session {
         self.ctx.state()
     }
 
+    /// Runs DataFusion's analyzer (view inlining, type coercion) over a logical plan.
+    fn analyze(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
+        let state = self.state();
+        Ok(state
+            .analyzer()
+            .execute_and_check(plan, state.config_options(), |_, _| {})?)
+    }
+
     /// Runs every statement of a script in order; stops at the first error.
     pub async fn execute_script(&self, script: &str) -> Result<Vec<StatementResult>> {
         let mut results = Vec::new();
@@ -123,6 +132,7 @@ impl Session {
                         SQLStatement::Query(parsed.query.clone()),
                     )))
                     .await?;
+                let plan = self.analyze(plan)?;
                 let query = self.start_query(
                     &parsed.name,
                     plan,
@@ -135,7 +145,36 @@ impl Session {
             }
             StatementKind::Other => {
                 let plan = self.state().create_logical_plan(sql).await?;
-                if reads_stream(&plan) {
+                // Views are inlined by the analyzer: only then does a view over a
+                // stream show its stream. Anything the analyzer cannot handle is left
+                // for DataFusion to run and report as usual.
+                let analyzed = self.analyze(plan.clone()).ok();
+                if let Some(analyzed) = analyzed.filter(|p| reads_stream(p)) {
+                    match &analyzed {
+                        // Declarations (CREATE VIEW over a stream, ...) are DataFusion's.
+                        LogicalPlan::Ddl(_)
+                        | LogicalPlan::Statement(_)
+                        | LogicalPlan::DescribeTable(_) => {
+                            let frame = self.ctx.execute_logical_plan(plan).await?;
+                            frame.collect().await?;
+                            return Ok(StatementResult::Done);
+                        }
+                        LogicalPlan::Dml(_) | LogicalPlan::Copy(_) => {
+                            return Err(Error::Unsupported(
+                                "INSERT and COPY cannot read an unbounded table (they would never \
+                                 end); write a stream with CREATE SINK ... AS SELECT instead"
+                                    .to_string(),
+                            ));
+                        }
+                        _ => {}
+                    }
+                    if matches!(analyzed, LogicalPlan::Explain(_)) {
+                        // EXPLAIN of a streaming query: the plan each batch runs.
+                        let streaming = plan_streaming_query(analyzed)?;
+                        let frame = self.ctx.execute_logical_plan(streaming.plan).await?;
+                        return Ok(StatementResult::Rows(frame.collect().await?));
+                    }
+                    let plan = analyzed;
                     // A bare SELECT over a stream runs like a console sink.
                     ddl::check_no_window_functions(sql)?;
                     let name = {

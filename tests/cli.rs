@@ -150,3 +150,49 @@ fn the_demo_writes_one_alert_per_low_pressure_reading() {
     // Every batch printed on the console too.
     assert!(stdout.contains("Batch: 1"), "{stdout}");
 }
+
+#[test]
+fn views_over_streams_stream_and_explain_shows_the_per_batch_plan() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("in")).unwrap();
+    fs::write(tmp.path().join("in/a.csv"), "1\n2\n3\n").unwrap();
+    let out = millrace(
+        &[
+            "-c",
+            "CREATE UNBOUNDED EXTERNAL TABLE t (n BIGINT) STORED AS CSV LOCATION 'in/';
+             CREATE VIEW big AS SELECT n * 100 AS n FROM t WHERE n > 1;
+             EXPLAIN SELECT n FROM big;
+             CREATE SINK s STORED AS CONSOLE OPTIONS ('trigger' 'available_now') AS SELECT n + 1 AS m FROM big",
+        ],
+        tmp.path(),
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("physical_plan"), "{stdout}");
+    assert!(stdout.contains("FilterExec"), "{stdout}");
+    assert!(
+        stdout.contains("| 201 |") && stdout.contains("| 301 |"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("| 101 |"), "{stdout}");
+}
+
+#[test]
+fn copy_from_a_stream_is_refused_with_what_to_do_instead() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("in")).unwrap();
+    let out = millrace(
+        &[
+            "-c",
+            "CREATE UNBOUNDED EXTERNAL TABLE t (n BIGINT) STORED AS CSV LOCATION 'in/';
+             COPY (SELECT n FROM t) TO 'copy.csv'",
+        ],
+        tmp.path(),
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("use CREATE SINK") || stderr.contains("with CREATE SINK"),
+        "{stderr}"
+    );
+}
