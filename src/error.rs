@@ -29,7 +29,9 @@ pub enum Error {
     Checkpoint(String),
     /// An I/O error on a named path.
     Io {
+        /// The file or directory involved.
         path: PathBuf,
+        /// What the operating system said.
         source: std::io::Error,
     },
     /// An I/O error that is not tied to one path (sockets, stdin).

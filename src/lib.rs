@@ -13,6 +13,8 @@
 //! - [`checkpoint`]: offset log, commit log, source state — beside them all;
 //! - front ends on top: [`sql`] (scripts), [`session`], [`repl`].
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod checkpoint;
 pub mod demo;

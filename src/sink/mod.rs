@@ -84,12 +84,17 @@ impl FileSinkFormat {
 #[derive(Debug, Clone)]
 pub enum SinkSpec {
     /// Pretty tables on standard output, showing at most `num_rows` rows per batch.
-    Console { num_rows: usize },
+    Console {
+        /// Rows shown per batch (the `num_rows` option, default 20).
+        num_rows: usize,
+    },
     /// A session table named after the sink.
     Memory,
     /// Files in a directory.
     Files {
+        /// File format written.
         format: FileSinkFormat,
+        /// Output directory (absolute).
         path: std::path::PathBuf,
     },
 }

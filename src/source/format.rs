@@ -65,7 +65,12 @@ impl MalformedMode {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Encoding {
     /// Delimited text; `has_header` skips (and checks) a header line.
-    Csv { has_header: bool, delimiter: u8 },
+    Csv {
+        /// The first line names the columns (checked against the declaration).
+        has_header: bool,
+        /// Field separator byte (default `,`).
+        delimiter: u8,
+    },
     /// One JSON object per line.
     Json,
     /// One `value` row per line.
@@ -434,9 +439,16 @@ fn nullable(schema: &SchemaRef) -> SchemaRef {
 
 fn read_json(bytes: &[u8], shape: &Shape) -> Result<TextRows> {
     let schema = nullable(&shape.data);
+    // Row i comes from the i-th non-blank line: its number in the file, for messages.
+    let lines: Vec<u64> = bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|(index, _)| index as u64 + 1)
+        .collect();
     if let Ok(data) = decode_json(bytes, &schema) {
         let rows = data.num_rows();
-        return mark_not_null(data, shape, (0..rows).map(|_| None).collect());
+        return mark_not_null(data, shape, (0..rows).map(|_| None).collect(), &lines);
     }
     // Slow path: something in the file is bad; decode line by line to find it.
     let mut batches = Vec::new();
@@ -467,7 +479,7 @@ fn read_json(bytes: &[u8], shape: &Shape) -> Result<TextRows> {
         }
     }
     let data = concat_batches(&schema, &batches)?;
-    mark_not_null(data, shape, problems)
+    mark_not_null(data, shape, problems, &lines)
 }
 
 /// Marks rows with nulls in NOT NULL columns as malformed and unkeepable.
@@ -475,6 +487,7 @@ fn mark_not_null(
     data: RecordBatch,
     shape: &Shape,
     mut problems: Vec<Option<Problem>>,
+    lines: &[u64],
 ) -> Result<TextRows> {
     let mut unkeepable = vec![false; data.num_rows()];
     for (column, field) in data.columns().iter().zip(shape.data.fields()) {
@@ -485,7 +498,7 @@ fn mark_not_null(
             if column.is_null(row) {
                 *slot = true;
                 problems[row].get_or_insert_with(|| Problem {
-                    line: row as u64 + 1,
+                    line: lines.get(row).copied().unwrap_or(row as u64 + 1),
                     reason: format!("column '{}' is NOT NULL but has no value", field.name()),
                     raw: String::new(),
                 });
