@@ -235,7 +235,7 @@ fn file_options(
                 DataType::Utf8,
                 true,
             )]),
-            1 if declared.field(0).data_type() == &DataType::Utf8 => declared,
+            1 if is_string(declared.field(0).data_type()) => declared,
             _ => {
                 return Err(Error::Sql(format!(
                     "{what} has one text column per line: declare `(value VARCHAR)` or no columns"
@@ -250,18 +250,26 @@ fn file_options(
         }
         declared
     };
-    if let Ok(field) = schema.field_with_name(CORRUPT_RECORD_COLUMN) {
-        if !matches!(encoding, Encoding::Csv { .. } | Encoding::Json) {
-            return Err(Error::Sql(format!(
-                "{what} cannot have a {CORRUPT_RECORD_COLUMN} column: only CSV and JSON records can be malformed"
-            )));
+    let schema = match schema.index_of(CORRUPT_RECORD_COLUMN) {
+        Err(_) => schema,
+        Ok(index) => {
+            let field = schema.field(index);
+            if !matches!(encoding, Encoding::Csv { .. } | Encoding::Json) {
+                return Err(Error::Sql(format!(
+                    "{what} cannot have a {CORRUPT_RECORD_COLUMN} column: only CSV and JSON records can be malformed"
+                )));
+            }
+            if !is_string(field.data_type()) || !field.is_nullable() {
+                return Err(Error::Sql(format!(
+                    "column {CORRUPT_RECORD_COLUMN} of {what} must be a nullable VARCHAR"
+                )));
+            }
+            // DataFusion plans VARCHAR as Utf8View; the decoders fill this column as Utf8.
+            let mut fields = schema.fields().to_vec();
+            fields[index] = Arc::new(field.clone().with_data_type(DataType::Utf8));
+            Schema::new_with_metadata(fields, schema.metadata().clone())
         }
-        if field.data_type() != &DataType::Utf8 || !field.is_nullable() {
-            return Err(Error::Sql(format!(
-                "column {CORRUPT_RECORD_COLUMN} of {what} must be a nullable VARCHAR"
-            )));
-        }
-    }
+    };
     let max_files_per_trigger =
         options.take_parsed::<usize>("max_files_per_trigger", "a positive whole number")?;
     if max_files_per_trigger == Some(0) {
@@ -279,6 +287,15 @@ fn file_options(
         },
         Arc::new(schema),
     ))
+}
+
+/// Whether a declared column is text: DataFusion plans `VARCHAR` as `Utf8View` by
+/// default (`datafusion.sql_parser.map_string_types_to_utf8view`).
+fn is_string(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+    )
 }
 
 fn check_first_file(options: &FileSourceOptions, dir: &Path, schema: &Arc<Schema>) -> Result<()> {
