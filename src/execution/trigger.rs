@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::duration::parse_duration;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// When a streaming query runs its next batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +31,17 @@ impl Trigger {
             "available_now" | "availablenow" => Ok(Trigger::AvailableNow),
             "once" => Ok(Trigger::Once),
             "" | "default" | "continuous_batches" => Ok(Trigger::default()),
-            other => Ok(Trigger::ProcessingTime(parse_duration(other)?)),
+            other => parse_duration(other).map(Trigger::ProcessingTime).map_err(|e| {
+                let detail = match e {
+                    Error::Option(message) => message,
+                    e => e.to_string(),
+                };
+                Error::Option(format!(
+                    "unknown trigger '{}': use 'available_now', 'once' or an interval such as \
+                     '10 seconds' ({detail})",
+                    value.trim()
+                ))
+            }),
         }
     }
 
