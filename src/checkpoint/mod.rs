@@ -20,7 +20,7 @@ pub use batch_log::BatchLog;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -169,14 +169,25 @@ impl Checkpoint {
     }
 
     /// Appends one progress report as a JSON line to `progress.jsonl`.
+    ///
+    /// The line goes out in one write. A `kill -9` during an earlier append may have
+    /// left a last line without its newline: it is ended first, so that this report
+    /// starts on a line of its own instead of being glued to the torn one.
     pub fn append_progress(&self, json: &str) -> Result<()> {
         let path = self.root.join("progress.jsonl");
         let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)
             .map_err(Error::io(&path))?;
-        writeln!(file, "{json}").map_err(Error::io(&path))
+        let mut line = String::with_capacity(json.len() + 2);
+        if ends_without_newline(&mut file).map_err(Error::io(&path))? {
+            line.push('\n');
+        }
+        line.push_str(json);
+        line.push('\n');
+        file.write_all(line.as_bytes()).map_err(Error::io(&path))
     }
 
     /// Drops offset and commit entries older than the newest `keep` batches.
@@ -184,4 +195,15 @@ impl Checkpoint {
         self.offsets.purge(keep)?;
         self.commits.purge(keep)
     }
+}
+
+/// Whether a non-empty file's last byte is not a newline (a torn last line).
+fn ends_without_newline(file: &mut File) -> std::io::Result<bool> {
+    if file.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
