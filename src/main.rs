@@ -127,12 +127,29 @@ fn run(cli: Cli, runtime: &Runtime) -> Result<()> {
 }
 
 /// Runs a script, then waits for its queries; Ctrl-C or SIGTERM stops them gracefully.
+///
+/// The signals are listened for before the first statement runs: one that arrives
+/// while the script is still running (a query starting, a long batch statement) ends
+/// the script there and stops the queries already started after their current batch,
+/// instead of killing the process with the signal's default action.
 fn run_script(session: &Session, runtime: &Runtime, script: &str) -> Result<()> {
+    let mut signals = {
+        let _entered = runtime.enter();
+        ShutdownSignals::listen()
+    };
+    let mut signalled = false;
     for statement in millrace::sql::split::split_statements(script) {
-        let outcome = runtime
-            .block_on(session.execute(&statement))
-            .and_then(|result| print_result(&result));
-        if let Err(e) = outcome {
+        let outcome = runtime.block_on(async {
+            tokio::select! {
+                result = session.execute(&statement) => Some(result),
+                _ = signals.recv() => None,
+            }
+        });
+        let Some(outcome) = outcome else {
+            signalled = true;
+            break;
+        };
+        if let Err(e) = outcome.and_then(|result| print_result(&result)) {
             session.stop_all();
             let _ = session.await_all();
             return Err(e);
@@ -141,12 +158,14 @@ fn run_script(session: &Session, runtime: &Runtime, script: &str) -> Result<()> 
     let stopper = {
         let queries = session.queries();
         runtime.spawn(async move {
-            wait_for_shutdown_signal().await;
+            if !signalled {
+                signals.recv().await;
+            }
             eprintln!("millrace: stopping after the current batch (press Ctrl-C again to abort)");
             for q in &queries {
                 q.stop();
             }
-            wait_for_shutdown_signal().await;
+            signals.recv().await;
             std::process::exit(130);
         })
     };
@@ -155,24 +174,38 @@ fn run_script(session: &Session, runtime: &Runtime, script: &str) -> Result<()> 
     outcome
 }
 
-async fn wait_for_shutdown_signal() {
+/// Ctrl-C and, on Unix, SIGTERM, listened for from the moment this is made: a signal
+/// that comes before anyone waits for it is kept, not left to its default action.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl ShutdownSignals {
+    /// Starts listening (inside the runtime).
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = signal(SignalKind::interrupt())
+                .and_then(|interrupt| Ok((interrupt, signal(SignalKind::terminate())?)))
+                .ok();
+            ShutdownSignals { streams }
         }
+        #[cfg(not(unix))]
+        ShutdownSignals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Waits for the next Ctrl-C or SIGTERM.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some((interrupt, terminate)) = &mut self.streams {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }
