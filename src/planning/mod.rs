@@ -126,6 +126,9 @@ pub fn plan_streaming_query(plan: LogicalPlan) -> Result<StreamingPlan> {
             Ok(Transformed::yes(LogicalPlan::TableScan(replaced)))
         })?
         .data;
+    // First, so a stream read only inside a subquery (not swapped above) gets the
+    // subquery message rather than "must read at least one unbounded table".
+    check_supported(&rewritten)?;
     if inputs.is_empty() {
         return Err(Error::Sql(
             "a streaming query must read at least one unbounded table \
@@ -133,7 +136,6 @@ pub fn plan_streaming_query(plan: LogicalPlan) -> Result<StreamingPlan> {
                 .to_string(),
         ));
     }
-    check_supported(&rewritten)?;
     let schema = Arc::new(rewritten.schema().as_arrow().clone());
     Ok(StreamingPlan {
         plan: rewritten,
