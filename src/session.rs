@@ -14,7 +14,7 @@ use tokio::runtime::Handle;
 
 use crate::error::{Error, Result};
 use crate::execution::{QueryConfig, StreamingQuery, Trigger};
-use crate::planning::{BatchTable, StreamTable, plan_streaming_query, reads_stream};
+use crate::planning::{BatchTable, StreamTable, plan_streaming_query, reads_stream_anywhere};
 use crate::sink::{OutputMode, SinkSpec};
 use crate::sql::ddl::{self, StatementKind};
 use crate::sql::split::split_statements;
@@ -149,7 +149,7 @@ impl Session {
                 // stream show its stream. Anything the analyzer cannot handle is left
                 // for DataFusion to run and report as usual.
                 let analyzed = self.analyze(plan.clone()).ok();
-                if let Some(analyzed) = analyzed.filter(|p| reads_stream(p)) {
+                if let Some(analyzed) = analyzed.filter(reads_stream_anywhere) {
                     match &analyzed {
                         // Declarations (CREATE VIEW over a stream, ...) are DataFusion's.
                         LogicalPlan::Ddl(_)

@@ -80,6 +80,22 @@ pub fn reads_stream(plan: &LogicalPlan) -> bool {
     .unwrap_or(false)
 }
 
+/// Whether a plan reads any unbounded table, also inside subqueries (which
+/// [`reads_stream`] does not look into).
+pub fn reads_stream_anywhere(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        found = matches!(node, LogicalPlan::TableScan(scan)
+            if scanned_stream(scan).is_some() || is_batch_scan(scan));
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
+}
+
 fn is_batch_scan(scan: &TableScan) -> bool {
     source_as_provider(&scan.source)
         .map(|p| {
