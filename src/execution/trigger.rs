@@ -31,17 +31,19 @@ impl Trigger {
             "available_now" | "availablenow" => Ok(Trigger::AvailableNow),
             "once" => Ok(Trigger::Once),
             "" | "default" | "continuous_batches" => Ok(Trigger::default()),
-            other => parse_duration(other).map(Trigger::ProcessingTime).map_err(|e| {
-                let detail = match e {
-                    Error::Option(message) => message,
-                    e => e.to_string(),
-                };
-                Error::Option(format!(
-                    "unknown trigger '{}': use 'available_now', 'once' or an interval such as \
+            other => parse_duration(other)
+                .map(Trigger::ProcessingTime)
+                .map_err(|e| {
+                    let detail = match e {
+                        Error::Option(message) => message,
+                        e => e.to_string(),
+                    };
+                    Error::Option(format!(
+                        "unknown trigger '{}': use 'available_now', 'once' or an interval such as \
                      '10 seconds' ({detail})",
-                    value.trim()
-                ))
-            }),
+                        value.trim()
+                    ))
+                }),
         }
     }
 
