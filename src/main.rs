@@ -1,6 +1,7 @@
 //! The `millrace` command: run SQL scripts (`-f`), inline statements (`-c`), the
 //! interactive shell (no arguments), the bundled demo, and the pipeline benchmark.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -19,7 +20,7 @@ use tokio::runtime::Runtime;
 struct Cli {
     /// Run the SQL script in FILE: declarations, then every CREATE SINK starts a query;
     /// returns when all queries have ended.
-    #[arg(short = 'f', long = "file")]
+    #[arg(short = 'f', long = "file", conflicts_with = "command")]
     file: Option<PathBuf>,
     /// Run the statements given inline (separated by ';').
     #[arg(short = 'c', long = "command")]
@@ -161,10 +162,14 @@ fn run_script(session: &Session, runtime: &Runtime, script: &str) -> Result<()> 
             if !signalled {
                 signals.recv().await;
             }
-            eprintln!("millrace: stopping after the current batch (press Ctrl-C again to abort)");
             for q in &queries {
                 q.stop();
             }
+            // Stderr may be a closed pipe: a failed note must not stop the shutdown.
+            let _ = writeln!(
+                std::io::stderr(),
+                "millrace: stopping after the current batch (press Ctrl-C again to abort)"
+            );
             signals.recv().await;
             std::process::exit(130);
         })

@@ -69,11 +69,15 @@ pub fn run(session: &Session, runtime: &Runtime) -> Result<()> {
                     continue;
                 }
                 ["\\stop", name] => {
-                    session
+                    let matching: Vec<_> = session
                         .queries()
-                        .iter()
-                        .filter(|q| q.name() == *name)
-                        .for_each(|q| q.stop());
+                        .into_iter()
+                        .filter(|q| q.name() == *name && q.is_active())
+                        .collect();
+                    if matching.is_empty() {
+                        eprintln!("no running query named '{name}' (see \\queries)");
+                    }
+                    matching.iter().for_each(|q| q.stop());
                     continue;
                 }
                 [] => continue,

@@ -133,14 +133,16 @@ impl Session {
                     )))
                     .await?;
                 let plan = self.analyze(plan)?;
-                let query = self.start_query(
-                    &parsed.name,
-                    plan,
-                    options.spec,
-                    options.output_mode,
-                    options.trigger,
-                    options.checkpoint,
-                )?;
+                let query = self
+                    .start_query(
+                        &parsed.name,
+                        plan,
+                        options.spec,
+                        options.output_mode,
+                        options.trigger,
+                        options.checkpoint,
+                    )
+                    .await?;
                 Ok(StatementResult::QueryStarted(query))
             }
             StatementKind::Other => {
@@ -182,14 +184,16 @@ impl Session {
                         *n += 1;
                         format!("select_{n}")
                     };
-                    let query = self.start_query(
-                        &name,
-                        plan,
-                        SinkSpec::Console { num_rows: 20 },
-                        OutputMode::Append,
-                        Trigger::default(),
-                        None,
-                    )?;
+                    let query = self
+                        .start_query(
+                            &name,
+                            plan,
+                            SinkSpec::Console { num_rows: 20 },
+                            OutputMode::Append,
+                            Trigger::default(),
+                            None,
+                        )
+                        .await?;
                     return Ok(StatementResult::QueryStarted(query));
                 }
                 let frame = self.ctx.execute_logical_plan(plan).await?;
@@ -204,7 +208,7 @@ impl Session {
     }
 
     /// Starts a streaming query from a logical plan over unbounded tables.
-    pub fn start_query(
+    pub async fn start_query(
         &self,
         name: &str,
         plan: datafusion::logical_expr::LogicalPlan,
@@ -232,6 +236,18 @@ impl Session {
         }
         let memory_table = match sink {
             SinkSpec::Memory => {
+                // Replace an earlier memory sink's table of the same name, never
+                // another table.
+                if let Some(existing) = self.ctx.table_provider(name).await.ok()
+                    && existing
+                        .downcast_ref::<BatchTable>()
+                        .is_none_or(|t| t.is_stream_input())
+                {
+                    return Err(Error::Sql(format!(
+                        "a memory sink's results become table '{name}', but a table of that name \
+                         already exists; choose another sink name"
+                    )));
+                }
                 let table = BatchTable::new(plan.schema.clone());
                 self.ctx.deregister_table(name)?;
                 self.ctx.register_table(name, table.clone())?;

@@ -196,3 +196,38 @@ fn copy_from_a_stream_is_refused_with_what_to_do_instead() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_memory_sink_never_replaces_another_table_and_options_are_given_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("in")).unwrap();
+    let clash = millrace(
+        &[
+            "-c",
+            "CREATE UNBOUNDED EXTERNAL TABLE t (n BIGINT) STORED AS CSV LOCATION 'in/';
+             CREATE SINK t STORED AS MEMORY AS SELECT n FROM t",
+        ],
+        tmp.path(),
+    );
+    assert!(!clash.status.success());
+    let stderr = text(&clash.stderr);
+    assert!(
+        stderr.contains("table 't'") && stderr.contains("already exists"),
+        "{stderr}"
+    );
+
+    let twice = millrace(
+        &[
+            "-c",
+            "CREATE UNBOUNDED EXTERNAL TABLE t (n BIGINT) STORED AS CSV LOCATION 'in/' \
+             OPTIONS ('mode' 'permissive', 'MODE' 'fail_fast')",
+        ],
+        tmp.path(),
+    );
+    assert!(!twice.status.success());
+    let stderr = text(&twice.stderr);
+    assert!(
+        stderr.contains("option 'mode'") && stderr.contains("twice"),
+        "{stderr}"
+    );
+}

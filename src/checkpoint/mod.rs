@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <checkpoint>/
-//!   metadata            query id and the identity of its sources and sink
+//!   metadata            query id and the identity of its sources
 //!   offsets/<N>         what batch N reads (every source's end offset) + its watermark;
 //!                       written and fsynced BEFORE batch N runs
 //!   commits/<N>         batch N's output is committed in the sink; written AFTER the sink commit

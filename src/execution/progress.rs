@@ -63,7 +63,7 @@ pub struct EventTime {
     /// The watermark in force for the batch (ISO 8601), if the query has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watermark: Option<String>,
-    /// Largest event time in the batch's input, per watermarked source column.
+    /// Largest event time in the batch's input (over the watermarked columns), ISO 8601.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max: Option<String>,
 }

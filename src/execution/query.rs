@@ -143,6 +143,7 @@ impl StreamingQuery {
             pending: None,
             max_event_ms: BTreeMap::new(),
             last_trigger_start: None,
+            last_batch_start: None,
         };
         runner.recover()?;
         if runner.trigger == Trigger::AvailableNow {
@@ -299,7 +300,10 @@ struct Runner {
     pending: Option<OffsetEntry>,
     /// Largest event time seen per watermarked source (ms since epoch).
     max_event_ms: BTreeMap<String, i64>,
+    /// When the last trigger started (batch or idle poll): paces interval triggers.
     last_trigger_start: Option<Instant>,
+    /// When the last batch that ran started: the base of `inputRowsPerSecond`.
+    last_batch_start: Option<Instant>,
 }
 
 /// What one batch did, for its progress report.
@@ -309,6 +313,8 @@ struct BatchOutcome {
     rows_per_source: BTreeMap<String, u64>,
     malformed_per_source: BTreeMap<String, u64>,
     output_rows: u64,
+    /// Largest event time in this batch's input (ms), over watermarked sources.
+    max_event_ms: Option<i64>,
     durations: DurationMs,
 }
 
@@ -361,6 +367,7 @@ impl Runner {
                 Some(outcome) => {
                     self.report(outcome, trigger_start)?;
                     self.last_trigger_start = Some(trigger_start);
+                    self.last_batch_start = Some(trigger_start);
                     if self.trigger == Trigger::Once && !replay {
                         return Ok(());
                     }
@@ -433,6 +440,7 @@ impl Runner {
         let started = Instant::now();
         let mut rows_per_source = BTreeMap::new();
         let mut malformed_per_source = BTreeMap::new();
+        let mut batch_max_event = None;
         for open in &mut self.sources {
             let start = self.committed.get(&open.name);
             let batch = match entry.sources.get(&open.name) {
@@ -446,6 +454,7 @@ impl Runner {
             {
                 let seen = self.max_event_ms.entry(open.name.clone()).or_insert(max);
                 *seen = (*seen).max(max);
+                batch_max_event = Some(batch_max_event.map_or(max, |m: i64| m.max(max)));
             }
             open.table.replace(batch.batches);
         }
@@ -496,13 +505,14 @@ impl Runner {
             rows_per_source,
             malformed_per_source,
             output_rows,
+            max_event_ms: batch_max_event,
             durations,
         }))
     }
 
     fn report(&mut self, outcome: BatchOutcome, trigger_start: Instant) -> Result<()> {
         let since_last = self
-            .last_trigger_start
+            .last_batch_start
             .map(|t| trigger_start.duration_since(t).as_secs_f64())
             .unwrap_or(0.0);
         let processing = outcome.durations.trigger_execution as f64 / 1000.0;
@@ -567,7 +577,7 @@ impl Runner {
             duration_ms: outcome.durations,
             event_time: EventTime {
                 watermark: outcome.entry.batch_watermark_ms.map(iso_ms),
-                max: None,
+                max: outcome.max_event_ms.map(iso_ms),
             },
             state_operators: Vec::new(),
             sources,

@@ -623,11 +623,20 @@ fn read_parquet(path: &Path, shape: &Shape) -> Result<Decoded> {
             .zip(shape.data.fields())
             .map(|(index, field)| {
                 let at = sorted.binary_search(index).expect("projected column");
-                Ok(cast_with_options(
-                    batch.column(at),
-                    field.data_type(),
-                    &CastOptions::default(),
-                )?)
+                // Unsafe cast: a value that does not fit is an error naming the file,
+                // never a silent NULL.
+                let strict = CastOptions {
+                    safe: false,
+                    format_options: FormatOptions::default(),
+                };
+                cast_with_options(batch.column(at), field.data_type(), &strict).map_err(|e| {
+                    Error::Data(format!(
+                        "column '{}' of {} cannot be read as the declared {}: {e}",
+                        field.name(),
+                        path.display(),
+                        field.data_type()
+                    ))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let data = RecordBatch::try_new(shape.data.clone(), columns)

@@ -17,18 +17,19 @@ pub struct Options {
 impl Options {
     /// Wraps the options of `what` (e.g. "CSV table readings"). Keys are case-insensitive,
     /// and DataFusion's `format.` prefix is accepted (`format.has_header` = `has_header`).
-    pub fn new(what: impl Into<String>, pairs: Vec<(String, String)>) -> Self {
-        let values = pairs
-            .into_iter()
-            .map(|(k, v)| {
-                let k = k.to_ascii_lowercase();
-                (k.strip_prefix("format.").unwrap_or(&k).to_string(), v)
-            })
-            .collect();
-        Options {
-            what: what.into(),
-            values,
+    pub fn new(what: impl Into<String>, pairs: Vec<(String, String)>) -> Result<Self> {
+        let what = what.into();
+        let mut values = BTreeMap::new();
+        for (key, value) in pairs {
+            let key = key.to_ascii_lowercase();
+            let key = key.strip_prefix("format.").unwrap_or(&key).to_string();
+            if values.insert(key.clone(), value).is_some() {
+                return Err(Error::Option(format!(
+                    "option '{key}' of {what} is given twice; keep one"
+                )));
+            }
         }
+        Ok(Options { what, values })
     }
 
     /// Takes a string option.

@@ -32,7 +32,7 @@ use ddl::{CreateSink, CreateStream};
 pub async fn declare_stream(state: &SessionState, statement: CreateStream) -> Result<StreamDef> {
     let (name, declared) = plan_columns(state, &statement).await?;
     let what = format!("{} table '{name}'", statement.format);
-    let mut options = Options::new(what.clone(), statement.options.clone());
+    let mut options = Options::new(what.clone(), statement.options.clone())?;
     let location = statement.location.clone();
     let (kind, schema, location) = match statement.format.as_str() {
         "CSV" | "JSON" | "PARQUET" | "TEXT" => {
@@ -352,7 +352,7 @@ pub struct SinkOptions {
 /// Resolves and checks a `CREATE SINK`'s format, location and options.
 pub fn sink_options(statement: &CreateSink) -> Result<SinkOptions> {
     let what = format!("{} sink '{}'", statement.format, statement.name);
-    let mut options = Options::new(what.clone(), statement.options.clone());
+    let mut options = Options::new(what.clone(), statement.options.clone())?;
     let checkpoint = options
         .take("checkpoint")
         .map(|c| absolute(Path::new(&c)))
@@ -379,6 +379,11 @@ pub fn sink_options(statement: &CreateSink) -> Result<SinkOptions> {
             let num_rows = options
                 .take_parsed::<usize>("num_rows", "a whole number")?
                 .unwrap_or(20);
+            if num_rows == 0 {
+                return Err(Error::Option(format!(
+                    "'num_rows' of {what} must be at least 1"
+                )));
+            }
             (
                 SinkSpec::Console { num_rows },
                 &["checkpoint", "output_mode", "trigger", "num_rows"],
