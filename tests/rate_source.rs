@@ -17,9 +17,7 @@ fn rate_job(
     partitions: usize,
     trigger: Option<&str>,
 ) -> PathBuf {
-    let trigger = trigger
-        .map(|t| format!(", 'trigger' '{t}'"))
-        .unwrap_or_default();
+    let trigger = trigger_option(trigger);
     write_job(
         root,
         name,

@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn socket_job(root: &Path, name: &str, address: &str, trigger: Option<&str>) -> PathBuf {
-    let trigger = trigger
-        .map(|t| format!(", 'trigger' '{t}'"))
-        .unwrap_or_default();
+    let trigger = trigger_option(trigger);
     write_job(
         root,
         name,

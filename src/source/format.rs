@@ -658,6 +658,11 @@ mod tests {
         Arc::new(Schema::new(fields))
     }
 
+    /// Column `index` of `batch` as its concrete array type.
+    fn column<T: Array + 'static>(batch: &RecordBatch, index: usize) -> &T {
+        batch.column(index).as_any().downcast_ref::<T>().unwrap()
+    }
+
     fn decode(format: FileFormat, schema: &SchemaRef, text: &str) -> Result<Decoded> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("input");
@@ -700,18 +705,10 @@ mod tests {
         .unwrap();
         let batch = decoded.batch;
         assert_eq!(batch.num_rows(), 3);
-        let temp = batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .unwrap();
+        let temp = column::<Float64Array>(&batch, 1);
         assert_eq!(temp.value(0), 20.5);
         assert!(temp.is_null(1) && temp.is_null(2));
-        let corrupt = batch
-            .column(2)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
+        let corrupt = column::<StringArray>(&batch, 2);
         assert!(corrupt.is_null(0));
         assert_eq!(corrupt.value(1), "2,hot");
         assert_eq!(corrupt.value(2), "3");
@@ -726,12 +723,7 @@ mod tests {
             "1,20.5\nx,1\n2,21\n4,5,6\n",
         )
         .unwrap();
-        let ids = decoded
-            .batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
+        let ids = column::<Int64Array>(&decoded.batch, 0);
         assert_eq!(ids.values().to_vec(), vec![1, 2]);
         assert_eq!(decoded.malformed_dropped, 2);
     }
@@ -792,20 +784,10 @@ mod tests {
         let decoded = decode(json(MalformedMode::Permissive), &id_temp_corrupt(), bad).unwrap();
         // Line 2 has no id (NOT NULL): dropped. Line 3 keeps its id, temp is null.
         // Line 4 is cut off: no id either.
-        let ids = decoded
-            .batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
+        let ids = column::<Int64Array>(&decoded.batch, 0);
         assert_eq!(ids.values().to_vec(), vec![1, 3]);
         assert_eq!(decoded.malformed_dropped, 2);
-        let corrupt = decoded
-            .batch
-            .column(2)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
+        let corrupt = column::<StringArray>(&decoded.batch, 2);
         assert_eq!(corrupt.value(1), "{\"id\": 3, \"temp\": \"hot\"}");
 
         let error = decode(json(MalformedMode::FailFast), &id_temp_corrupt(), bad)
@@ -822,12 +804,7 @@ mod tests {
             mode: MalformedMode::Permissive,
         };
         let decoded = decode(format, &text, "first line\r\nsecond, with comma\n\nlast").unwrap();
-        let values = decoded
-            .batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
+        let values = column::<StringArray>(&decoded.batch, 0);
         let values: Vec<&str> = values.iter().map(|v| v.unwrap()).collect();
         assert_eq!(values, vec!["first line", "second, with comma", "", "last"]);
     }

@@ -85,6 +85,13 @@ pub fn write_job(dir: &Path, name: &str, sql: &str) -> PathBuf {
 
 /// A JSON file source `events (id BIGINT NOT NULL, payload VARCHAR)` over `input`
 /// feeding a Parquet sink at `output` with the checkpoint `checkpoint`.
+/// The `, 'trigger' '<t>'` part of a sink's OPTIONS list, or nothing.
+pub fn trigger_option(trigger: Option<&str>) -> String {
+    trigger
+        .map(|t| format!(", 'trigger' '{t}'"))
+        .unwrap_or_default()
+}
+
 pub fn file_to_parquet_job(
     input: &Path,
     output: &Path,
@@ -92,9 +99,7 @@ pub fn file_to_parquet_job(
     max_files_per_trigger: usize,
     trigger: Option<&str>,
 ) -> String {
-    let trigger = trigger
-        .map(|t| format!(", 'trigger' '{t}'"))
-        .unwrap_or_default();
+    let trigger = trigger_option(trigger);
     format!(
         "CREATE UNBOUNDED EXTERNAL TABLE events (id BIGINT NOT NULL, payload VARCHAR)\n  \
          STORED AS JSON LOCATION '{}/' OPTIONS ('max_files_per_trigger' '{max_files_per_trigger}');\n\
