@@ -446,3 +446,41 @@ fn torn_progress_line_does_not_corrupt_the_next_report() {
         );
     }
 }
+
+#[test]
+fn a_checkpoint_in_use_by_a_running_query_is_refused() {
+    let s = setup();
+    let ids_written = land_files(&s.input, 0, 4, 2);
+    let job = s.job("job.sql", 1, None);
+    let mut first = Millrace::spawn(&job, &[], &s.log("first.err"));
+    wait_until("the first commit", DEADLINE, || {
+        first.assert_running("while the second process starts");
+        !log_ids(&s.checkpoint.join("commits")).is_empty()
+    });
+    let (status, stderr) = run_to_end(
+        &s.job("second.sql", 1, Some("available_now")),
+        &[],
+        &s.log("second.err"),
+    );
+    assert!(
+        !status.success(),
+        "a second process on the same checkpoint ran; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("in use by another running query"),
+        "stderr:\n{stderr}"
+    );
+    first.assert_running("after the refused second process");
+
+    // Once the first process is gone (even by kill -9), the checkpoint is free again.
+    first.kill9();
+    run_success(
+        &s.job("drain.sql", 1, Some("available_now")),
+        &s.log("drain.err"),
+    );
+    assert_exactly_once(
+        "output after the drain",
+        output_ids(&s.output),
+        (0..ids_written).filter(|id| passes_filter(*id)),
+    );
+}

@@ -19,9 +19,17 @@ pub struct BatchLog<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> BatchLog<T> {
-    /// Opens the log in `dir`, creating the directory if needed.
+    /// Opens the log in `dir`, creating the directory if needed, and removes the
+    /// temporaries of writes a crash interrupted (their entries were never written).
     pub fn open(dir: PathBuf) -> Result<Self> {
         create_dir_all(&dir)?;
+        for entry in fs::read_dir(&dir).map_err(Error::io(&dir))? {
+            let entry = entry.map_err(Error::io(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                fs::remove_file(entry.path()).map_err(Error::io(entry.path()))?;
+            }
+        }
         Ok(BatchLog {
             dir,
             _entry: PhantomData,

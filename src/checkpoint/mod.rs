@@ -108,6 +108,10 @@ pub struct Checkpoint {
     /// The log of batches whose sink output is committed.
     pub commits: BatchLog<CommitEntry>,
     metadata: QueryMetadata,
+    /// An exclusive lock on `<checkpoint>/.lock`, held while the query runs: a second
+    /// process on the same checkpoint would interleave batches and corrupt both.
+    /// The operating system releases it when the process ends, even by `kill -9`.
+    _lock: File,
 }
 
 impl Checkpoint {
@@ -118,6 +122,24 @@ impl Checkpoint {
     /// offsets against other sources would silently lose or duplicate data.
     pub fn open(root: &Path, sources: BTreeMap<String, String>) -> Result<Self> {
         create_dir_all(root)?;
+        let lock_path = root.join(".lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(Error::io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Checkpoint(format!(
+                    "checkpoint {} is in use by another running query; stop that query first, \
+                     or give this one its own checkpoint directory",
+                    root.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path)(e)),
+        }
         let meta_path = root.join("metadata");
         let metadata = if meta_path.exists() {
             let text = fs::read_to_string(&meta_path).map_err(Error::io(&meta_path))?;
@@ -150,6 +172,7 @@ impl Checkpoint {
             commits: BatchLog::open(root.join("commits"))?,
             root: root.to_path_buf(),
             metadata,
+            _lock: lock,
         })
     }
 
