@@ -27,6 +27,7 @@ pub mod session;
 pub mod sink;
 pub mod source;
 pub mod sql;
+pub mod state;
 
 pub use error::{Error, Result};
 pub use execution::{QueryProgress, StreamingQuery, Trigger};
