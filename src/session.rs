@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::execution::SessionState;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use sqlparser::ast::Statement as SQLStatement;
@@ -14,7 +15,9 @@ use tokio::runtime::Handle;
 
 use crate::error::{Error, Result};
 use crate::execution::{QueryConfig, StreamingQuery, Trigger};
-use crate::planning::{BatchTable, StreamTable, plan_streaming_query, reads_stream_anywhere};
+use crate::planning::{
+    BatchTable, StreamTable, aggregates_stream, plan_streaming_query, reads_stream_anywhere,
+};
 use crate::sink::{OutputMode, SinkSpec};
 use crate::sql::ddl::{self, StatementKind};
 use crate::sql::split::split_statements;
@@ -184,12 +187,18 @@ impl Session {
                         *n += 1;
                         format!("select_{n}")
                     };
+                    // An aggregation has no final rows yet: show the whole result each batch.
+                    let mode = if aggregates_stream(&plan) {
+                        OutputMode::Complete
+                    } else {
+                        OutputMode::Append
+                    };
                     let query = self
                         .start_query(
                             &name,
                             plan,
                             SinkSpec::Console { num_rows: 20 },
-                            OutputMode::Append,
+                            mode,
                             Trigger::default(),
                             None,
                         )
@@ -227,13 +236,7 @@ impl Session {
             )));
         }
         let plan = plan_streaming_query(plan)?;
-        if output_mode == OutputMode::Complete {
-            return Err(Error::Unsupported(
-                "output_mode 'complete' needs a streaming aggregation (the whole result table is \
-                 re-emitted each batch); this query has none: use 'append'"
-                    .to_string(),
-            ));
-        }
+        check_output_mode(&plan.plan, output_mode)?;
         let memory_table = match sink {
             SinkSpec::Memory => {
                 // Replace an earlier memory sink's table of the same name, never
@@ -262,7 +265,7 @@ impl Session {
             output_mode,
             trigger,
             checkpoint,
-            state: self.state(),
+            state: streaming_state(self.state()),
             print_progress: self.settings.print_progress,
             memory_table,
             retain_batches: self.settings.retain_batches,
@@ -327,4 +330,49 @@ impl Session {
             _ => Ok(Vec::new()),
         }
     }
+}
+
+/// Spark's output-mode rules, checked before a query starts.
+fn check_output_mode(plan: &LogicalPlan, mode: OutputMode) -> Result<()> {
+    let aggregates = aggregates_stream(plan);
+    match (aggregates, mode) {
+        (false, OutputMode::Complete) => Err(Error::Unsupported(
+            "output_mode 'complete' needs a streaming aggregation (the whole result table is \
+             re-emitted each batch); this query has none: use 'append'"
+                .to_string(),
+        )),
+        (true, OutputMode::Append) => Err(Error::Unsupported(
+            "output_mode 'append' with an aggregation over an unbounded table needs an \
+             event-time window and a watermark (not supported yet): use output_mode 'update' \
+             (changed groups each batch) or 'complete' (the whole result each batch), with a \
+             console or memory sink"
+                .to_string(),
+        )),
+        (true, OutputMode::Update) if sorts_or_limits(plan) => Err(Error::Unsupported(
+            "ORDER BY or LIMIT after a streaming aggregation needs output_mode 'complete'"
+                .to_string(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn sorts_or_limits(plan: &LogicalPlan) -> bool {
+    plan.exists(|node| Ok(matches!(node, LogicalPlan::Sort(_) | LogicalPlan::Limit(_))))
+        .unwrap_or(false)
+}
+
+/// The session state a streaming query runs with: DataFusion's, less the optimizer rule
+/// that rewrites `count(DISTINCT x)` into two aggregation levels. Its inner level would
+/// keep distinct values per micro-batch only; the distinct accumulator's own state
+/// merges correctly across batches.
+fn streaming_state(state: SessionState) -> SessionState {
+    let rules = state
+        .optimizers()
+        .iter()
+        .filter(|rule| rule.name() != "single_distinct_aggregation_to_group_by")
+        .cloned()
+        .collect();
+    SessionStateBuilder::new_from_existing(state)
+        .with_optimizer_rules(rules)
+        .build()
 }

@@ -463,6 +463,7 @@ scripts!(
     malformed_records,
     stateless_select,
     stream_static_join,
+    streaming_aggregation,
     unsupported_queries,
 );
 

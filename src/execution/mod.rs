@@ -5,10 +5,12 @@
 //! offsets → `offsets/N` fsynced → read sources → plan + run in DataFusion →
 //! sink commit → `commits/N` → sources told → progress.
 
+mod aggregation;
 mod progress;
 mod query;
 mod trigger;
 
+pub use aggregation::{AggregationStep, StreamingAggregation};
 pub use progress::{DurationMs, EventTime, QueryProgress, SinkProgress, SourceProgress};
 pub use query::{QueryConfig, StreamingQuery};
 pub use trigger::Trigger;

@@ -15,6 +15,7 @@ use datafusion::physical_plan::collect;
 use serde_json::Value;
 use tokio::runtime::Handle;
 
+use super::aggregation::StreamingAggregation;
 use super::progress::{DurationMs, EventTime, QueryProgress, SinkProgress, SourceProgress};
 use super::{Trigger, crash_point};
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry};
@@ -22,9 +23,10 @@ use crate::error::{Error, Result};
 use crate::planning::{BatchTable, StreamingPlan};
 use crate::sink::console::ConsoleSink;
 use crate::sink::file::FileSink;
-use crate::sink::memory::MemorySink;
+use crate::sink::memory::{MemorySink, MemoryWrite};
 use crate::sink::{OutputMode, Sink, SinkSpec};
 use crate::source::{StreamDef, StreamSource};
+use crate::state::{StateStore, StateStoreConfig};
 
 /// How long a query with the default trigger waits before looking for new data again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -109,6 +111,7 @@ impl StreamingQuery {
                 table: table.clone(),
             });
         }
+        let aggregation = StreamingAggregation::find(&config.plan.plan)?;
         let sink: Box<dyn Sink> = match &config.sink {
             SinkSpec::Console { num_rows } => Box::new(ConsoleSink::stdout(*num_rows)),
             SinkSpec::Memory => Box::new(MemorySink::new(
@@ -116,6 +119,7 @@ impl StreamingQuery {
                     .memory_table
                     .clone()
                     .expect("a memory sink comes with its table"),
+                memory_write(&config, aggregation.as_ref())?,
             )),
             SinkSpec::Files { format, path } => {
                 Box::new(FileSink::open(*format, path, checkpoint.query_id())?)
@@ -138,6 +142,10 @@ impl StreamingQuery {
             checkpoint,
             sources,
             sink,
+            output_mode: config.output_mode,
+            aggregation,
+            state_store: None,
+            last_committed: None,
             next_batch: 0,
             committed: BTreeMap::new(),
             pending: None,
@@ -292,6 +300,13 @@ struct Runner {
     checkpoint: Checkpoint,
     sources: Vec<OpenSource>,
     sink: Box<dyn Sink>,
+    output_mode: OutputMode,
+    /// The query's streaming aggregation and its state, if it has one.
+    aggregation: Option<StreamingAggregation>,
+    /// Where the aggregation's state is kept (opened before the first batch).
+    state_store: Option<StateStore>,
+    /// The last batch whose commit is in the commit log (the state version to restore).
+    last_committed: Option<u64>,
     /// The id the next new batch gets.
     next_batch: u64,
     /// End offsets of the last committed batch, per source.
@@ -313,6 +328,8 @@ struct BatchOutcome {
     rows_per_source: BTreeMap<String, u64>,
     malformed_per_source: BTreeMap<String, u64>,
     output_rows: u64,
+    /// Spark's `stateOperators` entries of this batch.
+    state_operators: Vec<serde_json::Value>,
     /// Largest event time in this batch's input (ms), over watermarked sources.
     max_event_ms: Option<i64>,
     durations: DurationMs,
@@ -329,6 +346,7 @@ impl Runner {
             None => None,
         };
         if let Some(commit) = self.checkpoint.commits.get(last)? {
+            self.last_committed = Some(last);
             self.committed = entry.sources;
             self.max_event_ms = commit.source_max_event_time_ms;
             self.next_batch = last + 1;
@@ -340,6 +358,7 @@ impl Runner {
                     self.checkpoint.root().display()
                 )));
             }
+            self.last_committed = last.checked_sub(1);
             self.committed = previous.unwrap_or_default();
             self.max_event_ms = entry.source_max_event_time_ms.clone();
             self.next_batch = last;
@@ -349,6 +368,7 @@ impl Runner {
     }
 
     async fn run(mut self) -> Result<()> {
+        self.open_state().await?;
         loop {
             if self.shared.stop_requested() {
                 return Ok(());
@@ -385,6 +405,29 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Opens the aggregation's state store under `<checkpoint>/state/0/` and restores the
+    /// state of the last committed batch. The state's schema (group columns, then
+    /// DataFusion's accumulator states) is read off the query's physical plan.
+    async fn open_state(&mut self) -> Result<()> {
+        let Some(aggregation) = &mut self.aggregation else {
+            return Ok(());
+        };
+        let physical = self.state.create_physical_plan(&self.plan.plan).await?;
+        let schema = aggregation.state_schema(&physical)?;
+        let mut store = StateStore::open(
+            &self.checkpoint.root().join("state").join("0"),
+            schema,
+            aggregation.key_columns(),
+            StateStoreConfig::default(),
+        )?;
+        let restored = store.load(self.last_committed)?;
+        if self.last_committed.is_some() {
+            aggregation.restore(restored);
+        }
+        self.state_store = Some(store);
+        Ok(())
     }
 
     /// The watermark for a batch planned now: min over watermarked sources of
@@ -469,7 +512,30 @@ impl Runner {
         let physical = state.create_physical_plan(&self.plan.plan).await?;
         durations.query_planning = elapsed_ms(started);
         let started = Instant::now();
-        let results: Vec<RecordBatch> = collect(physical, state.task_ctx()).await?;
+        let (results, state_operators) = match &mut self.aggregation {
+            None => (collect(physical, state.task_ctx()).await?, Vec::new()),
+            Some(aggregation) => {
+                let step = aggregation
+                    .step(physical, self.output_mode, state.task_ctx())
+                    .await?;
+                // The state of this batch is saved before the batch can commit; a replay
+                // after a crash restores the previous version and recomputes this one.
+                if let Some(store) = &mut self.state_store {
+                    let removed = RecordBatch::new_empty(step.state.schema());
+                    store.commit(entry.batch_id, &step.updated, &removed, &step.state)?;
+                }
+                crash_point("after-state-commit");
+                let operator = serde_json::json!({
+                    "operatorName": "stateStoreSave",
+                    "numRowsTotal": step.state.num_rows(),
+                    "numRowsUpdated": step.updated.num_rows(),
+                    "numRowsRemoved": 0,
+                    "memoryUsedBytes": step.state.get_array_memory_size(),
+                    "numRowsDroppedByWatermark": 0,
+                });
+                (step.output, vec![operator])
+            }
+        };
         let output_rows = results.iter().map(|b| b.num_rows() as u64).sum();
         self.sink
             .add_batch(entry.batch_id, &self.plan.schema, &results)?;
@@ -505,6 +571,7 @@ impl Runner {
             rows_per_source,
             malformed_per_source,
             output_rows,
+            state_operators,
             max_event_ms: batch_max_event,
             durations,
         }))
@@ -579,7 +646,7 @@ impl Runner {
                 watermark: outcome.entry.batch_watermark_ms.map(iso_ms),
                 max: outcome.max_event_ms.map(iso_ms),
             },
-            state_operators: Vec::new(),
+            state_operators: outcome.state_operators,
             sources,
             sink: SinkProgress {
                 description: self.sink.describe(),
@@ -599,6 +666,38 @@ impl Runner {
         self.shared.changed.notify_all();
         Ok(())
     }
+}
+
+/// How a memory sink writes each batch: the result table in complete mode, upserts
+/// by the GROUP BY columns in update mode with an aggregation, appends otherwise.
+fn memory_write(
+    config: &QueryConfig,
+    aggregation: Option<&StreamingAggregation>,
+) -> Result<MemoryWrite> {
+    Ok(match (config.output_mode, aggregation) {
+        (OutputMode::Complete, _) => MemoryWrite::Replace,
+        (OutputMode::Update, Some(aggregation)) => {
+            let groups = aggregation.group_names();
+            let keys: Vec<usize> = config
+                .plan
+                .schema
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| groups.contains(f.name()))
+                .map(|(i, _)| i)
+                .collect();
+            if keys.len() < groups.len() {
+                return Err(Error::Unsupported(format!(
+                    "a memory sink in update mode upserts rows by the GROUP BY columns, so the \
+                     SELECT list must include them unrenamed ({})",
+                    groups.join(", ")
+                )));
+            }
+            MemoryWrite::Upsert(keys)
+        }
+        _ => MemoryWrite::Append,
+    })
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

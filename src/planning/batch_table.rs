@@ -9,8 +9,13 @@
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
+use std::collections::HashSet;
+
+use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -62,6 +67,40 @@ impl BatchTable {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .extend(batches);
+    }
+
+    /// Replaces the rows whose `keys` columns equal those of a new row, and adds the
+    /// others: the memory sink's update mode.
+    pub fn upsert(&self, rows: Vec<RecordBatch>, keys: &[usize]) -> Result<(), ArrowError> {
+        let mut table = self.batches.write().unwrap_or_else(|p| p.into_inner());
+        let converter = RowConverter::new(
+            keys.iter()
+                .map(|&k| SortField::new(self.schema.field(k).data_type().clone()))
+                .collect(),
+        )?;
+        let key_columns = |batch: &RecordBatch| -> Vec<ArrayRef> {
+            keys.iter().map(|&k| batch.column(k).clone()).collect()
+        };
+        let mut incoming = HashSet::new();
+        for batch in &rows {
+            let encoded = converter.convert_columns(&key_columns(batch))?;
+            incoming.extend(encoded.iter().map(|r| r.as_ref().to_vec()));
+        }
+        let mut kept = Vec::with_capacity(table.len() + rows.len());
+        for batch in table.drain(..) {
+            let encoded = converter.convert_columns(&key_columns(&batch))?;
+            let keep: BooleanArray = encoded
+                .iter()
+                .map(|r| Some(!incoming.contains(r.as_ref())))
+                .collect();
+            let batch = filter_record_batch(&batch, &keep)?;
+            if batch.num_rows() > 0 {
+                kept.push(batch);
+            }
+        }
+        kept.extend(rows);
+        *table = kept;
+        Ok(())
     }
 
     /// A snapshot of the current rows.

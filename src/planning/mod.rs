@@ -12,7 +12,7 @@ mod batch_table;
 mod unsupported;
 
 pub use batch_table::BatchTable;
-pub use unsupported::check_supported;
+pub use unsupported::{aggregates_stream, check_supported};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -5,13 +5,20 @@
 //! Only nodes that read a stream are checked: an aggregation over a static table inside
 //! a stream-static join is fine.
 
-use datafusion::logical_expr::{JoinType, LogicalPlan};
+use datafusion::common::tree_node::TreeNode;
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
 
 use super::{reads_stream, visit_all};
 use crate::error::{Error, Result};
 
 fn unsupported(what: &str) -> Error {
     Error::Unsupported(what.to_string())
+}
+
+/// Whether the plan has an aggregation of a stream below its root.
+pub fn aggregates_stream(plan: &LogicalPlan) -> bool {
+    plan.exists(|node| Ok(matches!(node, LogicalPlan::Aggregate(_)) && reads_stream(node)))
+        .unwrap_or(false)
 }
 
 /// Checks a streaming plan (after unbounded tables were swapped for batch tables).
@@ -27,18 +34,31 @@ pub fn check_supported(plan: &LogicalPlan) -> Result<()> {
             ));
         }
         match node {
-            LogicalPlan::Aggregate(_) => Err(unsupported(
-                "aggregation (GROUP BY, aggregate functions, count(DISTINCT ...)) over an \
-                 unbounded table is not supported yet; it arrives with stateful streaming",
-            )),
+            LogicalPlan::Aggregate(aggregate) => {
+                if aggregate
+                    .group_expr
+                    .iter()
+                    .any(|e| matches!(e, Expr::GroupingSet(_)))
+                {
+                    return Err(unsupported(
+                        "GROUPING SETS, ROLLUP and CUBE over an unbounded table are not \
+                         supported yet; use one GROUP BY per query",
+                    ));
+                }
+                Ok(())
+            }
             LogicalPlan::Distinct(_) => Err(unsupported(
-                "DISTINCT over an unbounded table is not supported yet (it needs state); \
-                 it arrives with stateful streaming",
+                "SELECT DISTINCT over an unbounded table is not supported yet (streaming \
+                 deduplication comes later); GROUP BY the columns instead, with output_mode \
+                 'update' or 'complete'",
             )),
             LogicalPlan::Window(_) => Err(unsupported(
                 "window functions (OVER ...) are not supported on unbounded tables; \
                  event-time windows (window(ts, '10 seconds')) arrive with stateful streaming",
             )),
+            // After a streaming aggregation the result table is finite: sorting and
+            // limiting it are fine in complete mode (checked with the output mode).
+            LogicalPlan::Sort(_) | LogicalPlan::Limit(_) if aggregates_stream(node) => Ok(()),
             LogicalPlan::Sort(_) => Err(unsupported(
                 "ORDER BY over an unbounded table is not supported: a stream has no end to \
                  sort to (sort the sink's output when you read it)",

@@ -10,18 +10,32 @@ use super::Sink;
 use crate::error::Result;
 use crate::planning::BatchTable;
 
-/// Appends each batch to a session table.
+/// How each batch's rows change the memory sink's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryWrite {
+    /// Add the rows (append mode, and update mode without aggregation).
+    Append,
+    /// Replace the table with the rows (complete mode: the whole result each batch).
+    Replace,
+    /// Replace the rows with the same values in these columns (update mode: the GROUP BY
+    /// columns), add the others.
+    Upsert(Vec<usize>),
+}
+
+/// Writes each batch into a session table.
 pub struct MemorySink {
     table: Arc<BatchTable>,
+    write: MemoryWrite,
     /// The newest batch id added: a replayed id is ignored.
     last_batch_id: Option<u64>,
 }
 
 impl MemorySink {
     /// A sink filling `table` (registered in the session by the caller).
-    pub fn new(table: Arc<BatchTable>) -> Self {
+    pub fn new(table: Arc<BatchTable>, write: MemoryWrite) -> Self {
         MemorySink {
             table,
+            write,
             last_batch_id: None,
         }
     }
@@ -37,8 +51,12 @@ impl Sink for MemorySink {
         if self.last_batch_id.is_some_and(|last| batch_id <= last) {
             return Ok(());
         }
-        self.table
-            .append(batches.iter().filter(|b| b.num_rows() > 0).cloned());
+        let rows = batches.iter().filter(|b| b.num_rows() > 0).cloned();
+        match &self.write {
+            MemoryWrite::Append => self.table.append(rows),
+            MemoryWrite::Replace => self.table.replace(rows.collect()),
+            MemoryWrite::Upsert(keys) => self.table.upsert(rows.collect(), keys)?,
+        }
         self.last_batch_id = Some(batch_id);
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! A sink must therefore be idempotent by batch id; how each one manages that is its
 //! delivery guarantee:
 //!
-//! - [`file`] (Parquet, CSV, JSON): exactly-once, for plain readers of the directory;
+//! - [`file`](mod@file) (Parquet, CSV, JSON): exactly-once, for plain readers of the directory;
 //! - [`memory`]: exactly-once within the process (its table lives in memory);
 //! - [`console`]: prints, so a replayed batch may print again (at-least-once).
 

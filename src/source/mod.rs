@@ -5,7 +5,7 @@
 //! be able to return exactly the same rows for the same `(start, end]` range after a
 //! restart: that is what makes a replayed batch identical to the one that crashed.
 //!
-//! - [`file`]: files landing in a directory (CSV, JSON lines, Parquet, text)
+//! - [`file`](mod@file): files landing in a directory (CSV, JSON lines, Parquet, text)
 //! - [`rate`]: a generator of `(timestamp, value)` rows at a fixed rate
 //! - [`socket`]: lines from a TCP server, made replayable by a write-ahead log
 

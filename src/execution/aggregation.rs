@@ -1,0 +1,318 @@
+//! Incremental aggregation: the state of a streaming `GROUP BY` is DataFusion's own
+//! partial aggregate state, kept across batches; raw rows are never kept.
+//!
+//! DataFusion plans an aggregation in two steps: `Partial` (rows → one state row per
+//! group: counts, sums, HyperLogLog sketches, ...) and `Final` (states → values).
+//! Per micro-batch this operator
+//!
+//! 1. runs the `Partial` step of the batch's physical plan over the batch's rows;
+//! 2. merges those states into the stored ones with DataFusion's `PartialReduce` mode
+//!    (states in, states out), giving the new state (one row per group);
+//! 3. puts the new state (complete mode) or only the groups this batch touched (update
+//!    mode) where the `Partial` step was, so the plan's own `Final` step, HAVING,
+//!    projection and ORDER BY produce the batch's output rows.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::{ExecutionPlan, collect};
+
+use crate::error::{Error, Result};
+use crate::planning::reads_stream;
+use crate::sink::OutputMode;
+
+/// The streaming aggregation of a query, with its state.
+#[derive(Debug)]
+pub struct StreamingAggregation {
+    /// Output column names of the logical aggregate: how its physical step is found.
+    output_names: Vec<String>,
+    /// Number of group-by columns (the state's key columns, first in the state).
+    key_columns: usize,
+    /// One row per group: the group values, then the accumulators' states.
+    state: Option<RecordBatch>,
+}
+
+/// What one batch did to the state (for progress and the state store).
+#[derive(Debug)]
+pub struct AggregationStep {
+    /// The state after the batch (one row per group).
+    pub state: RecordBatch,
+    /// The state rows of the groups this batch updated.
+    pub updated: RecordBatch,
+    /// The batch's output rows.
+    pub output: Vec<RecordBatch>,
+}
+
+impl StreamingAggregation {
+    /// The aggregation of a streaming plan, if it has one: the `Aggregate` node that
+    /// reads a stream. More than one is refused (as in Spark).
+    pub fn find(plan: &LogicalPlan) -> Result<Option<Self>> {
+        let mut found: Vec<(Vec<String>, usize)> = Vec::new();
+        plan.apply(|node| {
+            if let LogicalPlan::Aggregate(aggregate) = node
+                && reads_stream(node)
+            {
+                found.push((
+                    aggregate
+                        .schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().clone())
+                        .collect(),
+                    aggregate.group_expr.len(),
+                ));
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })?;
+        match found.len() {
+            0 => Ok(None),
+            1 => {
+                let (output_names, key_columns) = found.remove(0);
+                Ok(Some(StreamingAggregation {
+                    output_names,
+                    key_columns,
+                    state: None,
+                }))
+            }
+            _ => Err(Error::Unsupported(
+                "more than one aggregation over an unbounded table in one query is not \
+                 supported (as in Spark): aggregate once, or chain two queries through a sink"
+                    .to_string(),
+            )),
+        }
+    }
+
+    /// Names of the group-by columns in the aggregate's output.
+    pub fn group_names(&self) -> Vec<String> {
+        self.output_names[..self.key_columns].to_vec()
+    }
+
+    /// Number of key (group-by) columns at the front of the state.
+    pub fn key_columns(&self) -> usize {
+        self.key_columns
+    }
+
+    /// Sets the state (restored from the state store on restart).
+    pub fn restore(&mut self, state: RecordBatch) {
+        self.state = Some(state);
+    }
+
+    /// The current state, if any batch has run or a state was restored.
+    pub fn state(&self) -> Option<&RecordBatch> {
+        self.state.as_ref()
+    }
+
+    /// Folds one batch into the state and produces the batch's output in `mode`.
+    /// `plan` is the batch's whole physical plan, as DataFusion planned it.
+    pub async fn step(
+        &mut self,
+        plan: Arc<dyn ExecutionPlan>,
+        mode: OutputMode,
+        task: Arc<TaskContext>,
+    ) -> Result<AggregationStep> {
+        let Located {
+            top,
+            partial,
+            replace,
+        } = self.locate(&plan)?;
+        let top_exec = top
+            .downcast_ref::<AggregateExec>()
+            .expect("locate returns AggregateExecs");
+        let partial_exec = partial
+            .downcast_ref::<AggregateExec>()
+            .expect("a partial AggregateExec");
+        let state_schema = partial.schema();
+        let batch_states = collect(partial.clone(), task.clone()).await?;
+
+        // Merge the stored states with this batch's: states in, states out.
+        let mut inputs: Vec<RecordBatch> = self.state.iter().cloned().collect();
+        inputs.extend(batch_states.iter().cloned());
+        let merged = AggregateExec::try_new(
+            AggregateMode::PartialReduce,
+            partial_exec.group_expr().as_final(),
+            partial_exec.aggr_expr().to_vec(),
+            vec![None; partial_exec.aggr_expr().len()],
+            MemorySourceConfig::try_new_exec(&[inputs], state_schema.clone(), None)?,
+            partial_exec.input_schema(),
+        )?;
+        let state = concat_batches(
+            &state_schema,
+            &collect(Arc::new(merged), task.clone()).await?,
+        )?;
+        let updated = self.rows_with_keys_of(&state, &batch_states, &state_schema)?;
+
+        // Run the rest of the plan (Final step, HAVING, projection, ORDER BY) over the
+        // state the output mode asks for.
+        let shown = match mode {
+            OutputMode::Complete => state.clone(),
+            _ => updated.clone(),
+        };
+        let source: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[vec![shown]], state_schema.clone(), None)?;
+        let replacement: Arc<dyn ExecutionPlan> = if Arc::ptr_eq(&replace, &partial) {
+            source
+        } else {
+            Arc::new(AggregateExec::try_new(
+                AggregateMode::Final,
+                top_exec.group_expr().as_final(),
+                top_exec.aggr_expr().to_vec(),
+                vec![None; top_exec.aggr_expr().len()],
+                source,
+                top_exec.input_schema(),
+            )?)
+        };
+        let rest = plan
+            .transform_up(|node| {
+                Ok(if Arc::ptr_eq(&node, &replace) {
+                    Transformed::yes(replacement.clone())
+                } else {
+                    Transformed::no(node)
+                })
+            })?
+            .data;
+        let output = collect(rest, task).await?;
+        self.state = Some(state.clone());
+        Ok(AggregationStep {
+            state,
+            updated,
+            output,
+        })
+    }
+
+    /// The schema of the state rows (group columns, then accumulator states) in `plan`.
+    pub fn state_schema(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<SchemaRef> {
+        Ok(self.locate(plan)?.partial.schema())
+    }
+
+    /// Finds, in a batch's physical plan, the aggregate's top step and the step whose
+    /// output is partial state: the Partial step under a Final one or, when DataFusion
+    /// combined both into one Single step, a Partial step made from it.
+    fn locate(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<Located> {
+        let top = self.find_physical(plan)?;
+        let top_exec = top
+            .downcast_ref::<AggregateExec>()
+            .expect("find_physical returns an AggregateExec");
+        let (partial, replace): (Arc<dyn ExecutionPlan>, Arc<dyn ExecutionPlan>) =
+            match top_exec.mode() {
+                AggregateMode::Single | AggregateMode::SinglePartitioned => {
+                    let partial = AggregateExec::try_new(
+                        AggregateMode::Partial,
+                        top_exec.group_expr().clone(),
+                        top_exec.aggr_expr().to_vec(),
+                        top_exec.filter_expr().to_vec(),
+                        top_exec.input().clone(),
+                        top_exec.input_schema(),
+                    )?;
+                    (Arc::new(partial), top.clone())
+                }
+                _ => {
+                    let partial = find_partial(&top).ok_or_else(|| {
+                        Error::Unsupported(
+                            "this aggregation's plan has no partial step millrace can keep \
+                             state for"
+                                .to_string(),
+                        )
+                    })?;
+                    (partial.clone(), partial)
+                }
+            };
+        Ok(Located {
+            top,
+            partial,
+            replace,
+        })
+    }
+
+    /// The physical aggregate step producing the logical aggregate's output.
+    fn find_physical(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut found = None;
+        plan.apply(|node| {
+            if let Some(exec) = node.downcast_ref::<AggregateExec>()
+                && !matches!(
+                    exec.mode(),
+                    AggregateMode::Partial | AggregateMode::PartialReduce
+                )
+                && exec
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name())
+                    .eq(self.output_names.iter())
+            {
+                found = Some(node.clone());
+                return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })?;
+        found.ok_or_else(|| {
+            Error::Unsupported(
+                "could not find the streaming aggregation in the physical plan".to_string(),
+            )
+        })
+    }
+
+    /// The rows of `state` whose key appears in `touched` (all rows for a global aggregate
+    /// that this batch touched).
+    fn rows_with_keys_of(
+        &self,
+        state: &RecordBatch,
+        touched: &[RecordBatch],
+        schema: &SchemaRef,
+    ) -> Result<RecordBatch> {
+        let touched_rows: usize = touched.iter().map(|b| b.num_rows()).sum();
+        if self.key_columns == 0 {
+            return Ok(if touched_rows > 0 {
+                state.clone()
+            } else {
+                RecordBatch::new_empty(schema.clone())
+            });
+        }
+        let fields = (0..self.key_columns)
+            .map(|i| SortField::new(schema.field(i).data_type().clone()))
+            .collect();
+        let converter = RowConverter::new(fields)?;
+        let mut keys = HashSet::new();
+        for batch in touched {
+            let rows = converter.convert_columns(&batch.columns()[..self.key_columns])?;
+            keys.extend(rows.iter().map(|r| r.as_ref().to_vec()));
+        }
+        let rows = converter.convert_columns(&state.columns()[..self.key_columns])?;
+        let mask: BooleanArray = rows
+            .iter()
+            .map(|r| Some(keys.contains(r.as_ref())))
+            .collect();
+        Ok(filter_record_batch(state, &mask)?)
+    }
+}
+
+/// Where the aggregation sits in one batch's physical plan.
+struct Located {
+    /// The step producing the aggregate's output (Final, FinalPartitioned or Single).
+    top: Arc<dyn ExecutionPlan>,
+    /// A step producing this batch's partial state.
+    partial: Arc<dyn ExecutionPlan>,
+    /// The node to replace with the kept state: `partial` itself, or `top` when it is
+    /// a Single step (then a Final step over the state takes its place).
+    replace: Arc<dyn ExecutionPlan>,
+}
+
+/// The Partial aggregate step under a Final one (through repartitioning).
+fn find_partial(top: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+    let mut node = top.children().first().map(|c| (*c).clone())?;
+    loop {
+        if let Some(exec) = node.downcast_ref::<AggregateExec>() {
+            return (*exec.mode() == AggregateMode::Partial).then_some(node);
+        }
+        let next = node.children().first().map(|c| (*c).clone())?;
+        node = next;
+    }
+}
