@@ -51,9 +51,17 @@ fn lines(batches: &[RecordBatch]) -> Vec<String> {
     rows
 }
 
+/// Aggregates whose result does not depend on how rows were split into batches (an
+/// `array_agg` is sorted, `first_value`/`last_value` are ordered), so they must equal
+/// the one-batch answer exactly.
 const AGGREGATES: &str = "count(*) AS n, sum(v) AS total, min(v) AS low, max(v) AS high, \
-     count(DISTINCT v) AS distinct_v, bool_or(v > 90) AS any_high, \
-     count(label) AS labelled, max(label) AS last_label";
+     count(DISTINCT v) AS distinct_v, bool_or(v > 90) AS any_high, bool_and(v > 5) AS all_over_5, \
+     count(label) AS labelled, max(label) AS last_label, \
+     round(stddev(v), 6) AS sd, round(var_pop(v), 6) AS vp, round(avg(v), 6) AS mean, \
+     array_sort(array_agg(v)) AS vs, array_sort(array_agg(DISTINCT label)) AS labels, \
+     first_value(v ORDER BY v) AS first_v, last_value(v ORDER BY v) AS last_v, \
+     approx_distinct(v) AS approx_dv, \
+     approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY v) AS median";
 
 fn write_case(dir: &Path, rng: &mut XorShift) {
     let files = 1 + rng.below(8);
