@@ -420,7 +420,10 @@ impl Runner {
             &self.checkpoint.root().join("state").join("0"),
             schema,
             aggregation.key_columns(),
-            StateStoreConfig::default(),
+            StateStoreConfig {
+                retain_versions: self.retain_batches,
+                ..StateStoreConfig::default()
+            },
         )?;
         let restored = store.load(self.last_committed)?;
         if self.last_committed.is_some() {
