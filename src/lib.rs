@@ -21,6 +21,7 @@ pub mod demo;
 pub mod duration;
 pub mod error;
 pub mod execution;
+pub mod functions;
 pub mod planning;
 pub mod repl;
 pub mod session;

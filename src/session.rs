@@ -67,8 +67,10 @@ impl Session {
     /// A session whose queries run on `runtime` (DataFusion executes there).
     pub fn new(runtime: Handle, settings: SessionSettings) -> Self {
         let config = SessionConfig::new().with_information_schema(true);
+        let ctx = SessionContext::new_with_config(config);
+        crate::functions::register(&ctx);
         Session {
-            ctx: SessionContext::new_with_config(config),
+            ctx,
             runtime,
             settings,
             queries: Mutex::new(Vec::new()),

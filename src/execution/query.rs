@@ -11,6 +11,7 @@ use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::{cast, max};
 use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMillisecondType};
 use datafusion::execution::SessionState;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::collect;
 use serde_json::Value;
 use tokio::runtime::Handle;
@@ -681,19 +682,11 @@ fn memory_write(
         (OutputMode::Complete, _) => MemoryWrite::Replace,
         (OutputMode::Update, Some(aggregation)) => {
             let groups = aggregation.group_names();
-            let keys: Vec<usize> = config
-                .plan
-                .schema
-                .fields()
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| groups.contains(f.name()))
-                .map(|(i, _)| i)
-                .collect();
+            let keys = output_keys(&config.plan.plan, &groups);
             if keys.len() < groups.len() {
                 return Err(Error::Unsupported(format!(
                     "a memory sink in update mode upserts rows by the GROUP BY columns, so the \
-                     SELECT list must include them unrenamed ({})",
+                     SELECT list must include them (renamed or not): {}",
                     groups.join(", ")
                 )));
             }
@@ -701,6 +694,46 @@ fn memory_write(
         }
         _ => MemoryWrite::Append,
     })
+}
+
+/// Positions of the output columns that carry the GROUP BY columns `groups`, as
+/// themselves or renamed with `AS` in the query's final projection.
+fn output_keys(plan: &LogicalPlan, groups: &[String]) -> Vec<usize> {
+    let mut node = plan;
+    loop {
+        match node {
+            LogicalPlan::Projection(projection) => {
+                return projection
+                    .expr
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| {
+                        let inner = match e {
+                            Expr::Alias(alias) => alias.expr.as_ref(),
+                            other => other,
+                        };
+                        matches!(inner, Expr::Column(c) if groups.contains(&c.name))
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+            }
+            LogicalPlan::Sort(_)
+            | LogicalPlan::Limit(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::SubqueryAlias(_) => node = node.inputs()[0],
+            // No projection: the aggregate's own output, keys first.
+            other => {
+                return other
+                    .schema()
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| groups.contains(f.name()))
+                    .map(|(i, _)| i)
+                    .collect();
+            }
+        }
+    }
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

@@ -1,0 +1,250 @@
+//! SQL functions millrace adds to DataFusion for streaming queries, with Spark's names
+//! and meaning:
+//!
+//! - `window(ts, size [, slide [, start]])`: the tumbling event-time window holding
+//!   `ts`, as a struct `{start, end}`, for `GROUP BY`. Spark names the column
+//!   `window`; here write `window(ts, ...) AS window` (DataFusion identifies an
+//!   expression by its name, so a function cannot rename its own column). Durations
+//!   are strings (`'10 seconds'`) or intervals (`INTERVAL '10' SECOND`); `start`
+//!   shifts the windows (Spark's `startTime`). A `slide` different from `size` (a
+//!   sliding window) is refused for now.
+//! - `window_time(window)`: the window's last instant, `end - 1 microsecond`, as in Spark.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StructArray, TimestampNanosecondArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{
+    DataType, Field, FieldRef, Fields, TimeUnit, TimestampNanosecondType,
+};
+use datafusion::common::{DataFusionError, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
+};
+use datafusion::prelude::SessionContext;
+
+use crate::duration::parse_duration;
+
+/// Registers millrace's functions in a DataFusion context.
+pub fn register(ctx: &SessionContext) {
+    ctx.register_udf(ScalarUDF::from(WindowFunction::new()));
+    ctx.register_udf(ScalarUDF::from(WindowTimeFunction::new()));
+}
+
+/// The struct type of a window over timestamps of `unit` and time zone `tz`.
+fn window_type(unit: TimeUnit, tz: Option<Arc<str>>) -> DataType {
+    let ts = DataType::Timestamp(unit, tz);
+    DataType::Struct(Fields::from(vec![
+        Field::new("start", ts.clone(), true),
+        Field::new("end", ts, true),
+    ]))
+}
+
+/// A duration argument given as a literal: a string or a day-time interval.
+fn duration_literal(
+    name: &str,
+    value: Option<&ScalarValue>,
+) -> datafusion::common::Result<Duration> {
+    let text = match value {
+        Some(ScalarValue::Utf8(Some(s)))
+        | Some(ScalarValue::Utf8View(Some(s)))
+        | Some(ScalarValue::LargeUtf8(Some(s))) => s.clone(),
+        Some(ScalarValue::IntervalMonthDayNano(Some(v))) if v.months == 0 => {
+            let nanos = v.days as i128 * 86_400_000_000_000 + v.nanoseconds as i128;
+            return u64::try_from(nanos)
+                .map(Duration::from_nanos)
+                .map_err(|_| DataFusionError::Plan(format!("{name} must be positive")));
+        }
+        Some(ScalarValue::IntervalDayTime(Some(v))) => {
+            let millis = v.days as i64 * 86_400_000 + v.milliseconds as i64;
+            return u64::try_from(millis)
+                .map(Duration::from_millis)
+                .map_err(|_| DataFusionError::Plan(format!("{name} must be positive")));
+        }
+        _ => {
+            return plan_err!(
+                "{name} of window() must be a literal duration such as '10 seconds' or INTERVAL '10' SECOND (months are not fixed durations)"
+            );
+        }
+    };
+    parse_duration(&text).map_err(|e| DataFusionError::Plan(format!("{name} of window(): {e}")))
+}
+
+/// Spark's `window(timeColumn, windowDuration [, slideDuration [, startTime]])`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct WindowFunction {
+    signature: Signature,
+}
+
+impl WindowFunction {
+    /// The function, ready to register.
+    pub fn new() -> Self {
+        WindowFunction {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl Default for WindowFunction {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The window size and start offset (ns) of a `window()` call, checked.
+fn window_spec(scalars: &[Option<&ScalarValue>]) -> datafusion::common::Result<(i64, i64)> {
+    if !(2..=4).contains(&scalars.len()) {
+        return plan_err!("window() takes (time column, size [, slide [, start]])");
+    }
+    let size = duration_literal("the window size", scalars[1])?;
+    if size.is_zero() {
+        return plan_err!("the window size of window() must be positive");
+    }
+    if let Some(slide) = scalars.get(2) {
+        let slide = duration_literal("the slide", *slide)?;
+        if slide != size {
+            return plan_err!(
+                "sliding windows (a slide different from the window size) are not supported yet; use a tumbling window: window(ts, size)"
+            );
+        }
+    }
+    let start = match scalars.get(3) {
+        Some(start) => duration_literal("the start offset", *start)?,
+        None => Duration::ZERO,
+    };
+    Ok((size.as_nanos() as i64, start.as_nanos() as i64))
+}
+
+impl ScalarUDFImpl for WindowFunction {
+    fn name(&self) -> &str {
+        "window"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        plan_err!("window() needs its arguments to plan its type")
+    }
+
+    fn return_field_from_args(
+        &self,
+        args: ReturnFieldArgs,
+    ) -> datafusion::common::Result<FieldRef> {
+        window_spec(args.scalar_arguments)?;
+        match args.arg_fields.first().map(|f| f.data_type()) {
+            Some(DataType::Timestamp(unit, tz)) => Ok(Arc::new(Field::new(
+                "window",
+                window_type(*unit, tz.clone()),
+                true,
+            ))),
+            Some(other) => plan_err!("window() needs a TIMESTAMP column, got {other}"),
+            None => plan_err!("window() takes (time column, size [, slide [, start]])"),
+        }
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let scalars: Vec<Option<&ScalarValue>> = args
+            .args
+            .iter()
+            .map(|a| match a {
+                ColumnarValue::Scalar(s) => Some(s),
+                ColumnarValue::Array(_) => None,
+            })
+            .collect();
+        let (size, offset) = window_spec(&scalars)?;
+        let DataType::Struct(fields) = args.return_type().clone() else {
+            return exec_err!("window() returns a struct");
+        };
+        let DataType::Timestamp(unit, tz) = fields[0].data_type().clone() else {
+            return exec_err!("window() returns timestamps");
+        };
+        let ts = args.args[0].to_array(args.number_rows)?;
+        let nanos = cast(&ts, &DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()))?;
+        let nanos = nanos.as_primitive::<TimestampNanosecondType>();
+        let starts: TimestampNanosecondArray = nanos
+            .iter()
+            .map(|t| t.map(|t| t - (t - offset).rem_euclid(size)))
+            .collect();
+        let ends: TimestampNanosecondArray = starts.iter().map(|s| s.map(|s| s + size)).collect();
+        let target = DataType::Timestamp(unit, tz.clone());
+        let starts = cast(&starts.with_timezone_opt(tz.clone()), &target)?;
+        let ends = cast(&ends.with_timezone_opt(tz), &target)?;
+        let nulls = ts.logical_nulls();
+        let window = StructArray::try_new(fields, vec![starts, ends], nulls)?;
+        Ok(ColumnarValue::Array(Arc::new(window) as ArrayRef))
+    }
+}
+
+/// Spark's `window_time(window)`: the last instant of a window, `end - 1 microsecond`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct WindowTimeFunction {
+    signature: Signature,
+}
+
+impl WindowTimeFunction {
+    /// The function, ready to register.
+    pub fn new() -> Self {
+        WindowTimeFunction {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl Default for WindowTimeFunction {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ScalarUDFImpl for WindowTimeFunction {
+    fn name(&self) -> &str {
+        "window_time"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        match arg_types.first() {
+            Some(DataType::Struct(fields))
+                if fields.len() == 2
+                    && fields[1].name() == "end"
+                    && matches!(fields[1].data_type(), DataType::Timestamp(_, _)) =>
+            {
+                Ok(fields[1].data_type().clone())
+            }
+            other => plan_err!("window_time() takes a window (from window()), got {other:?}"),
+        }
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let window = args.args[0].to_array(args.number_rows)?;
+        let window = window.as_struct();
+        let end = window.column(1);
+        let DataType::Timestamp(unit, tz) = end.data_type().clone() else {
+            return exec_err!("window_time() takes a window");
+        };
+        let nanos = cast(end, &DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()))?;
+        let last: TimestampNanosecondArray = nanos
+            .as_primitive::<TimestampNanosecondType>()
+            .iter()
+            .map(|e| e.map(|e| e - 1_000))
+            .collect();
+        let last = cast(
+            &last.with_timezone_opt(tz.clone()),
+            &DataType::Timestamp(unit, tz),
+        )?;
+        Ok(ColumnarValue::Array(last))
+    }
+}
