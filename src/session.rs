@@ -8,7 +8,7 @@ use std::time::Duration;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::execution::{SessionState, SessionStateBuilder};
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use sqlparser::ast::Statement as SQLStatement;
 use tokio::runtime::Handle;
@@ -16,7 +16,8 @@ use tokio::runtime::Handle;
 use crate::error::{Error, Result};
 use crate::execution::{QueryConfig, StreamingQuery, Trigger};
 use crate::planning::{
-    BatchTable, StreamTable, aggregates_stream, plan_streaming_query, reads_stream_anywhere,
+    BatchTable, StreamTable, StreamingPlan, aggregates_stream, plan_streaming_query, reads_stream,
+    reads_stream_anywhere,
 };
 use crate::sink::{OutputMode, SinkSpec};
 use crate::sql::ddl::{self, StatementKind};
@@ -238,7 +239,7 @@ impl Session {
             )));
         }
         let plan = plan_streaming_query(plan)?;
-        check_output_mode(&plan.plan, output_mode)?;
+        check_output_mode(&plan, output_mode)?;
         let memory_table = match sink {
             SinkSpec::Memory => {
                 // Replace an earlier memory sink's table of the same name, never
@@ -335,9 +336,19 @@ impl Session {
 }
 
 /// Spark's output-mode rules, checked before a query starts.
-fn check_output_mode(plan: &LogicalPlan, mode: OutputMode) -> Result<()> {
+fn check_output_mode(streaming: &StreamingPlan, mode: OutputMode) -> Result<()> {
+    let plan = &streaming.plan;
     let aggregates = aggregates_stream(plan);
     match (aggregates, mode) {
+        (true, OutputMode::Append) if groups_by_event_time(streaming) => {
+            if sorts_or_limits(plan) {
+                return Err(Error::Unsupported(
+                    "ORDER BY or LIMIT after a streaming aggregation needs output_mode 'complete'"
+                        .to_string(),
+                ));
+            }
+            Ok(())
+        }
         (false, OutputMode::Complete) => Err(Error::Unsupported(
             "output_mode 'complete' needs a streaming aggregation (the whole result table is \
              re-emitted each batch); this query has none: use 'append'"
@@ -345,9 +356,10 @@ fn check_output_mode(plan: &LogicalPlan, mode: OutputMode) -> Result<()> {
         )),
         (true, OutputMode::Append) => Err(Error::Unsupported(
             "output_mode 'append' with an aggregation over an unbounded table needs an \
-             event-time window and a watermark (not supported yet): use output_mode 'update' \
-             (changed groups each batch) or 'complete' (the whole result each batch), with a \
-             console or memory sink"
+             event-time window and a watermark: GROUP BY window(ts, ...) (or the watermarked \
+             column) of a table declared WITH a `WATERMARK FOR ts AS ts - INTERVAL ...` clause, \
+             so each group is emitted once, when the watermark passes it; otherwise use \
+             output_mode 'update' or 'complete'"
                 .to_string(),
         )),
         (true, OutputMode::Update) if sorts_or_limits(plan) => Err(Error::Unsupported(
@@ -356,6 +368,34 @@ fn check_output_mode(plan: &LogicalPlan, mode: OutputMode) -> Result<()> {
         )),
         _ => Ok(()),
     }
+}
+
+/// Whether the streaming aggregation groups by event time of a watermarked stream: a
+/// `window()` call or the watermarked column itself (Spark's condition for append mode).
+fn groups_by_event_time(streaming: &StreamingPlan) -> bool {
+    let watermarks: Vec<&str> = streaming
+        .inputs
+        .values()
+        .filter_map(|(def, _)| def.watermark.as_ref().map(|w| w.column.as_str()))
+        .collect();
+    if watermarks.is_empty() {
+        return false;
+    }
+    streaming
+        .plan
+        .exists(|node| {
+            Ok(match node {
+                LogicalPlan::Aggregate(aggregate) if reads_stream(node) => {
+                    aggregate.group_expr.iter().any(|e| match e {
+                        Expr::ScalarFunction(f) => f.name() == "window",
+                        Expr::Column(c) => watermarks.contains(&c.name.as_str()),
+                        _ => false,
+                    })
+                }
+                _ => false,
+            })
+        })
+        .unwrap_or(false)
 }
 
 fn sorts_or_limits(plan: &LogicalPlan) -> bool {

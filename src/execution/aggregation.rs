@@ -15,9 +15,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{concat_batches, filter_record_batch};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::kernels::boolean::not;
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -50,6 +51,10 @@ pub struct AggregationStep {
     pub updated: RecordBatch,
     /// The batch's output rows.
     pub output: Vec<RecordBatch>,
+    /// Groups dropped from the state because the watermark passed them.
+    pub evicted: RecordBatch,
+    /// Partial-state rows of this batch dropped as late (their window had ended).
+    pub dropped_late: usize,
 }
 
 impl StreamingAggregation {
@@ -113,10 +118,17 @@ impl StreamingAggregation {
 
     /// Folds one batch into the state and produces the batch's output in `mode`.
     /// `plan` is the batch's whole physical plan, as DataFusion planned it.
+    ///
+    /// With a `watermark` (ms) and a key that is event time (a `window()` or the
+    /// watermarked column), as in Spark: this batch's partial states of groups that
+    /// ended at or before the watermark are dropped as late; groups that ended are
+    /// evicted from the state, and in append mode they are the batch's output (each
+    /// emitted once). Complete mode keeps every group.
     pub async fn step(
         &mut self,
         plan: Arc<dyn ExecutionPlan>,
         mode: OutputMode,
+        watermark: Option<i64>,
         task: Arc<TaskContext>,
     ) -> Result<AggregationStep> {
         let Located {
@@ -131,7 +143,20 @@ impl StreamingAggregation {
             .downcast_ref::<AggregateExec>()
             .expect("a partial AggregateExec");
         let state_schema = partial.schema();
-        let batch_states = collect(partial.clone(), task.clone()).await?;
+        let mut batch_states = collect(partial.clone(), task.clone()).await?;
+        let watermark = watermark.filter(|_| mode != OutputMode::Complete);
+        let time_key = match watermark {
+            Some(_) => event_time_key(&state_schema, self.key_columns),
+            None => None,
+        };
+        let mut dropped_late = 0;
+        if let (Some(w), Some(key)) = (watermark, time_key) {
+            for batch in &mut batch_states {
+                let (ended, open) = split_ended(batch, key, w)?;
+                dropped_late += ended.num_rows();
+                *batch = open;
+            }
+        }
 
         // Merge the stored states with this batch's: states in, states out.
         let mut inputs: Vec<RecordBatch> = self.state.iter().cloned().collect();
@@ -149,12 +174,19 @@ impl StreamingAggregation {
             &collect(Arc::new(merged), task.clone()).await?,
         )?;
         let updated = self.rows_with_keys_of(&state, &batch_states, &state_schema)?;
+        let (evicted, state) = match (watermark, time_key) {
+            (Some(w), Some(key)) => split_ended(&state, key, w)?,
+            _ => (RecordBatch::new_empty(state_schema.clone()), state),
+        };
 
         // Run the rest of the plan (Final step, HAVING, projection, ORDER BY) over the
         // state the output mode asks for.
         let shown = match mode {
             OutputMode::Complete => state.clone(),
-            _ => updated.clone(),
+            OutputMode::Append => evicted.clone(),
+            OutputMode::Update => {
+                self.rows_with_keys_of(&state, std::slice::from_ref(&updated), &state_schema)?
+            }
         };
         let source: Arc<dyn ExecutionPlan> =
             MemorySourceConfig::try_new_exec(&[vec![shown]], state_schema.clone(), None)?;
@@ -185,6 +217,8 @@ impl StreamingAggregation {
             state,
             updated,
             output,
+            evicted,
+            dropped_late,
         })
     }
 
@@ -292,6 +326,46 @@ impl StreamingAggregation {
             .collect();
         Ok(filter_record_batch(state, &mask)?)
     }
+}
+
+/// The key column that is event time: a `window()` struct (`{start, end}` timestamps)
+/// or a timestamp, the first of either among the group columns.
+pub fn event_time_key(schema: &SchemaRef, key_columns: usize) -> Option<usize> {
+    (0..key_columns).find(|&i| match schema.field(i).data_type() {
+        DataType::Struct(fields) => {
+            fields.len() == 2
+                && fields[0].name() == "start"
+                && fields[1].name() == "end"
+                && matches!(fields[1].data_type(), DataType::Timestamp(_, _))
+        }
+        DataType::Timestamp(_, _) => true,
+        _ => false,
+    })
+}
+
+/// Splits state rows into those whose event time key ended at or before `watermark`
+/// (ms) — a window's `end`, or the timestamp itself — and the others.
+fn split_ended(
+    batch: &RecordBatch,
+    key: usize,
+    watermark: i64,
+) -> Result<(RecordBatch, RecordBatch)> {
+    let column = batch.column(key);
+    let time = match column.data_type() {
+        DataType::Struct(_) => column.as_struct().column(1).clone(),
+        _ => column.clone(),
+    };
+    let millis = cast(&time, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+    let millis = millis.as_primitive::<TimestampMillisecondType>();
+    let ended: BooleanArray = millis
+        .iter()
+        .map(|t| Some(t.is_some_and(|t| t <= watermark)))
+        .collect();
+    let open = not(&ended)?;
+    Ok((
+        filter_record_batch(batch, &ended)?,
+        filter_record_batch(batch, &open)?,
+    ))
 }
 
 /// Where the aggregation sits in one batch's physical plan.

@@ -147,6 +147,7 @@ impl StreamingQuery {
             aggregation,
             state_store: None,
             last_committed: None,
+            last_watermark: None,
             next_batch: 0,
             committed: BTreeMap::new(),
             pending: None,
@@ -308,6 +309,8 @@ struct Runner {
     state_store: Option<StateStore>,
     /// The last batch whose commit is in the commit log (the state version to restore).
     last_committed: Option<u64>,
+    /// The watermark the last batch ran with.
+    last_watermark: Option<i64>,
     /// The id the next new batch gets.
     next_batch: u64,
     /// End offsets of the last committed batch, per source.
@@ -346,6 +349,7 @@ impl Runner {
             Some(id) => self.checkpoint.offsets.get(id)?.map(|e| e.sources),
             None => None,
         };
+        self.last_watermark = entry.batch_watermark_ms;
         if let Some(commit) = self.checkpoint.commits.get(last)? {
             self.last_committed = Some(last);
             self.committed = entry.sources;
@@ -434,6 +438,16 @@ impl Runner {
         Ok(())
     }
 
+    /// Whether a stateful query's watermark has moved past the last batch's, so a
+    /// no-data batch must run to evict what it passed (as Spark does).
+    fn watermark_advanced(&self) -> bool {
+        self.aggregation.is_some()
+            && self.output_mode != OutputMode::Complete
+            && self
+                .watermark_ms()
+                .is_some_and(|next| self.last_watermark.is_none_or(|last| next > last))
+    }
+
     /// The watermark for a batch planned now: min over watermarked sources of
     /// (max event time - delay); none until every watermarked source has seen data.
     fn watermark_ms(&self) -> Option<i64> {
@@ -455,7 +469,7 @@ impl Runner {
             Some(entry) => entry,
             None => {
                 let started = Instant::now();
-                let mut ends = BTreeMap::new();
+                let mut ends: BTreeMap<String, Value> = BTreeMap::new();
                 let mut new_data = false;
                 for open in &mut self.sources {
                     let start = self.committed.get(&open.name);
@@ -466,7 +480,12 @@ impl Runner {
                 }
                 durations.latest_offset = elapsed_ms(started);
                 if !new_data {
-                    return Ok(None);
+                    if !self.watermark_advanced() {
+                        return Ok(None);
+                    }
+                    // A no-data batch: the watermark moved, so groups it passed are
+                    // evicted (and, in append mode, emitted) without waiting for data.
+                    ends = self.committed.clone();
                 }
                 let entry = OffsetEntry {
                     batch_id: self.next_batch,
@@ -520,22 +539,26 @@ impl Runner {
             None => (collect(physical, state.task_ctx()).await?, Vec::new()),
             Some(aggregation) => {
                 let step = aggregation
-                    .step(physical, self.output_mode, state.task_ctx())
+                    .step(
+                        physical,
+                        self.output_mode,
+                        entry.batch_watermark_ms,
+                        state.task_ctx(),
+                    )
                     .await?;
                 // The state of this batch is saved before the batch can commit; a replay
                 // after a crash restores the previous version and recomputes this one.
                 if let Some(store) = &mut self.state_store {
-                    let removed = RecordBatch::new_empty(step.state.schema());
-                    store.commit(entry.batch_id, &step.updated, &removed, &step.state)?;
+                    store.commit(entry.batch_id, &step.updated, &step.evicted, &step.state)?;
                 }
                 crash_point("after-state-commit");
                 let operator = serde_json::json!({
                     "operatorName": "stateStoreSave",
                     "numRowsTotal": step.state.num_rows(),
                     "numRowsUpdated": step.updated.num_rows(),
-                    "numRowsRemoved": 0,
+                    "numRowsRemoved": step.evicted.num_rows(),
                     "memoryUsedBytes": step.state.get_array_memory_size(),
-                    "numRowsDroppedByWatermark": 0,
+                    "numRowsDroppedByWatermark": step.dropped_late,
                 });
                 (step.output, vec![operator])
             }
@@ -565,6 +588,7 @@ impl Runner {
                 open.source.commit(end)?;
             }
         }
+        self.last_watermark = entry.batch_watermark_ms;
         let start = std::mem::replace(&mut self.committed, entry.sources.clone());
         self.next_batch = entry.batch_id + 1;
         self.checkpoint.purge(self.retain_batches)?;
