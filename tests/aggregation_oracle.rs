@@ -242,6 +242,9 @@ fn random_micro_batches_in_append_mode_give_the_batch_answer_over_rows_not_late(
         emitted_windows += emitted.len();
     }
     // The cases exercise both halves of the rule.
-    assert!(emitted_windows > 10, "only {emitted_windows} windows emitted in all");
+    assert!(
+        emitted_windows > 10,
+        "only {emitted_windows} windows emitted in all"
+    );
     assert!(late_rows > 0, "no case had a late row");
 }
