@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, TimeZone, Utc};
 use datafusion::arrow::array::{Array, RecordBatch};
-use datafusion::arrow::compute::{cast, max};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMillisecondType};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan};
@@ -331,6 +331,8 @@ struct BatchOutcome {
     start: BTreeMap<String, Value>,
     rows_per_source: BTreeMap<String, u64>,
     malformed_per_source: BTreeMap<String, u64>,
+    /// Event times per source too far in the future to move the watermark.
+    future_per_source: BTreeMap<String, u64>,
     output_rows: u64,
     /// Spark's `stateOperators` entries of this batch.
     state_operators: Vec<serde_json::Value>,
@@ -507,6 +509,7 @@ impl Runner {
         let mut rows_per_source = BTreeMap::new();
         let mut malformed_per_source = BTreeMap::new();
         let mut batch_max_event = None;
+        let mut future_per_source = BTreeMap::new();
         for open in &mut self.sources {
             let start = self.committed.get(&open.name);
             let batch = match entry.sources.get(&open.name) {
@@ -515,12 +518,17 @@ impl Runner {
             };
             rows_per_source.insert(open.name.clone(), batch.num_rows());
             malformed_per_source.insert(open.name.clone(), batch.malformed_dropped);
-            if let Some(spec) = &open.def.watermark
-                && let Some(max) = max_event_time(&batch.batches, &spec.column)?
-            {
-                let seen = self.max_event_ms.entry(open.name.clone()).or_insert(max);
-                *seen = (*seen).max(max);
-                batch_max_event = Some(batch_max_event.map_or(max, |m: i64| m.max(max)));
+            if let Some(spec) = &open.def.watermark {
+                // Event times too far ahead of the batch's clock (from the offset log,
+                // so a replay agrees) do not move the watermark.
+                let limit = entry.batch_timestamp_ms + spec.max_future.as_millis() as i64;
+                let (max, future) = max_event_time(&batch.batches, &spec.column, limit)?;
+                future_per_source.insert(open.name.clone(), future);
+                if let Some(max) = max {
+                    let seen = self.max_event_ms.entry(open.name.clone()).or_insert(max);
+                    *seen = (*seen).max(max);
+                    batch_max_event = Some(batch_max_event.map_or(max, |m: i64| m.max(max)));
+                }
             }
             open.table.replace(batch.batches);
         }
@@ -598,6 +606,7 @@ impl Runner {
             start,
             rows_per_source,
             malformed_per_source,
+            future_per_source,
             output_rows,
             state_operators,
             max_event_ms: batch_max_event,
@@ -637,6 +646,12 @@ impl Runner {
                         .unwrap_or(0)
                         .to_string(),
                 );
+                if let Some(future) = outcome.future_per_source.get(&open.name) {
+                    metrics.insert(
+                        "numEventTimesBeyondMaxFuture".to_string(),
+                        future.to_string(),
+                    );
+                }
                 let end = outcome
                     .entry
                     .sources
@@ -771,9 +786,11 @@ fn iso_ms(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Largest value of a timestamp column over some batches, in ms since epoch.
-fn max_event_time(batches: &[RecordBatch], column: &str) -> Result<Option<i64>> {
+/// Largest value (ms since epoch) of a timestamp column over some batches, leaving out
+/// values after `limit`, and how many were left out.
+fn max_event_time(batches: &[RecordBatch], column: &str, limit: i64) -> Result<(Option<i64>, u64)> {
     let mut result: Option<i64> = None;
+    let mut beyond = 0;
     for batch in batches {
         let Some(array) = batch.column_by_name(column) else {
             continue;
@@ -786,9 +803,13 @@ fn max_event_time(batches: &[RecordBatch], column: &str) -> Result<Option<i64>> 
             .as_any()
             .downcast_ref::<datafusion::arrow::array::PrimitiveArray<TimestampMillisecondType>>()
             .expect("cast to timestamp(ms)");
-        if let Some(m) = max(millis) {
-            result = Some(result.map_or(m, |r| r.max(m)));
+        for m in millis.iter().flatten() {
+            if m > limit {
+                beyond += 1;
+            } else {
+                result = Some(result.map_or(m, |r| r.max(m)));
+            }
         }
     }
-    Ok(result)
+    Ok((result, beyond))
 }

@@ -89,7 +89,14 @@ pub struct WatermarkSpec {
     pub column: String,
     /// How late data may arrive: watermark = max event time seen - delay.
     pub delay: Duration,
+    /// Event times further than this ahead of the batch's wall-clock time do not move
+    /// the watermark (they are still processed as data, and counted): one row with a
+    /// wrong, far-future timestamp would otherwise make every later row late.
+    pub max_future: Duration,
 }
+
+/// Default of the `watermark_max_future` table option.
+pub const DEFAULT_WATERMARK_MAX_FUTURE: Duration = Duration::from_secs(24 * 3600);
 
 /// The declaration of an unbounded table: everything needed to open a source for a query.
 #[derive(Debug, Clone)]

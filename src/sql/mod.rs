@@ -21,7 +21,7 @@ use crate::source::format::{CORRUPT_RECORD_COLUMN, Encoding, FileFormat, Malform
 use crate::source::options::Options;
 use crate::source::rate::{RateOptions, rate_schema};
 use crate::source::socket::socket_schema;
-use crate::source::{SourceKind, StreamDef, WatermarkSpec};
+use crate::source::{DEFAULT_WATERMARK_MAX_FUTURE, SourceKind, StreamDef, WatermarkSpec};
 use ddl::{CreateSink, CreateStream};
 
 /// Turns a parsed `CREATE UNBOUNDED EXTERNAL TABLE` into a checked stream declaration.
@@ -93,10 +93,24 @@ pub async fn declare_stream(state: &SessionState, statement: CreateStream) -> Re
             )));
         }
     };
-    options.finish(options_keys(&statement.format))?;
+    let max_future = options
+        .take("watermark_max_future")
+        .map(|d| crate::duration::parse_duration(&d))
+        .transpose()?;
+    if max_future.is_some() && statement.watermark.is_none() {
+        return Err(Error::Option(format!(
+            "'watermark_max_future' of {what} needs a WATERMARK clause in the column list"
+        )));
+    }
+    let mut allowed = options_keys(&statement.format).to_vec();
+    allowed.push("watermark_max_future");
+    options.finish(&allowed)?;
     let watermark = match &statement.watermark {
         None => None,
-        Some((column, expr)) => Some(watermark_spec(&schema, column, expr, &name)?),
+        Some((column, expr)) => Some(WatermarkSpec {
+            max_future: max_future.unwrap_or(DEFAULT_WATERMARK_MAX_FUTURE),
+            ..watermark_spec(&schema, column, expr, &name)?
+        }),
     };
     Ok(StreamDef {
         name,
@@ -333,6 +347,7 @@ fn watermark_spec(
     Ok(WatermarkSpec {
         column: field.name().clone(),
         delay: ddl::watermark_delay(column, expr)?,
+        max_future: DEFAULT_WATERMARK_MAX_FUTURE,
     })
 }
 
