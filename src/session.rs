@@ -16,8 +16,8 @@ use tokio::runtime::Handle;
 use crate::error::{Error, Result};
 use crate::execution::{QueryConfig, StreamingQuery, Trigger};
 use crate::planning::{
-    BatchTable, StreamTable, StreamingPlan, aggregates_stream, plan_streaming_query, reads_stream,
-    reads_stream_anywhere,
+    BatchTable, StreamTable, StreamingPlan, aggregates_stream, deduplicates_stream,
+    plan_streaming_query, reads_stream, reads_stream_anywhere,
 };
 use crate::sink::{OutputMode, SinkSpec};
 use crate::sql::ddl::{self, StatementKind};
@@ -340,6 +340,16 @@ fn check_output_mode(streaming: &StreamingPlan, mode: OutputMode) -> Result<()> 
     let plan = &streaming.plan;
     let aggregates = aggregates_stream(plan);
     match (aggregates, mode) {
+        // Deduplication emits each distinct row once, when first seen: every mode works.
+        (true, OutputMode::Append | OutputMode::Update) if deduplicates_stream(plan) => {
+            if sorts_or_limits(plan) {
+                return Err(Error::Unsupported(
+                    "ORDER BY or LIMIT after a streaming aggregation needs output_mode 'complete'"
+                        .to_string(),
+                ));
+            }
+            Ok(())
+        }
         (true, OutputMode::Append) if groups_by_event_time(streaming) => {
             if sorts_or_limits(plan) {
                 return Err(Error::Unsupported(

@@ -458,6 +458,7 @@ macro_rules! scripts {
 
 scripts!(
     ddl_errors,
+    deduplication,
     event_time_windows,
     file_sinks,
     file_sources,

@@ -23,7 +23,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Distinct, LogicalPlan};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 
@@ -38,6 +38,8 @@ pub struct StreamingAggregation {
     output_names: Vec<String>,
     /// Number of group-by columns (the state's key columns, first in the state).
     key_columns: usize,
+    /// A `SELECT DISTINCT`: each distinct row is emitted once, when first seen.
+    dedup: bool,
     /// One row per group: the group values, then the accumulators' states.
     state: Option<RecordBatch>,
 }
@@ -61,30 +63,35 @@ impl StreamingAggregation {
     /// The aggregation of a streaming plan, if it has one: the `Aggregate` node that
     /// reads a stream. More than one is refused (as in Spark).
     pub fn find(plan: &LogicalPlan) -> Result<Option<Self>> {
-        let mut found: Vec<(Vec<String>, usize)> = Vec::new();
+        let mut found: Vec<(Vec<String>, usize, bool)> = Vec::new();
         plan.apply(|node| {
-            if let LogicalPlan::Aggregate(aggregate) = node
-                && reads_stream(node)
-            {
-                found.push((
-                    aggregate
-                        .schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().clone())
-                        .collect(),
-                    aggregate.group_expr.len(),
-                ));
+            let names = || -> Vec<String> {
+                node.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect()
+            };
+            match node {
+                LogicalPlan::Aggregate(aggregate) if reads_stream(node) => {
+                    found.push((names(), aggregate.group_expr.len(), false));
+                }
+                // SELECT DISTINCT: an aggregation by every column, with no functions.
+                LogicalPlan::Distinct(Distinct::All(_)) if reads_stream(node) => {
+                    found.push((names(), node.schema().fields().len(), true));
+                }
+                _ => {}
             }
             Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
         })?;
         match found.len() {
             0 => Ok(None),
             1 => {
-                let (output_names, key_columns) = found.remove(0);
+                let (output_names, key_columns, dedup) = found.remove(0);
                 Ok(Some(StreamingAggregation {
                     output_names,
                     key_columns,
+                    dedup,
                     state: None,
                 }))
             }
@@ -158,6 +165,8 @@ impl StreamingAggregation {
             }
         }
 
+        // Deduplication emits the rows it had never seen: keep the old keys to tell.
+        let previous = self.state.clone();
         // Merge the stored states with this batch's: states in, states out.
         let mut inputs: Vec<RecordBatch> = self.state.iter().cloned().collect();
         inputs.extend(batch_states.iter().cloned());
@@ -183,6 +192,13 @@ impl StreamingAggregation {
         // state the output mode asks for.
         let shown = match mode {
             OutputMode::Complete => state.clone(),
+            _ if self.dedup => {
+                let touched = self.rows_with_keys_of(&state, &batch_states, &state_schema)?;
+                match &previous {
+                    Some(previous) => self.rows_without_keys_of(&touched, previous)?,
+                    None => touched,
+                }
+            }
             OutputMode::Append => evicted.clone(),
             OutputMode::Update => {
                 self.rows_with_keys_of(&state, std::slice::from_ref(&updated), &state_schema)?
@@ -292,6 +308,22 @@ impl StreamingAggregation {
                 "could not find the streaming aggregation in the physical plan".to_string(),
             )
         })
+    }
+
+    /// The rows of `rows` whose key is not in `known`.
+    fn rows_without_keys_of(&self, rows: &RecordBatch, known: &RecordBatch) -> Result<RecordBatch> {
+        let fields = (0..self.key_columns)
+            .map(|i| SortField::new(rows.schema().field(i).data_type().clone()))
+            .collect();
+        let converter = RowConverter::new(fields)?;
+        let known_rows = converter.convert_columns(&known.columns()[..self.key_columns])?;
+        let known: HashSet<Vec<u8>> = known_rows.iter().map(|r| r.as_ref().to_vec()).collect();
+        let candidates = converter.convert_columns(&rows.columns()[..self.key_columns])?;
+        let fresh: BooleanArray = candidates
+            .iter()
+            .map(|r| Some(!known.contains(r.as_ref())))
+            .collect();
+        Ok(filter_record_batch(rows, &fresh)?)
     }
 
     /// The rows of `state` whose key appears in `touched` (all rows for a global aggregate

@@ -12,7 +12,7 @@ mod batch_table;
 mod unsupported;
 
 pub use batch_table::BatchTable;
-pub use unsupported::{aggregates_stream, check_supported};
+pub use unsupported::{aggregates_stream, check_supported, deduplicates_stream};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! a stream-static join is fine.
 
 use datafusion::common::tree_node::TreeNode;
-use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
+use datafusion::logical_expr::{Distinct, Expr, JoinType, LogicalPlan};
 
 use super::{reads_stream, visit_all};
 use crate::error::{Error, Result};
@@ -16,9 +16,23 @@ fn unsupported(what: &str) -> Error {
 }
 
 /// Whether the plan has an aggregation of a stream below its root.
+/// (`SELECT DISTINCT` counts: it is an aggregation without aggregate functions.)
 pub fn aggregates_stream(plan: &LogicalPlan) -> bool {
-    plan.exists(|node| Ok(matches!(node, LogicalPlan::Aggregate(_)) && reads_stream(node)))
-        .unwrap_or(false)
+    plan.exists(|node| {
+        Ok(matches!(
+            node,
+            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(Distinct::All(_))
+        ) && reads_stream(node))
+    })
+    .unwrap_or(false)
+}
+
+/// Whether the plan deduplicates a stream (`SELECT DISTINCT`).
+pub fn deduplicates_stream(plan: &LogicalPlan) -> bool {
+    plan.exists(|node| {
+        Ok(matches!(node, LogicalPlan::Distinct(Distinct::All(_))) && reads_stream(node))
+    })
+    .unwrap_or(false)
 }
 
 /// Checks a streaming plan (after unbounded tables were swapped for batch tables).
@@ -47,10 +61,11 @@ pub fn check_supported(plan: &LogicalPlan) -> Result<()> {
                 }
                 Ok(())
             }
-            LogicalPlan::Distinct(_) => Err(unsupported(
-                "SELECT DISTINCT over an unbounded table is not supported yet (streaming \
-                 deduplication comes later); GROUP BY the columns instead, with output_mode \
-                 'update' or 'complete'",
+            // Streaming deduplication: the distinct rows are the state.
+            LogicalPlan::Distinct(Distinct::All(_)) => Ok(()),
+            LogicalPlan::Distinct(Distinct::On(_)) => Err(unsupported(
+                "SELECT DISTINCT ON over an unbounded table is not supported yet; use \
+                 SELECT DISTINCT over the columns that identify a row",
             )),
             LogicalPlan::Window(_) => Err(unsupported(
                 "window functions (OVER ...) are not supported on unbounded tables; \
