@@ -6,28 +6,13 @@
 use std::fs;
 use std::path::Path;
 
+mod common;
+
+use common::XorShift;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use millrace::{Session, SessionSettings};
 use tokio::runtime::Runtime;
-
-/// A small deterministic generator; the seed of a failing case is in its message.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// Rows as sorted text lines, so results compare whatever their order.
 fn lines(batches: &[RecordBatch]) -> Vec<String> {
@@ -64,17 +49,17 @@ const AGGREGATES: &str = "count(*) AS n, sum(v) AS total, min(v) AS low, max(v) 
      approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY v) AS median";
 
 fn write_case(dir: &Path, rng: &mut XorShift) {
-    let files = 1 + rng.below(8);
+    let files = 1 + rng.range(0, 7);
     for f in 0..files {
         let mut text = String::new();
-        for _ in 0..rng.below(12) {
-            let key = format!("k{}", rng.below(5));
-            let v = rng.below(100);
+        for _ in 0..rng.range(0, 11) {
+            let key = format!("k{}", rng.range(0, 4));
+            let v = rng.range(0, 99);
             // Some labels are missing (NULL): aggregates must skip them.
-            let label = if rng.below(4) == 0 {
+            let label = if rng.range(0, 3) == 0 {
                 String::new()
             } else {
-                format!("l{}", rng.below(3))
+                format!("l{}", rng.range(0, 2))
             };
             text.push_str(&format!("{key},{v},{label}\n"));
         }
@@ -86,12 +71,12 @@ fn write_case(dir: &Path, rng: &mut XorShift) {
 fn random_micro_batches_give_the_batch_answer() {
     let runtime = Runtime::new().unwrap();
     for seed in 1..=12u64 {
-        let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = XorShift::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let tmp = tempfile::tempdir().unwrap();
         let input = tmp.path().join("in");
         fs::create_dir(&input).unwrap();
         write_case(&input, &mut rng);
-        let per_trigger = 1 + rng.below(3);
+        let per_trigger = 1 + rng.range(0, 2);
         let session = Session::new(runtime.handle().clone(), SessionSettings::default());
         let script = format!(
             "CREATE UNBOUNDED EXTERNAL TABLE t (k VARCHAR, v BIGINT, label VARCHAR)
@@ -148,21 +133,21 @@ fn random_micro_batches_in_append_mode_give_the_batch_answer_over_rows_not_late(
     let runtime = Runtime::new().unwrap();
     let (mut emitted_windows, mut late_rows) = (0, 0);
     for seed in 1..=10u64 {
-        let mut rng = XorShift(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let mut rng = XorShift::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
         let tmp = tempfile::tempdir().unwrap();
         let input = tmp.path().join("in");
         fs::create_dir(&input).unwrap();
-        let files = 1 + rng.below(8) as usize;
-        let per_trigger = 1 + rng.below(3) as usize;
+        let files = 1 + rng.range(0, 7) as usize;
+        let per_trigger = 1 + rng.range(0, 2) as usize;
         // (file, key, second of the minute..., value); time drifts forward per file,
         // with rows up to 15 s early.
         let mut rows: Vec<(usize, String, i64, i64)> = Vec::new();
         for file in 0..files {
             let mut text = String::new();
-            for _ in 0..rng.below(10) {
-                let second = (file as i64 * 6 + rng.below(20) as i64 - 15).max(0);
-                let key = format!("k{}", rng.below(3));
-                let v = rng.below(50) as i64;
+            for _ in 0..rng.range(0, 9) {
+                let second = (file as i64 * 6 + rng.range(0, 19) as i64 - 15).max(0);
+                let key = format!("k{}", rng.range(0, 2));
+                let v = rng.range(0, 49) as i64;
                 text.push_str(&format!(
                     "{key},2026-01-01 10:{:02}:{:02},{v}\n",
                     second / 60,
