@@ -190,19 +190,16 @@ impl StreamingAggregation {
 
         // Run the rest of the plan (Final step, HAVING, projection, ORDER BY) over the
         // state the output mode asks for.
+        // `updated` is never evicted in the same batch: its rows passed the same
+        // watermark test that eviction applies (late ones were dropped above).
         let shown = match mode {
             OutputMode::Complete => state.clone(),
-            _ if self.dedup => {
-                let touched = self.rows_with_keys_of(&state, &batch_states, &state_schema)?;
-                match &previous {
-                    Some(previous) => self.rows_without_keys_of(&touched, previous)?,
-                    None => touched,
-                }
-            }
+            _ if self.dedup => match &previous {
+                Some(previous) => self.rows_without_keys_of(&updated, previous)?,
+                None => updated.clone(),
+            },
             OutputMode::Append => evicted.clone(),
-            OutputMode::Update => {
-                self.rows_with_keys_of(&state, std::slice::from_ref(&updated), &state_schema)?
-            }
+            OutputMode::Update => updated.clone(),
         };
         let source: Arc<dyn ExecutionPlan> =
             MemorySourceConfig::try_new_exec(&[vec![shown]], state_schema.clone(), None)?;
