@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # The test command of the README: builds millrace and runs every test (unit,
 # integration, sql/ scripts, crash tests), after checking that the criterion
-# benchmarks still run (each benchmark once, in test mode).
+# benchmarks still run (each benchmark once, in test mode). Ends with one line
+# totalling the tests that ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/millrace/target}"
 cargo test --benches
-cargo test "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test "$@" 2>&1 | tee "$log"
+passed=$(grep -oE '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
+failed=$(grep -oE '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
+echo "tests: $passed passed, $failed failed"
