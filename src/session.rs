@@ -14,7 +14,7 @@ use sqlparser::ast::Statement as SQLStatement;
 use tokio::runtime::Handle;
 
 use crate::error::{Error, Result};
-use crate::execution::{QueryConfig, StreamingQuery, Trigger};
+use crate::execution::{QueryConfig, StreamingQuery, Trigger, WatermarkPolicy};
 use crate::planning::{
     BatchTable, StreamTable, StreamingPlan, aggregates_stream, deduplicates_stream,
     plan_streaming_query, reads_stream, reads_stream_anywhere,
@@ -62,6 +62,9 @@ pub struct Session {
     settings: SessionSettings,
     queries: Mutex<Vec<StreamingQuery>>,
     bare_selects: Mutex<u64>,
+    /// Set with `SET millrace.multiple_watermark_policy = 'min' | 'max'`; applies to
+    /// the queries started after it.
+    watermark_policy: Mutex<WatermarkPolicy>,
 }
 
 impl Session {
@@ -76,6 +79,7 @@ impl Session {
             settings,
             queries: Mutex::new(Vec::new()),
             bare_selects: Mutex::new(0),
+            watermark_policy: Mutex::new(WatermarkPolicy::default()),
         }
     }
 
@@ -150,6 +154,22 @@ impl Session {
                     )
                     .await?;
                 Ok(StatementResult::QueryStarted(query))
+            }
+            StatementKind::Other if ddl::millrace_setting(sql).is_some() => {
+                let (name, value) = ddl::millrace_setting(sql).expect("checked");
+                match name.as_str() {
+                    "multiple_watermark_policy" => {
+                        *self
+                            .watermark_policy
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = WatermarkPolicy::parse(&value)?;
+                        Ok(StatementResult::Done)
+                    }
+                    other => Err(Error::Option(format!(
+                        "unknown setting 'millrace.{other}': the settings are \
+                         millrace.multiple_watermark_policy"
+                    ))),
+                }
             }
             StatementKind::Other => {
                 let plan = self.state().create_logical_plan(sql).await?;
@@ -272,6 +292,10 @@ impl Session {
             print_progress: self.settings.print_progress,
             memory_table,
             retain_batches: self.settings.retain_batches,
+            watermark_policy: *self
+                .watermark_policy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
         };
         let query = StreamingQuery::start(config, self.runtime.clone())?;
         self.queries

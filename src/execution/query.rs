@@ -18,7 +18,7 @@ use tokio::runtime::Handle;
 
 use super::aggregation::StreamingAggregation;
 use super::progress::{DurationMs, EventTime, QueryProgress, SinkProgress, SourceProgress};
-use super::{Trigger, crash_point};
+use super::{Trigger, WatermarkPolicy, crash_point};
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry};
 use crate::error::{Error, Result};
 use crate::planning::{BatchTable, StreamingPlan};
@@ -56,6 +56,8 @@ pub struct QueryConfig {
     pub memory_table: Option<Arc<BatchTable>>,
     /// Offset and commit log entries kept in the checkpoint.
     pub retain_batches: u64,
+    /// How the watermarks of several watermarked inputs combine.
+    pub watermark_policy: WatermarkPolicy,
 }
 
 /// A handle on a running (or ended) streaming query, cheap to clone.
@@ -148,6 +150,7 @@ impl StreamingQuery {
             state_store: None,
             last_committed: None,
             last_watermark: None,
+            watermark_policy: config.watermark_policy,
             next_batch: 0,
             committed: BTreeMap::new(),
             pending: None,
@@ -311,6 +314,8 @@ struct Runner {
     last_committed: Option<u64>,
     /// The watermark the last batch ran with.
     last_watermark: Option<i64>,
+    /// How several inputs' watermarks combine.
+    watermark_policy: WatermarkPolicy,
     /// The id the next new batch gets.
     next_batch: u64,
     /// End offsets of the last committed batch, per source.
@@ -456,9 +461,17 @@ impl Runner {
         let mut watermark: Option<i64> = None;
         for open in &self.sources {
             if let Some(spec) = &open.def.watermark {
-                let max = *self.max_event_ms.get(&open.name)?;
-                let value = max - spec.delay.as_millis() as i64;
-                watermark = Some(watermark.map_or(value, |w| w.min(value)));
+                let value = match self.max_event_ms.get(&open.name) {
+                    Some(max) => max - spec.delay.as_millis() as i64,
+                    // An input without data holds a `min` watermark back entirely.
+                    None if self.watermark_policy == WatermarkPolicy::Min => return None,
+                    None => continue,
+                };
+                watermark = Some(match (watermark, self.watermark_policy) {
+                    (None, _) => value,
+                    (Some(w), WatermarkPolicy::Min) => w.min(value),
+                    (Some(w), WatermarkPolicy::Max) => w.max(value),
+                });
             }
         }
         watermark

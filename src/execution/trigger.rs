@@ -52,3 +52,28 @@ impl Trigger {
         matches!(self, Trigger::Once | Trigger::AvailableNow)
     }
 }
+
+/// How the watermarks of several watermarked tables in one query combine (Spark's
+/// `spark.sql.streaming.multipleWatermarkPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WatermarkPolicy {
+    /// The slowest input decides (no input's data is late because another ran ahead);
+    /// no watermark until every watermarked input has seen data.
+    #[default]
+    Min,
+    /// The fastest input decides (state is dropped sooner; slower inputs' rows may be late).
+    Max,
+}
+
+impl WatermarkPolicy {
+    /// Reads the setting's value (`min` or `max`).
+    pub fn parse(value: &str) -> Result<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "min" => Ok(WatermarkPolicy::Min),
+            "max" => Ok(WatermarkPolicy::Max),
+            other => Err(crate::error::Error::Option(format!(
+                "unknown multiple_watermark_policy '{other}': use 'min' or 'max'"
+            ))),
+        }
+    }
+}

@@ -86,6 +86,34 @@ pub fn classify(sql: &str) -> StatementKind {
     }
 }
 
+/// Reads `SET millrace.<name> = <value>` (or `TO`), millrace's own session settings,
+/// which DataFusion's `SET` would refuse as unknown: `Some((name, value))`.
+pub fn millrace_setting(sql: &str) -> Option<(String, String)> {
+    let rest = sql.trim();
+    let rest = rest
+        .get(..3)
+        .filter(|w| w.eq_ignore_ascii_case("set"))
+        .map(|_| rest[3..].trim_start())?;
+    let rest = rest
+        .get(..9)
+        .filter(|p| p.eq_ignore_ascii_case("millrace."))
+        .map(|_| &rest[9..])?;
+    let split = rest.find(|c: char| c == '=' || c.is_whitespace())?;
+    let name = rest[..split].trim().to_ascii_lowercase();
+    let value = rest[split..].trim_start();
+    let value = value
+        .strip_prefix('=')
+        .or_else(|| {
+            value
+                .get(..2)
+                .filter(|w| w.eq_ignore_ascii_case("to"))
+                .map(|_| &value[2..])
+        })?
+        .trim()
+        .trim_matches(|c| c == '\'' || c == '"');
+    Some((name, value.to_string()))
+}
+
 /// Refuses Spark's `session_window()` until session windows are supported, with a
 /// clearer message than "invalid function". (`window()` and `window_time()` are
 /// registered functions, see [`crate::functions`].)
