@@ -1,13 +1,14 @@
 //! SQL functions millrace adds to DataFusion for streaming queries, with Spark's names
 //! and meaning:
 //!
-//! - `window(ts, size [, slide [, start]])`: the tumbling event-time window holding
-//!   `ts`, as a struct `{start, end}`, for `GROUP BY`. Spark names the column
-//!   `window`; here write `window(ts, ...) AS window` (DataFusion identifies an
+//! - `window(ts, size [, slide [, start]])`: the event-time window holding `ts`, as a
+//!   struct `{start, end}`, for `GROUP BY`. Tumbling when `slide` is left out (or equals
+//!   `size`); a smaller `slide` gives sliding windows, each row in `size / slide` of
+//!   them — the planner expands those (see `planning::sliding_windows`). Spark names the
+//!   column `window`; here write `window(ts, ...) AS window` (DataFusion identifies an
 //!   expression by its name, so a function cannot rename its own column). Durations
 //!   are strings (`'10 seconds'`) or intervals (`INTERVAL '10' SECOND`); `start`
-//!   shifts the windows (Spark's `startTime`). A `slide` different from `size` (a
-//!   sliding window) is refused for now.
+//!   shifts the windows (Spark's `startTime`).
 //! - `window_time(window)`: the window's last instant, `end - 1 microsecond`, as in Spark.
 
 use std::sync::Arc;
@@ -31,6 +32,120 @@ use crate::duration::parse_duration;
 pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(WindowFunction::new()));
     ctx.register_udf(ScalarUDF::from(WindowTimeFunction::new()));
+    ctx.register_udf(ScalarUDF::from(WindowListFunction::new()));
+}
+
+/// Name of the internal function listing every window a row belongs to.
+pub const WINDOW_LIST: &str = "__millrace_window_list";
+
+/// `__millrace_window_list(ts, size, slide, start)`: every (sliding) window holding
+/// `ts`, as a list of `{start, end}` structs. Not for users: the planner puts it, with
+/// an unnest, under an aggregation grouped by a sliding `window()` (Spark's Expand).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct WindowListFunction {
+    signature: Signature,
+}
+
+impl WindowListFunction {
+    /// The function, ready to register.
+    pub fn new() -> Self {
+        WindowListFunction {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl Default for WindowListFunction {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ScalarUDFImpl for WindowListFunction {
+    fn name(&self) -> &str {
+        WINDOW_LIST
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        plan_err!("{WINDOW_LIST} needs its arguments to plan its type")
+    }
+
+    fn return_field_from_args(
+        &self,
+        args: ReturnFieldArgs,
+    ) -> datafusion::common::Result<FieldRef> {
+        window_spec(args.scalar_arguments)?;
+        match args.arg_fields.first().map(|f| f.data_type()) {
+            Some(DataType::Timestamp(unit, tz)) => Ok(Arc::new(Field::new(
+                WINDOW_LIST,
+                DataType::List(Arc::new(Field::new(
+                    "item",
+                    window_type(*unit, tz.clone()),
+                    true,
+                ))),
+                true,
+            ))),
+            other => plan_err!("window() needs a TIMESTAMP column, got {other:?}"),
+        }
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let scalars: Vec<Option<&ScalarValue>> = args
+            .args
+            .iter()
+            .map(|a| match a {
+                ColumnarValue::Scalar(s) => Some(s),
+                ColumnarValue::Array(_) => None,
+            })
+            .collect();
+        let (size, slide, offset) = window_spec(&scalars)?;
+        let DataType::List(item) = args.return_type().clone() else {
+            return exec_err!("{WINDOW_LIST} returns a list");
+        };
+        let DataType::Struct(fields) = item.data_type().clone() else {
+            return exec_err!("{WINDOW_LIST} returns a list of structs");
+        };
+        let DataType::Timestamp(unit, tz) = fields[0].data_type().clone() else {
+            return exec_err!("{WINDOW_LIST} returns timestamps");
+        };
+        let ts = args.args[0].to_array(args.number_rows)?;
+        let nanos = cast(&ts, &DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()))?;
+        let nanos = nanos.as_primitive::<TimestampNanosecondType>();
+        let (mut starts, mut offsets) = (Vec::new(), vec![0i32]);
+        for t in nanos.iter() {
+            if let Some(t) = t {
+                // The latest window holding t, then earlier ones while they still do.
+                let mut start = t - (t - offset).rem_euclid(slide);
+                let mut found = Vec::new();
+                while start + size > t {
+                    found.push(start);
+                    start -= slide;
+                }
+                starts.extend(found.into_iter().rev());
+            }
+            offsets.push(starts.len() as i32);
+        }
+        let ends: TimestampNanosecondArray = starts.iter().map(|s| Some(s + size)).collect();
+        let starts: TimestampNanosecondArray = starts.into_iter().map(Some).collect();
+        let target = DataType::Timestamp(unit, tz.clone());
+        let starts = cast(&starts.with_timezone_opt(tz.clone()), &target)?;
+        let ends = cast(&ends.with_timezone_opt(tz), &target)?;
+        let windows = StructArray::try_new(fields, vec![starts, ends], None)?;
+        let list = datafusion::arrow::array::ListArray::try_new(
+            item,
+            datafusion::arrow::buffer::OffsetBuffer::new(offsets.into()),
+            Arc::new(windows),
+            ts.logical_nulls(),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(list) as ArrayRef))
+    }
 }
 
 /// The struct type of a window over timestamps of `unit` and time zone `tz`.
@@ -93,8 +208,10 @@ impl Default for WindowFunction {
     }
 }
 
-/// The window size and start offset (ns) of a `window()` call, checked.
-fn window_spec(scalars: &[Option<&ScalarValue>]) -> datafusion::common::Result<(i64, i64)> {
+/// The window size, slide and start offset (ns) of a `window()` call, checked.
+pub fn window_spec(
+    scalars: &[Option<&ScalarValue>],
+) -> datafusion::common::Result<(i64, i64, i64)> {
     if !(2..=4).contains(&scalars.len()) {
         return plan_err!("window() takes (time column, size [, slide [, start]])");
     }
@@ -102,19 +219,22 @@ fn window_spec(scalars: &[Option<&ScalarValue>]) -> datafusion::common::Result<(
     if size.is_zero() {
         return plan_err!("the window size of window() must be positive");
     }
-    if let Some(slide) = scalars.get(2) {
-        let slide = duration_literal("the slide", *slide)?;
-        if slide != size {
-            return plan_err!(
-                "sliding windows (a slide different from the window size) are not supported yet; use a tumbling window: window(ts, size)"
-            );
-        }
+    let slide = match scalars.get(2) {
+        Some(slide) => duration_literal("the slide", *slide)?,
+        None => size,
+    };
+    if slide.is_zero() || slide > size {
+        return plan_err!("the slide of window() must be positive and at most the window size");
     }
     let start = match scalars.get(3) {
         Some(start) => duration_literal("the start offset", *start)?,
         None => Duration::ZERO,
     };
-    Ok((size.as_nanos() as i64, start.as_nanos() as i64))
+    Ok((
+        size.as_nanos() as i64,
+        slide.as_nanos() as i64,
+        start.as_nanos() as i64,
+    ))
 }
 
 impl ScalarUDFImpl for WindowFunction {
@@ -158,7 +278,13 @@ impl ScalarUDFImpl for WindowFunction {
                 ColumnarValue::Array(_) => None,
             })
             .collect();
-        let (size, offset) = window_spec(&scalars)?;
+        let (size, slide, offset) = window_spec(&scalars)?;
+        if slide != size {
+            return exec_err!(
+                "a sliding window() (slide smaller than size) puts a row in several windows: \
+                 use it in GROUP BY, where millrace expands it"
+            );
+        }
         let DataType::Struct(fields) = args.return_type().clone() else {
             return exec_err!("window() returns a struct");
         };

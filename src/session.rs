@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::execution::{QueryConfig, StreamingQuery, Trigger, WatermarkPolicy};
 use crate::planning::{
     BatchTable, StreamTable, StreamingPlan, aggregates_stream, deduplicates_stream,
-    plan_streaming_query, reads_stream, reads_stream_anywhere,
+    expand_sliding_windows, plan_streaming_query, reads_stream, reads_stream_anywhere,
 };
 use crate::sink::{OutputMode, SinkSpec};
 use crate::sql::ddl::{self, StatementKind};
@@ -142,7 +142,7 @@ impl Session {
                         SQLStatement::Query(parsed.query.clone()),
                     )))
                     .await?;
-                let plan = self.analyze(plan)?;
+                let plan = self.analyze(expand_sliding_windows(plan)?)?;
                 let query = self
                     .start_query(
                         &parsed.name,
@@ -172,7 +172,7 @@ impl Session {
                 }
             }
             StatementKind::Other => {
-                let plan = self.state().create_logical_plan(sql).await?;
+                let plan = expand_sliding_windows(self.state().create_logical_plan(sql).await?)?;
                 // Views are inlined by the analyzer: only then does a view over a
                 // stream show its stream. Anything the analyzer cannot handle is left
                 // for DataFusion to run and report as usual.
@@ -423,6 +423,11 @@ fn groups_by_event_time(streaming: &StreamingPlan) -> bool {
                     aggregate.group_expr.iter().any(|e| match e {
                         Expr::ScalarFunction(f) => f.name() == "window",
                         Expr::Column(c) => watermarks.contains(&c.name.as_str()),
+                        // A sliding window(), expanded (see planning::sliding_windows).
+                        Expr::Alias(alias) => matches!(
+                            alias.expr.as_ref(),
+                            Expr::Column(c) if c.name == crate::functions::WINDOW_LIST
+                        ),
                         _ => false,
                     })
                 }

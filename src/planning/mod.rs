@@ -9,9 +9,11 @@
 //! cannot run correctly, with Spark's reasons.
 
 mod batch_table;
+mod sliding_windows;
 mod unsupported;
 
 pub use batch_table::BatchTable;
+pub use sliding_windows::expand_sliding_windows;
 pub use unsupported::{aggregates_stream, check_supported, deduplicates_stream};
 
 use std::collections::BTreeMap;
