@@ -120,7 +120,7 @@ fn random_micro_batches_give_the_batch_answer() {
     }
 }
 
-/// Append mode with event-time windows and a watermark: what is emitted must be exactly
+/// Append mode with event-time windows (tumbling and sliding) and a watermark: what is emitted must be exactly
 /// the one-batch answer over the rows that were not late, for the windows the final
 /// watermark passed. Which rows are late is worked out here from the batch boundaries
 /// (files are read in name order, `per_trigger` at a time): a row is late when its
@@ -163,13 +163,28 @@ fn random_micro_batches_in_append_mode_give_the_batch_answer_over_rows_not_late(
         // The rows that are not late, and the final watermark.
         let mut watermark: Option<i64> = None;
         let mut max_seen: Option<i64> = None;
-        let mut kept = Vec::new();
+        // Even seeds slide by half a window: a row then counts in two windows, each
+        // judged late on its own.
+        let slide = if seed % 2 == 0 { WINDOW / 2 } else { WINDOW };
+        let windows_of = |second: i64| -> Vec<i64> {
+            let mut start = second - second.rem_euclid(slide);
+            let mut starts = Vec::new();
+            while start + WINDOW > second {
+                starts.push(start);
+                start -= slide;
+            }
+            starts
+        };
+        let mut kept: Vec<(String, i64, i64)> = Vec::new();
         for batch in (0..files).collect::<Vec<_>>().chunks(per_trigger) {
             let batch_rows: Vec<_> = rows.iter().filter(|r| batch.contains(&r.0)).collect();
             for row in &batch_rows {
-                let end = row.2 - row.2.rem_euclid(WINDOW) + WINDOW;
-                if watermark.is_none_or(|w| end > w) {
-                    kept.push((*row).clone());
+                for start in windows_of(row.2) {
+                    if watermark.is_none_or(|w| start + WINDOW > w) {
+                        kept.push((row.1.clone(), start, row.3));
+                    } else {
+                        late_rows += 1;
+                    }
                 }
             }
             if let Some(m) = batch_rows.iter().map(|r| r.2).max() {
@@ -177,13 +192,11 @@ fn random_micro_batches_in_append_mode_give_the_batch_answer_over_rows_not_late(
             }
             watermark = max_seen.map(|m| m - DELAY);
         }
-        late_rows += rows.len() - kept.len();
         let mut expected: std::collections::BTreeMap<(String, i64), (i64, i64)> =
             Default::default();
-        for (_, key, second, v) in &kept {
-            let start = second - second.rem_euclid(WINDOW);
+        for (key, start, v) in &kept {
             if watermark.is_some_and(|w| start + WINDOW <= w) {
-                let entry = expected.entry((key.clone(), start)).or_default();
+                let entry = expected.entry((key.clone(), *start)).or_default();
                 entry.0 += 1;
                 entry.1 += v;
             }
@@ -191,10 +204,12 @@ fn random_micro_batches_in_append_mode_give_the_batch_answer_over_rows_not_late(
         let mut expected: Vec<String> = expected
             .into_iter()
             .map(|((key, start), (n, total))| {
+                let t = 10 * 3600 + start; // seconds since midnight; may precede 10:00
                 format!(
-                    "{key} | 2026-01-01T10:{:02}:{:02} | {n} | {total}",
-                    start / 60,
-                    start % 60
+                    "{key} | 2026-01-01T{:02}:{:02}:{:02} | {n} | {total}",
+                    t / 3600,
+                    (t / 60) % 60,
+                    t % 60
                 )
             })
             .collect();
@@ -207,8 +222,9 @@ fn random_micro_batches_in_append_mode_give_the_batch_answer_over_rows_not_late(
                STORED AS CSV LOCATION '{dir}' OPTIONS ('max_files_per_trigger' '{per_trigger}');
              CREATE SINK final_windows STORED AS MEMORY
                OPTIONS ('trigger' 'available_now', 'output_mode' 'append')
-               AS SELECT k, window(ts, '{WINDOW} seconds') AS w, count(*) AS n, sum(v) AS total
-                  FROM t GROUP BY k, window(ts, '{WINDOW} seconds')",
+               AS SELECT k, window(ts, '{WINDOW} seconds', '{slide} seconds') AS w,
+                         count(*) AS n, sum(v) AS total
+                  FROM t GROUP BY k, window(ts, '{WINDOW} seconds', '{slide} seconds')",
             dir = input.display()
         );
         runtime.block_on(session.execute_script(&script)).unwrap();
@@ -222,7 +238,7 @@ fn random_micro_batches_in_append_mode_give_the_batch_answer_over_rows_not_late(
         );
         assert_eq!(
             emitted, expected,
-            "seed {seed}: {files} files, {per_trigger} per batch"
+            "seed {seed}: {files} files, {per_trigger} per batch, slide {slide} s"
         );
         emitted_windows += emitted.len();
     }
