@@ -97,15 +97,7 @@ impl ScalarUDFImpl for WindowListFunction {
         &self,
         args: ScalarFunctionArgs,
     ) -> datafusion::common::Result<ColumnarValue> {
-        let scalars: Vec<Option<&ScalarValue>> = args
-            .args
-            .iter()
-            .map(|a| match a {
-                ColumnarValue::Scalar(s) => Some(s),
-                ColumnarValue::Array(_) => None,
-            })
-            .collect();
-        let (size, slide, offset) = window_spec(&scalars)?;
+        let (size, slide, offset) = invoked_window_spec(&args)?;
         let DataType::List(item) = args.return_type().clone() else {
             return exec_err!("{WINDOW_LIST} returns a list");
         };
@@ -208,6 +200,19 @@ impl Default for WindowFunction {
     }
 }
 
+/// [`window_spec`] of a call being executed (its duration arguments are constants).
+fn invoked_window_spec(args: &ScalarFunctionArgs) -> datafusion::common::Result<(i64, i64, i64)> {
+    let scalars: Vec<Option<&ScalarValue>> = args
+        .args
+        .iter()
+        .map(|a| match a {
+            ColumnarValue::Scalar(s) => Some(s),
+            ColumnarValue::Array(_) => None,
+        })
+        .collect();
+    window_spec(&scalars)
+}
+
 /// The window size, slide and start offset (ns) of a `window()` call, checked.
 pub fn window_spec(
     scalars: &[Option<&ScalarValue>],
@@ -270,15 +275,7 @@ impl ScalarUDFImpl for WindowFunction {
         &self,
         args: ScalarFunctionArgs,
     ) -> datafusion::common::Result<ColumnarValue> {
-        let scalars: Vec<Option<&ScalarValue>> = args
-            .args
-            .iter()
-            .map(|a| match a {
-                ColumnarValue::Scalar(s) => Some(s),
-                ColumnarValue::Array(_) => None,
-            })
-            .collect();
-        let (size, slide, offset) = window_spec(&scalars)?;
+        let (size, slide, offset) = invoked_window_spec(&args)?;
         if slide != size {
             return exec_err!(
                 "a sliding window() (slide smaller than size) puts a row in several windows: \
