@@ -78,19 +78,9 @@ impl ScalarUDFImpl for WindowListFunction {
         &self,
         args: ReturnFieldArgs,
     ) -> datafusion::common::Result<FieldRef> {
-        window_spec(args.scalar_arguments)?;
-        match args.arg_fields.first().map(|f| f.data_type()) {
-            Some(DataType::Timestamp(unit, tz)) => Ok(Arc::new(Field::new(
-                WINDOW_LIST,
-                DataType::List(Arc::new(Field::new(
-                    "item",
-                    window_type(*unit, tz.clone()),
-                    true,
-                ))),
-                true,
-            ))),
-            other => plan_err!("window() needs a TIMESTAMP column, got {other:?}"),
-        }
+        window_field(&args, WINDOW_LIST, |window| {
+            DataType::List(Arc::new(Field::new("item", window, true)))
+        })
     }
 
     fn invoke_with_args(
@@ -104,11 +94,11 @@ impl ScalarUDFImpl for WindowListFunction {
         let DataType::Struct(fields) = item.data_type().clone() else {
             return exec_err!("{WINDOW_LIST} returns a list of structs");
         };
-        let DataType::Timestamp(unit, tz) = fields[0].data_type().clone() else {
+        let DataType::Timestamp(_, tz) = fields[0].data_type() else {
             return exec_err!("{WINDOW_LIST} returns timestamps");
         };
         let ts = args.args[0].to_array(args.number_rows)?;
-        let nanos = cast(&ts, &DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()))?;
+        let nanos = as_nanos(&ts, tz)?;
         let nanos = nanos.as_primitive::<TimestampNanosecondType>();
         let (mut starts, mut offsets) = (Vec::new(), vec![0i32]);
         for t in nanos.iter() {
@@ -124,12 +114,8 @@ impl ScalarUDFImpl for WindowListFunction {
             }
             offsets.push(starts.len() as i32);
         }
-        let ends: TimestampNanosecondArray = starts.iter().map(|s| Some(s + size)).collect();
         let starts: TimestampNanosecondArray = starts.into_iter().map(Some).collect();
-        let target = DataType::Timestamp(unit, tz.clone());
-        let starts = cast(&starts.with_timezone_opt(tz.clone()), &target)?;
-        let ends = cast(&ends.with_timezone_opt(tz), &target)?;
-        let windows = StructArray::try_new(fields, vec![starts, ends], None)?;
+        let windows = window_structs(&starts, size, fields, None)?;
         let list = datafusion::arrow::array::ListArray::try_new(
             item,
             datafusion::arrow::buffer::OffsetBuffer::new(offsets.into()),
@@ -147,6 +133,51 @@ fn window_type(unit: TimeUnit, tz: Option<Arc<str>>) -> DataType {
         Field::new("start", ts.clone(), true),
         Field::new("end", ts, true),
     ]))
+}
+
+/// The planned field of a window function: its duration arguments checked, its time
+/// argument a timestamp, its type the window struct as `wrap` shapes it.
+fn window_field(
+    args: &ReturnFieldArgs,
+    name: &str,
+    wrap: impl Fn(DataType) -> DataType,
+) -> datafusion::common::Result<FieldRef> {
+    window_spec(args.scalar_arguments)?;
+    match args.arg_fields.first().map(|f| f.data_type()) {
+        Some(DataType::Timestamp(unit, tz)) => Ok(Arc::new(Field::new(
+            name,
+            wrap(window_type(*unit, tz.clone())),
+            true,
+        ))),
+        Some(other) => plan_err!("window() needs a TIMESTAMP column, got {other}"),
+        None => plan_err!("window() takes (time column, size [, slide [, start]])"),
+    }
+}
+
+/// Timestamps of any unit as nanoseconds (time zone `tz`), for window arithmetic.
+fn as_nanos(ts: &ArrayRef, tz: &Option<Arc<str>>) -> datafusion::common::Result<ArrayRef> {
+    Ok(cast(
+        ts,
+        &DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()),
+    )?)
+}
+
+/// Window structs `{start, end = start + size}` from window starts in nanoseconds, in
+/// the unit and time zone of `fields`.
+fn window_structs(
+    starts: &TimestampNanosecondArray,
+    size: i64,
+    fields: Fields,
+    nulls: Option<datafusion::arrow::buffer::NullBuffer>,
+) -> datafusion::common::Result<StructArray> {
+    let DataType::Timestamp(unit, tz) = fields[0].data_type().clone() else {
+        return exec_err!("a window holds timestamps");
+    };
+    let ends: TimestampNanosecondArray = starts.iter().map(|s| s.map(|s| s + size)).collect();
+    let target = DataType::Timestamp(unit, tz.clone());
+    let starts = cast(&starts.clone().with_timezone_opt(tz.clone()), &target)?;
+    let ends = cast(&ends.with_timezone_opt(tz), &target)?;
+    Ok(StructArray::try_new(fields, vec![starts, ends], nulls)?)
 }
 
 /// A duration argument given as a literal: a string or a day-time interval.
@@ -259,16 +290,7 @@ impl ScalarUDFImpl for WindowFunction {
         &self,
         args: ReturnFieldArgs,
     ) -> datafusion::common::Result<FieldRef> {
-        window_spec(args.scalar_arguments)?;
-        match args.arg_fields.first().map(|f| f.data_type()) {
-            Some(DataType::Timestamp(unit, tz)) => Ok(Arc::new(Field::new(
-                "window",
-                window_type(*unit, tz.clone()),
-                true,
-            ))),
-            Some(other) => plan_err!("window() needs a TIMESTAMP column, got {other}"),
-            None => plan_err!("window() takes (time column, size [, slide [, start]])"),
-        }
+        window_field(&args, "window", |window| window)
     }
 
     fn invoke_with_args(
@@ -285,22 +307,17 @@ impl ScalarUDFImpl for WindowFunction {
         let DataType::Struct(fields) = args.return_type().clone() else {
             return exec_err!("window() returns a struct");
         };
-        let DataType::Timestamp(unit, tz) = fields[0].data_type().clone() else {
+        let DataType::Timestamp(_, tz) = fields[0].data_type() else {
             return exec_err!("window() returns timestamps");
         };
         let ts = args.args[0].to_array(args.number_rows)?;
-        let nanos = cast(&ts, &DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()))?;
-        let nanos = nanos.as_primitive::<TimestampNanosecondType>();
+        let nanos = as_nanos(&ts, tz)?;
         let starts: TimestampNanosecondArray = nanos
+            .as_primitive::<TimestampNanosecondType>()
             .iter()
             .map(|t| t.map(|t| t - (t - offset).rem_euclid(size)))
             .collect();
-        let ends: TimestampNanosecondArray = starts.iter().map(|s| s.map(|s| s + size)).collect();
-        let target = DataType::Timestamp(unit, tz.clone());
-        let starts = cast(&starts.with_timezone_opt(tz.clone()), &target)?;
-        let ends = cast(&ends.with_timezone_opt(tz), &target)?;
-        let nulls = ts.logical_nulls();
-        let window = StructArray::try_new(fields, vec![starts, ends], nulls)?;
+        let window = window_structs(&starts, size, fields, ts.logical_nulls())?;
         Ok(ColumnarValue::Array(Arc::new(window) as ArrayRef))
     }
 }
@@ -358,7 +375,7 @@ impl ScalarUDFImpl for WindowTimeFunction {
         let DataType::Timestamp(unit, tz) = end.data_type().clone() else {
             return exec_err!("window_time() takes a window");
         };
-        let nanos = cast(end, &DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()))?;
+        let nanos = as_nanos(end, &tz)?;
         let last: TimestampNanosecondArray = nanos
             .as_primitive::<TimestampNanosecondType>()
             .iter()
