@@ -100,6 +100,12 @@ impl Setup {
     fn log(&self, name: &str) -> PathBuf {
         self.root.join(name)
     }
+
+    /// Asserts that the output holds every id of the `written` ones that passes the
+    /// job's filter, each exactly once.
+    fn assert_output_holds_all(&self, what: &str, written: i64) {
+        assert_exactly_once(what, output_ids(&self.output), passing_ids(written));
+    }
 }
 
 /// Aborts at `point` during batch 0, restarts without the crash point, and checks
@@ -181,11 +187,7 @@ fn crash_then_restart(point: &str) {
         i64_column(&read_parquet_file(&files[0]), "id"),
         expected_0,
     );
-    assert_exactly_once(
-        &format!("output after a crash at {point}"),
-        output_ids(&s.output),
-        (0..ids_written).filter(|id| passes_filter(*id)),
-    );
+    s.assert_output_holds_all(&format!("output after a crash at {point}"), ids_written);
     assert!(visible_tmp_files(&s.output).is_empty());
 }
 
@@ -257,11 +259,7 @@ fn sigterm_stops_after_the_current_batch_with_exit_0() {
         &s.job("drain.sql", 1, Some("available_now")),
         &s.log("drain.err"),
     );
-    assert_exactly_once(
-        "output after the drain",
-        output_ids(&s.output),
-        (0..ids_written).filter(|id| passes_filter(*id)),
-    );
+    s.assert_output_holds_all("output after the drain", ids_written);
 }
 
 #[test]
@@ -345,11 +343,7 @@ fn output_directory_of_another_query_is_refused() {
         "the refused query planned a batch"
     );
     assert_eq!(visible_files(&s.output), output_before);
-    assert_exactly_once(
-        "output of the first query",
-        output_ids(&s.output),
-        (0..ids_written).filter(|id| passes_filter(*id)),
-    );
+    s.assert_output_holds_all("output of the first query", ids_written);
 }
 
 #[test]
@@ -368,11 +362,7 @@ fn offset_and_commit_logs_keep_the_newest_100_batches() {
     let retained: Vec<u64> = (12..112).collect();
     assert_eq!(log_ids(&s.checkpoint.join("offsets")), retained);
     assert_eq!(log_ids(&s.checkpoint.join("commits")), retained);
-    assert_exactly_once(
-        "output over 112 batches",
-        output_ids(&s.output),
-        (0..ids_written).filter(|id| passes_filter(*id)),
-    );
+    s.assert_output_holds_all("output over 112 batches", ids_written);
 }
 
 #[test]
@@ -478,9 +468,5 @@ fn a_checkpoint_in_use_by_a_running_query_is_refused() {
         &s.job("drain.sql", 1, Some("available_now")),
         &s.log("drain.err"),
     );
-    assert_exactly_once(
-        "output after the drain",
-        output_ids(&s.output),
-        (0..ids_written).filter(|id| passes_filter(*id)),
-    );
+    s.assert_output_holds_all("output after the drain", ids_written);
 }

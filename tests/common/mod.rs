@@ -76,6 +76,11 @@ pub fn passes_filter(id: i64) -> bool {
     id % 7 != 3
 }
 
+/// The ids among `0..written` that the crash and restart jobs should output.
+pub fn passing_ids(written: i64) -> impl Iterator<Item = i64> {
+    (0..written).filter(|id| passes_filter(*id))
+}
+
 /// Writes a SQL script to `dir/name` and returns its path.
 pub fn write_job(dir: &Path, name: &str, sql: &str) -> PathBuf {
     let path = dir.join(name);
