@@ -111,6 +111,9 @@ impl Session {
 
     /// Runs one statement.
     pub async fn execute(&self, sql: &str) -> Result<StatementResult> {
+        if let Some((name, value)) = ddl::millrace_setting(sql) {
+            return self.apply_setting(&name, &value);
+        }
         match ddl::classify(sql) {
             StatementKind::CreateStream => {
                 let parsed = ddl::parse_create_stream(sql)?;
@@ -154,22 +157,6 @@ impl Session {
                     )
                     .await?;
                 Ok(StatementResult::QueryStarted(query))
-            }
-            StatementKind::Other if ddl::millrace_setting(sql).is_some() => {
-                let (name, value) = ddl::millrace_setting(sql).expect("checked");
-                match name.as_str() {
-                    "multiple_watermark_policy" => {
-                        *self
-                            .watermark_policy
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner()) = WatermarkPolicy::parse(&value)?;
-                        Ok(StatementResult::Done)
-                    }
-                    other => Err(Error::Option(format!(
-                        "unknown setting 'millrace.{other}': the settings are \
-                         millrace.multiple_watermark_policy"
-                    ))),
-                }
             }
             StatementKind::Other => {
                 let plan = expand_sliding_windows(self.state().create_logical_plan(sql).await?)?;
@@ -236,6 +223,23 @@ impl Session {
                     Ok(StatementResult::Rows(batches))
                 }
             }
+        }
+    }
+
+    /// Applies `SET millrace.<name> = <value>`: millrace's own session settings.
+    fn apply_setting(&self, name: &str, value: &str) -> Result<StatementResult> {
+        match name {
+            "multiple_watermark_policy" => {
+                *self
+                    .watermark_policy
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = WatermarkPolicy::parse(value)?;
+                Ok(StatementResult::Done)
+            }
+            other => Err(Error::Option(format!(
+                "unknown setting 'millrace.{other}': the settings are \
+                 millrace.multiple_watermark_policy"
+            ))),
         }
     }
 
