@@ -2,10 +2,13 @@
 # The test command of the README: builds millrace and runs every test (unit,
 # integration, sql/ scripts, crash tests), after checking that the criterion
 # benchmarks still run (each benchmark once, in test mode). Ends with one line
-# totalling the tests that ran.
+# totalling the tests that ran. The Kafka tests start real brokers on loopback
+# through scripts/kafka-broker.sh; they are installed first (once per machine, into
+# ~/.cache/millrace/brokers: about 8 minutes the first time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/millrace/target}"
+scripts/kafka-broker.sh install
 cargo test --benches
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

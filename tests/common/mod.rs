@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
