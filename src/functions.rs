@@ -10,6 +10,12 @@
 //!   are strings (`'10 seconds'`) or intervals (`INTERVAL '10' SECOND`); `start`
 //!   shifts the windows (Spark's `startTime`).
 //! - `window_time(window)`: the window's last instant, `end - 1 microsecond`, as in Spark.
+//! - `session_window(ts, gap)`: a row's initial session `{start: ts, end: ts + gap}`;
+//!   grouped by, the streaming aggregation merges the overlapping sessions of each key
+//!   (see `execution::sessions`). `gap` is a literal duration or, as in Spark, an
+//!   expression evaluated per row (a duration string or an interval); rows whose gap
+//!   is not positive get no session (NULL) and are left out of the aggregation. Write
+//!   `session_window(ts, ...) AS session_window`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +39,11 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(WindowFunction::new()));
     ctx.register_udf(ScalarUDF::from(WindowTimeFunction::new()));
     ctx.register_udf(ScalarUDF::from(WindowListFunction::new()));
+    ctx.register_udf(ScalarUDF::from(SessionWindowFunction::new()));
 }
+
+/// Name of Spark's session window function.
+pub const SESSION_WINDOW: &str = "session_window";
 
 /// Name of the internal function listing every window a row belongs to.
 pub const WINDOW_LIST: &str = "__millrace_window_list";
@@ -155,7 +165,10 @@ fn window_field(
 }
 
 /// Timestamps of any unit as nanoseconds (time zone `tz`), for window arithmetic.
-fn as_nanos(ts: &ArrayRef, tz: &Option<Arc<str>>) -> datafusion::common::Result<ArrayRef> {
+pub(crate) fn as_nanos(
+    ts: &ArrayRef,
+    tz: &Option<Arc<str>>,
+) -> datafusion::common::Result<ArrayRef> {
     Ok(cast(
         ts,
         &DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()),
@@ -170,14 +183,8 @@ fn window_structs(
     fields: Fields,
     nulls: Option<datafusion::arrow::buffer::NullBuffer>,
 ) -> datafusion::common::Result<StructArray> {
-    let DataType::Timestamp(unit, tz) = fields[0].data_type().clone() else {
-        return exec_err!("a window holds timestamps");
-    };
     let ends: TimestampNanosecondArray = starts.iter().map(|s| s.map(|s| s + size)).collect();
-    let target = DataType::Timestamp(unit, tz.clone());
-    let starts = cast(&starts.clone().with_timezone_opt(tz.clone()), &target)?;
-    let ends = cast(&ends.with_timezone_opt(tz), &target)?;
-    Ok(StructArray::try_new(fields, vec![starts, ends], nulls)?)
+    session_structs(starts, &ends, fields, nulls)
 }
 
 /// A duration argument given as a literal: a string or a day-time interval.
@@ -387,4 +394,170 @@ impl ScalarUDFImpl for WindowTimeFunction {
         )?;
         Ok(ColumnarValue::Array(last))
     }
+}
+
+/// Spark's `session_window(timeColumn, gapDuration)`: the session a row opens,
+/// `{start: ts, end: ts + gap}`, which the streaming aggregation then merges with the
+/// overlapping sessions of the same key.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct SessionWindowFunction {
+    signature: Signature,
+}
+
+impl SessionWindowFunction {
+    /// The function, ready to register.
+    pub fn new() -> Self {
+        SessionWindowFunction {
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+impl Default for SessionWindowFunction {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ScalarUDFImpl for SessionWindowFunction {
+    fn name(&self) -> &str {
+        SESSION_WINDOW
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        plan_err!("session_window() needs its arguments to plan its type")
+    }
+
+    fn return_field_from_args(
+        &self,
+        args: ReturnFieldArgs,
+    ) -> datafusion::common::Result<FieldRef> {
+        // A literal gap is checked now; a per-row gap must be text or an interval.
+        match args.scalar_arguments.get(1) {
+            Some(Some(gap)) => {
+                let gap = duration_literal("the gap", Some(gap))?;
+                if gap.is_zero() {
+                    return plan_err!("the gap of session_window() must be positive");
+                }
+            }
+            _ => match args.arg_fields.get(1).map(|f| f.data_type()) {
+                Some(
+                    DataType::Utf8
+                    | DataType::Utf8View
+                    | DataType::LargeUtf8
+                    | DataType::Interval(_),
+                ) => {}
+                other => {
+                    return plan_err!(
+                        "the gap of session_window() must be a duration: a string such as \
+                         '5 minutes' or an interval, got {other:?}"
+                    );
+                }
+            },
+        }
+        match args.arg_fields.first().map(|f| f.data_type()) {
+            Some(DataType::Timestamp(unit, tz)) => Ok(Arc::new(Field::new(
+                SESSION_WINDOW,
+                window_type(*unit, tz.clone()),
+                true,
+            ))),
+            Some(other) => plan_err!("session_window() needs a TIMESTAMP column, got {other}"),
+            None => plan_err!("session_window() takes (time column, gap)"),
+        }
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let DataType::Struct(fields) = args.return_type().clone() else {
+            return exec_err!("session_window() returns a struct");
+        };
+        let DataType::Timestamp(_, tz) = fields[0].data_type() else {
+            return exec_err!("session_window() returns timestamps");
+        };
+        let ts = args.args[0].to_array(args.number_rows)?;
+        let nanos = as_nanos(&ts, tz)?;
+        let nanos = nanos.as_primitive::<TimestampNanosecondType>();
+        let gaps: Vec<Option<i64>> = match &args.args[1] {
+            ColumnarValue::Scalar(gap) => {
+                let gap = duration_literal("the gap", Some(gap))?.as_nanos() as i64;
+                vec![Some(gap); args.number_rows]
+            }
+            ColumnarValue::Array(gaps) => row_gaps(gaps)?,
+        };
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        let mut valid = Vec::new();
+        for (t, gap) in nanos.iter().zip(gaps) {
+            match (t, gap) {
+                (Some(t), Some(gap)) if gap > 0 => {
+                    starts.push(Some(t));
+                    ends.push(Some(t + gap));
+                    valid.push(true);
+                }
+                _ => {
+                    starts.push(None);
+                    ends.push(None);
+                    valid.push(false);
+                }
+            }
+        }
+        let session = session_structs(
+            &TimestampNanosecondArray::from(starts),
+            &TimestampNanosecondArray::from(ends),
+            fields,
+            Some(valid.into()),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(session) as ArrayRef))
+    }
+}
+
+/// Per-row gaps in nanoseconds from a text or interval column; a gap that is NULL,
+/// unreadable or in months is `None` (the row gets no session).
+fn row_gaps(gaps: &ArrayRef) -> datafusion::common::Result<Vec<Option<i64>>> {
+    let text = match gaps.data_type() {
+        DataType::Interval(_) => {
+            return Ok((0..gaps.len())
+                .map(|i| {
+                    let value = ScalarValue::try_from_array(gaps, i).ok()?;
+                    if value.is_null() {
+                        return None;
+                    }
+                    duration_literal("the gap", Some(&value))
+                        .ok()
+                        .map(|d| d.as_nanos() as i64)
+                })
+                .collect());
+        }
+        _ => cast(gaps, &DataType::Utf8)?,
+    };
+    Ok(text
+        .as_string::<i32>()
+        .iter()
+        .map(|g| {
+            g.and_then(|g| parse_duration(g).ok())
+                .map(|d| d.as_nanos() as i64)
+        })
+        .collect())
+}
+
+/// Window or session structs `{start, end}` from nanosecond bounds, in the unit and
+/// time zone of `fields`. Shared with the session merging of the streaming aggregation.
+pub fn session_structs(
+    starts: &TimestampNanosecondArray,
+    ends: &TimestampNanosecondArray,
+    fields: Fields,
+    nulls: Option<datafusion::arrow::buffer::NullBuffer>,
+) -> datafusion::common::Result<StructArray> {
+    let DataType::Timestamp(unit, tz) = fields[0].data_type().clone() else {
+        return exec_err!("a session holds timestamps");
+    };
+    let target = DataType::Timestamp(unit, tz.clone());
+    let starts = cast(&starts.clone().with_timezone_opt(tz.clone()), &target)?;
+    let ends = cast(&ends.clone().with_timezone_opt(tz), &target)?;
+    Ok(StructArray::try_new(fields, vec![starts, ends], nulls)?)
 }

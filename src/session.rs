@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 use crate::error::{Error, Result};
 use crate::execution::{QueryConfig, StreamingQuery, Trigger, WatermarkPolicy};
 use crate::planning::{
-    BatchTable, StreamTable, StreamingPlan, aggregates_stream, deduplicates_stream,
+    BatchTable, DistinctOnMode, StreamTable, StreamingPlan, aggregates_stream, deduplicates_stream,
     expand_sliding_windows, plan_streaming_query, reads_stream, reads_stream_anywhere,
 };
 use crate::sink::{OutputMode, SinkSpec};
@@ -65,6 +65,9 @@ pub struct Session {
     /// Set with `SET millrace.multiple_watermark_policy = 'min' | 'max'`; applies to
     /// the queries started after it.
     watermark_policy: Mutex<WatermarkPolicy>,
+    /// Set with `SET millrace.distinct_on = 'drop_duplicates' | 'within_watermark'`;
+    /// applies to the queries started after it.
+    distinct_on: Mutex<DistinctOnMode>,
 }
 
 impl Session {
@@ -80,6 +83,7 @@ impl Session {
             queries: Mutex::new(Vec::new()),
             bare_selects: Mutex::new(0),
             watermark_policy: Mutex::new(WatermarkPolicy::default()),
+            distinct_on: Mutex::new(DistinctOnMode::default()),
         }
     }
 
@@ -136,7 +140,6 @@ impl Session {
                 Ok(StatementResult::Declared(name))
             }
             StatementKind::CreateSink => {
-                ddl::check_no_window_functions(sql)?;
                 let parsed = ddl::parse_create_sink(sql)?;
                 let options = sink_options(&parsed)?;
                 let plan = self
@@ -185,13 +188,12 @@ impl Session {
                     }
                     if matches!(analyzed, LogicalPlan::Explain(_)) {
                         // EXPLAIN of a streaming query: the plan each batch runs.
-                        let streaming = plan_streaming_query(analyzed)?;
+                        let streaming = plan_streaming_query(analyzed, self.distinct_on_mode())?;
                         let frame = self.ctx.execute_logical_plan(streaming.plan).await?;
                         return Ok(StatementResult::Rows(frame.collect().await?));
                     }
                     let plan = analyzed;
                     // A bare SELECT over a stream runs like a console sink.
-                    ddl::check_no_window_functions(sql)?;
                     let name = {
                         let mut n = self.bare_selects.lock().unwrap_or_else(|p| p.into_inner());
                         *n += 1;
@@ -236,11 +238,21 @@ impl Session {
                     .unwrap_or_else(|p| p.into_inner()) = WatermarkPolicy::parse(value)?;
                 Ok(StatementResult::Done)
             }
+            "distinct_on" => {
+                *self.distinct_on.lock().unwrap_or_else(|p| p.into_inner()) =
+                    DistinctOnMode::parse(value)?;
+                Ok(StatementResult::Done)
+            }
             other => Err(Error::Option(format!(
                 "unknown setting 'millrace.{other}': the settings are \
-                 millrace.multiple_watermark_policy"
+                 millrace.multiple_watermark_policy and millrace.distinct_on"
             ))),
         }
+    }
+
+    /// How `DISTINCT ON` over a stream remembers keys, for the next query started.
+    fn distinct_on_mode(&self) -> DistinctOnMode {
+        *self.distinct_on.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts a streaming query from a logical plan over unbounded tables.
@@ -262,7 +274,7 @@ impl Session {
                 "a streaming query named '{name}' is already running; stop it or choose another name"
             )));
         }
-        let plan = plan_streaming_query(plan)?;
+        let plan = plan_streaming_query(plan, self.distinct_on_mode())?;
         check_output_mode(&plan, output_mode)?;
         let memory_table = match sink {
             SinkSpec::Memory => {
@@ -425,7 +437,9 @@ fn groups_by_event_time(streaming: &StreamingPlan) -> bool {
             Ok(match node {
                 LogicalPlan::Aggregate(aggregate) if reads_stream(node) => {
                     aggregate.group_expr.iter().any(|e| match e {
-                        Expr::ScalarFunction(f) => f.name() == "window",
+                        Expr::ScalarFunction(f) => {
+                            f.name() == "window" || f.name() == crate::functions::SESSION_WINDOW
+                        }
                         Expr::Column(c) => watermarks.contains(&c.name.as_str()),
                         // A sliding window(), expanded (see planning::sliding_windows).
                         Expr::Alias(alias) => matches!(

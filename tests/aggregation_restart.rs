@@ -13,17 +13,9 @@ fn write_file(dir: &Path, name: &str, rows: &[(&str, i64)]) {
     fs::rename(&staged, dir.join(name)).unwrap();
 }
 
-/// Runs the job; returns (success, stdout, stderr).
-fn run(dir: &Path, crash_at: Option<&str>) -> (bool, String, String) {
-    let job = format!(
-        "CREATE UNBOUNDED EXTERNAL TABLE t (k VARCHAR, v BIGINT) STORED AS CSV LOCATION '{in_dir}'
-           OPTIONS ('max_files_per_trigger' '1');
-         CREATE SINK totals STORED AS CONSOLE
-           OPTIONS ('checkpoint' '{ckpt}', 'trigger' 'available_now', 'output_mode' 'complete')
-           AS SELECT k, count(*) AS n, sum(v) AS total, count(DISTINCT v) AS dv FROM t GROUP BY k ORDER BY k",
-        in_dir = dir.join("in").display(),
-        ckpt = dir.join("ckpt").display()
-    );
+/// Runs `millrace -c job`, crashing at `crash_at` if given; returns (success, stdout,
+/// stderr).
+fn run_job(job: &str, crash_at: Option<&str>) -> (bool, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_millrace"));
     command.arg("-c").arg(job);
     if let Some(point) = crash_at {
@@ -35,6 +27,20 @@ fn run(dir: &Path, crash_at: Option<&str>) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs the job; returns (success, stdout, stderr).
+fn run(dir: &Path, crash_at: Option<&str>) -> (bool, String, String) {
+    let job = format!(
+        "CREATE UNBOUNDED EXTERNAL TABLE t (k VARCHAR, v BIGINT) STORED AS CSV LOCATION '{in_dir}'
+           OPTIONS ('max_files_per_trigger' '1');
+         CREATE SINK totals STORED AS CONSOLE
+           OPTIONS ('checkpoint' '{ckpt}', 'trigger' 'available_now', 'output_mode' 'complete')
+           AS SELECT k, count(*) AS n, sum(v) AS total, count(DISTINCT v) AS dv FROM t GROUP BY k ORDER BY k",
+        in_dir = dir.join("in").display(),
+        ckpt = dir.join("ckpt").display()
+    );
+    run_job(&job, crash_at)
 }
 
 /// The data rows of the last table the console sink printed.
@@ -115,16 +121,7 @@ fn run_windows(dir: &Path) -> (bool, String, String) {
         in_dir = dir.join("in").display(),
         ckpt = dir.join("ckpt").display()
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_millrace"))
-        .arg("-c")
-        .arg(job)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_job(&job, None)
 }
 
 #[test]
@@ -189,4 +186,79 @@ fn windows_are_emitted_once_across_restarts_with_state_and_watermark_restored() 
         vec!["| 2026-01-01T10:00:20 | 1 |", "| 2026-01-01T10:00:30 | 1 |"],
         "{stdout}"
     );
+}
+
+/// Runs a complete-mode session-window count (gap 10 s) over `dir/in`.
+fn run_sessions(dir: &Path, crash_at: Option<&str>) -> (bool, String, String) {
+    let job = format!(
+        "CREATE UNBOUNDED EXTERNAL TABLE c (k VARCHAR, ts TIMESTAMP)
+           STORED AS CSV LOCATION '{in_dir}' OPTIONS ('max_files_per_trigger' '1');
+         CREATE SINK s STORED AS CONSOLE
+           OPTIONS ('checkpoint' '{ckpt}', 'trigger' 'available_now', 'output_mode' 'complete')
+           AS SELECT k, s.start AS start, s.end AS end, n FROM (
+                SELECT k, session_window(ts, '10 seconds') AS s, count(*) AS n
+                FROM c GROUP BY k, session_window(ts, '10 seconds'))
+              ORDER BY start",
+        in_dir = dir.join("in").display(),
+        ckpt = dir.join("ckpt").display()
+    );
+    run_job(&job, crash_at)
+}
+
+/// Two sessions kept in the state across a restart (and a crash around the commit)
+/// are merged by a later click that bridges them: the state store must have dropped
+/// both old sessions and restored exactly the merged one.
+#[test]
+fn sessions_kept_across_restarts_merge_when_a_click_bridges_them() {
+    for crash_point in [None, Some("after-state-commit"), Some("after-sink")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("in");
+        fs::create_dir(&input).unwrap();
+        let land = |name: &str, seconds: &[u32]| {
+            let text: String = seconds
+                .iter()
+                .map(|s| format!("u1,2026-01-01 10:00:{s:02}\n"))
+                .collect();
+            let staged = tmp.path().join(format!(".{name}"));
+            fs::write(&staged, text).unwrap();
+            fs::rename(&staged, input.join(name)).unwrap();
+        };
+        land("a.csv", &[0]);
+        let (ok, _, stderr) = run_sessions(tmp.path(), None);
+        assert!(ok, "{stderr}");
+        // [00, 10) and [18, 28): two sessions in the state.
+        land("b.csv", &[18]);
+        if let Some(point) = crash_point {
+            let (ok, _, stderr) = run_sessions(tmp.path(), Some(point));
+            assert!(
+                !ok && stderr.contains(point),
+                "expected a crash at {point}: {stderr}"
+            );
+        }
+        let (ok, stdout, stderr) = run_sessions(tmp.path(), None);
+        assert!(ok, "{stderr}");
+        assert_eq!(
+            last_table(&stdout),
+            vec![
+                "| u1 | 2026-01-01T10:00:00 | 2026-01-01T10:00:10 | 1 |".to_string(),
+                "| u1 | 2026-01-01T10:00:18 | 2026-01-01T10:00:28 | 1 |".to_string(),
+            ],
+            "crash point {crash_point:?}; stdout:\n{stdout}"
+        );
+        // 10:00:09 opens [09, 19), which overlaps both: one session [00, 28).
+        land("c.csv", &[9]);
+        let (ok, _, stderr) = run_sessions(tmp.path(), None);
+        assert!(ok, "{stderr}");
+        land("d.csv", &[50]);
+        let (ok, stdout, stderr) = run_sessions(tmp.path(), None);
+        assert!(ok, "{stderr}");
+        assert_eq!(
+            last_table(&stdout),
+            vec![
+                "| u1 | 2026-01-01T10:00:00 | 2026-01-01T10:00:28 | 3 |".to_string(),
+                "| u1 | 2026-01-01T10:00:50 | 2026-01-01T10:01:00 | 1 |".to_string(),
+            ],
+            "crash point {crash_point:?}; stdout:\n{stdout}"
+        );
+    }
 }

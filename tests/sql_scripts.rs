@@ -463,6 +463,7 @@ scripts!(
     file_sinks,
     file_sources,
     malformed_records,
+    session_windows,
     stateless_select,
     stream_static_join,
     streaming_aggregation,

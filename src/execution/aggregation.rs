@@ -23,12 +23,14 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::{Distinct, LogicalPlan};
+use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 
+use super::sessions::merge_sessions;
 use crate::error::{Error, Result};
-use crate::planning::reads_stream;
+use crate::functions::SESSION_WINDOW;
+use crate::planning::{DEDUP_EXPIRES_AT, dedup_delay, is_distinct_on, reads_stream};
 use crate::sink::OutputMode;
 
 /// The streaming aggregation of a query, with its state.
@@ -38,10 +40,25 @@ pub struct StreamingAggregation {
     output_names: Vec<String>,
     /// Number of group-by columns (the state's key columns, first in the state).
     key_columns: usize,
-    /// A `SELECT DISTINCT`: each distinct row is emitted once, when first seen.
+    /// A deduplication (`SELECT DISTINCT`, `DISTINCT ON`): each key is emitted once,
+    /// when first seen.
     dedup: bool,
+    /// The group column that is a `session_window()`, whose sessions merge per key.
+    session_key: Option<usize>,
+    /// For a `DISTINCT ON` within the watermark: the watermark delay (ms) between a
+    /// key's first event time and its expiry, kept in the state.
+    dedup_delay_ms: Option<i64>,
     /// One row per group: the group values, then the accumulators' states.
     state: Option<RecordBatch>,
+}
+
+/// What [`StreamingAggregation::find`] learns about an aggregation node.
+struct Found {
+    output_names: Vec<String>,
+    key_columns: usize,
+    dedup: bool,
+    session_key: Option<usize>,
+    dedup_delay_ms: Option<i64>,
 }
 
 /// What one batch did to the state (for progress and the state store).
@@ -55,6 +72,9 @@ pub struct AggregationStep {
     pub output: Vec<RecordBatch>,
     /// Groups dropped from the state because the watermark passed them.
     pub evicted: RecordBatch,
+    /// Every group dropped from the state: the evicted ones and, with session windows,
+    /// the sessions merged into longer ones (the state store deletes their keys).
+    pub removed: RecordBatch,
     /// Partial-state rows of this batch dropped as late (their window had ended).
     pub dropped_late: usize,
 }
@@ -63,7 +83,7 @@ impl StreamingAggregation {
     /// The aggregation of a streaming plan, if it has one: the `Aggregate` node that
     /// reads a stream. More than one is refused (as in Spark).
     pub fn find(plan: &LogicalPlan) -> Result<Option<Self>> {
-        let mut found: Vec<(Vec<String>, usize, bool)> = Vec::new();
+        let mut found: Vec<Found> = Vec::new();
         plan.apply(|node| {
             let names = || -> Vec<String> {
                 node.schema()
@@ -73,12 +93,28 @@ impl StreamingAggregation {
                     .collect()
             };
             match node {
+                // A `DISTINCT ON` arrives here rewritten into an aggregation.
                 LogicalPlan::Aggregate(aggregate) if reads_stream(node) => {
-                    found.push((names(), aggregate.group_expr.len(), false));
+                    let session_key = aggregate.group_expr.iter().position(
+                        |e| matches!(e, Expr::ScalarFunction(f) if f.name() == SESSION_WINDOW),
+                    );
+                    found.push(Found {
+                        output_names: names(),
+                        key_columns: aggregate.group_expr.len(),
+                        dedup: is_distinct_on(aggregate),
+                        session_key,
+                        dedup_delay_ms: dedup_delay(aggregate),
+                    });
                 }
                 // SELECT DISTINCT: an aggregation by every column, with no functions.
                 LogicalPlan::Distinct(Distinct::All(_)) if reads_stream(node) => {
-                    found.push((names(), node.schema().fields().len(), true));
+                    found.push(Found {
+                        output_names: names(),
+                        key_columns: node.schema().fields().len(),
+                        dedup: true,
+                        session_key: None,
+                        dedup_delay_ms: None,
+                    });
                 }
                 _ => {}
             }
@@ -87,11 +123,13 @@ impl StreamingAggregation {
         match found.len() {
             0 => Ok(None),
             1 => {
-                let (output_names, key_columns, dedup) = found.remove(0);
+                let found = found.remove(0);
                 Ok(Some(StreamingAggregation {
-                    output_names,
-                    key_columns,
-                    dedup,
+                    output_names: found.output_names,
+                    key_columns: found.key_columns,
+                    dedup: found.dedup,
+                    session_key: found.session_key,
+                    dedup_delay_ms: found.dedup_delay_ms,
                     state: None,
                 }))
             }
@@ -106,6 +144,11 @@ impl StreamingAggregation {
     /// Names of the group-by columns in the aggregate's output.
     pub fn group_names(&self) -> Vec<String> {
         self.output_names[..self.key_columns].to_vec()
+    }
+
+    /// Whether this is a deduplication, which emits each key once.
+    pub fn deduplicates(&self) -> bool {
+        self.dedup
     }
 
     /// Number of key (group-by) columns at the front of the state.
@@ -153,22 +196,36 @@ impl StreamingAggregation {
         let mut batch_states = collect(partial.clone(), task.clone()).await?;
         let watermark = watermark.filter(|_| mode != OutputMode::Complete);
         let time_key = match watermark {
-            Some(_) => event_time_key(&state_schema, self.key_columns),
+            Some(_) => self.time_column(&state_schema),
             None => None,
         };
         let mut dropped_late = 0;
         if let (Some(w), Some(key)) = (watermark, time_key) {
+            // A row is late when its event time is at or before the watermark; a
+            // deduplication within the watermark keeps event time + delay instead.
+            let late_before = w + self.dedup_delay_ms.unwrap_or(0);
             for batch in &mut batch_states {
-                let (ended, open) = split_ended(batch, key, w)?;
+                let (ended, open) = split_ended(batch, key, late_before)?;
                 dropped_late += ended.num_rows();
                 *batch = open;
             }
         }
 
-        // Deduplication emits the rows it had never seen: keep the old keys to tell.
+        // Deduplication emits the rows it had never seen, and merged sessions remove
+        // their old bounds: keep the old keys to tell.
         let previous = self.state.clone();
+        let mut stored = self.state.clone();
+        if let Some(session) = self.session_key {
+            let mut inputs: Vec<RecordBatch> = stored.iter().cloned().collect();
+            inputs.append(&mut batch_states);
+            let mut merged = merge_sessions(&inputs, &state_schema, session, self.key_columns)?;
+            if stored.is_some() {
+                stored = Some(merged.remove(0));
+            }
+            batch_states = merged;
+        }
         // Merge the stored states with this batch's: states in, states out.
-        let mut inputs: Vec<RecordBatch> = self.state.iter().cloned().collect();
+        let mut inputs: Vec<RecordBatch> = stored.into_iter().collect();
         inputs.extend(batch_states.iter().cloned());
         let merged = AggregateExec::try_new(
             AggregateMode::PartialReduce,
@@ -186,6 +243,10 @@ impl StreamingAggregation {
         let (evicted, state) = match (watermark, time_key) {
             (Some(w), Some(key)) => split_ended(&state, key, w)?,
             _ => (RecordBatch::new_empty(state_schema.clone()), state),
+        };
+        let removed = match (&previous, self.session_key) {
+            (Some(previous), Some(_)) => self.rows_without_keys_of(previous, &state)?,
+            _ => evicted.clone(),
         };
 
         // Run the rest of the plan (Final step, HAVING, projection, ORDER BY) over the
@@ -231,8 +292,23 @@ impl StreamingAggregation {
             updated,
             output,
             evicted,
+            removed,
             dropped_late,
         })
+    }
+
+    /// The state column that decides, against the watermark, whether a batch's row is
+    /// late and whether a kept row has expired: the event-time key for aggregations and
+    /// `DISTINCT ON` by event time; the expiry time for a `DISTINCT ON` within the
+    /// watermark.
+    fn time_column(&self, schema: &SchemaRef) -> Option<usize> {
+        if self.dedup_delay_ms.is_some() {
+            return schema.fields().iter().position(|f| {
+                f.name().starts_with(DEDUP_EXPIRES_AT)
+                    && matches!(f.data_type(), DataType::Timestamp(_, _))
+            });
+        }
+        event_time_key(schema, self.key_columns)
     }
 
     /// The schema of the state rows (group columns, then accumulator states) in `plan`.
@@ -372,8 +448,8 @@ pub fn event_time_key(schema: &SchemaRef, key_columns: usize) -> Option<usize> {
     })
 }
 
-/// Splits state rows into those whose event time key ended at or before `watermark`
-/// (ms) — a window's `end`, or the timestamp itself — and the others.
+/// Splits state rows into those whose event time column `key` ended at or before
+/// `watermark` (ms) — a window's `end`, or the timestamp itself — and the others.
 fn split_ended(
     batch: &RecordBatch,
     key: usize,

@@ -8,6 +8,7 @@
 mod aggregation;
 mod progress;
 mod query;
+mod sessions;
 mod trigger;
 
 pub use aggregation::{AggregationStep, StreamingAggregation};

@@ -570,14 +570,14 @@ impl Runner {
                 // The state of this batch is saved before the batch can commit; a replay
                 // after a crash restores the previous version and recomputes this one.
                 if let Some(store) = &mut self.state_store {
-                    store.commit(entry.batch_id, &step.updated, &step.evicted, &step.state)?;
+                    store.commit(entry.batch_id, &step.updated, &step.removed, &step.state)?;
                 }
                 crash_point("after-state-commit");
                 let operator = serde_json::json!({
                     "operatorName": "stateStoreSave",
                     "numRowsTotal": step.state.num_rows(),
                     "numRowsUpdated": step.updated.num_rows(),
-                    "numRowsRemoved": step.evicted.num_rows(),
+                    "numRowsRemoved": step.removed.num_rows(),
                     "memoryUsedBytes": step.state.get_array_memory_size(),
                     "numRowsDroppedByWatermark": step.dropped_late,
                 });
@@ -732,6 +732,10 @@ fn memory_write(
 ) -> Result<MemoryWrite> {
     Ok(match (config.output_mode, aggregation) {
         (OutputMode::Complete, _) => MemoryWrite::Replace,
+        // A deduplication emits each key once: nothing to update.
+        (OutputMode::Update, Some(aggregation)) if aggregation.deduplicates() => {
+            MemoryWrite::Append
+        }
         (OutputMode::Update, Some(aggregation)) => {
             let groups = aggregation.group_names();
             let keys = output_keys(&config.plan.plan, &groups);

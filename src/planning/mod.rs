@@ -9,10 +9,14 @@
 //! cannot run correctly, with Spark's reasons.
 
 mod batch_table;
+mod distinct_on;
 mod sliding_windows;
 mod unsupported;
 
 pub use batch_table::BatchTable;
+pub use distinct_on::{
+    DEDUP_EXPIRES_AT, DISTINCT_ON_PREFIX, DistinctOnMode, dedup_delay, is_distinct_on,
+};
 pub use sliding_windows::expand_sliding_windows;
 pub use unsupported::{aggregates_stream, check_supported, deduplicates_stream};
 
@@ -120,7 +124,11 @@ pub struct StreamingPlan {
 
 /// Turns the logical plan of a query over unbounded tables into a [`StreamingPlan`].
 /// Fails if the plan reads no unbounded table, or has a shape that is not supported.
-pub fn plan_streaming_query(plan: LogicalPlan) -> Result<StreamingPlan> {
+/// `distinct_on` says how long `DISTINCT ON` over a stream remembers its keys.
+pub fn plan_streaming_query(
+    plan: LogicalPlan,
+    distinct_on: DistinctOnMode,
+) -> Result<StreamingPlan> {
     let mut inputs: BTreeMap<String, (Arc<StreamDef>, Arc<BatchTable>)> = BTreeMap::new();
     let rewritten = plan
         .transform_up(|node| {
@@ -144,6 +152,8 @@ pub fn plan_streaming_query(plan: LogicalPlan) -> Result<StreamingPlan> {
             Ok(Transformed::yes(LogicalPlan::TableScan(replaced)))
         })?
         .data;
+    let streams: Vec<Arc<StreamDef>> = inputs.values().map(|(def, _)| def.clone()).collect();
+    let rewritten = distinct_on::rewrite_distinct_on(rewritten, distinct_on, &streams)?;
     // First, so a stream read only inside a subquery (not swapped above) gets the
     // subquery message rather than "must read at least one unbounded table".
     check_supported(&rewritten)?;

@@ -8,6 +8,7 @@
 use datafusion::common::tree_node::TreeNode;
 use datafusion::logical_expr::{Distinct, Expr, JoinType, LogicalPlan};
 
+use super::distinct_on::is_distinct_on;
 use super::{reads_stream, visit_all};
 use crate::error::{Error, Result};
 
@@ -27,10 +28,15 @@ pub fn aggregates_stream(plan: &LogicalPlan) -> bool {
     .unwrap_or(false)
 }
 
-/// Whether the plan deduplicates a stream (`SELECT DISTINCT`).
+/// Whether the plan deduplicates a stream (`SELECT DISTINCT`, or `DISTINCT ON` after
+/// its rewrite into an aggregation).
 pub fn deduplicates_stream(plan: &LogicalPlan) -> bool {
     plan.exists(|node| {
-        Ok(matches!(node, LogicalPlan::Distinct(Distinct::All(_))) && reads_stream(node))
+        Ok(match node {
+            LogicalPlan::Distinct(Distinct::All(_)) => reads_stream(node),
+            LogicalPlan::Aggregate(aggregate) => is_distinct_on(aggregate) && reads_stream(node),
+            _ => false,
+        })
     })
     .unwrap_or(false)
 }
@@ -45,6 +51,13 @@ pub fn check_supported(plan: &LogicalPlan) -> Result<()> {
             return Err(unsupported(
                 "an unbounded table cannot be read inside a subquery; \
                  join it instead (the stream on the left, static tables on the right)",
+            ));
+        }
+        if !matches!(node, LogicalPlan::Aggregate(_)) && calls_session_window(node) {
+            return Err(unsupported(
+                "session_window() works only in the GROUP BY of an aggregation, where the \
+                 sessions of each key merge (GROUP BY user_id, session_window(ts, '5 minutes')); \
+                 select the grouped column to see each session",
             ));
         }
         match node {
@@ -63,13 +76,11 @@ pub fn check_supported(plan: &LogicalPlan) -> Result<()> {
             }
             // Streaming deduplication: the distinct rows are the state.
             LogicalPlan::Distinct(Distinct::All(_)) => Ok(()),
-            LogicalPlan::Distinct(Distinct::On(_)) => Err(unsupported(
-                "SELECT DISTINCT ON over an unbounded table is not supported yet; use \
-                 SELECT DISTINCT over the columns that identify a row",
-            )),
+            // (DISTINCT ON over a stream was rewritten into an aggregation by then.)
             LogicalPlan::Window(_) => Err(unsupported(
-                "window functions (OVER ...) are not supported on unbounded tables; \
-                 event-time windows (window(ts, '10 seconds')) arrive with stateful streaming",
+                "window functions (OVER ...) are not supported on unbounded tables (they need \
+                 state across batches); for event-time windows GROUP BY window(ts, '10 seconds') \
+                 or session_window(ts, '5 minutes')",
             )),
             // After a streaming aggregation the result table is finite: sorting and
             // limiting it are fine in complete mode (checked with the output mode).
@@ -122,5 +133,15 @@ pub fn check_supported(plan: &LogicalPlan) -> Result<()> {
             }
             _ => Ok(()),
         }
+    })
+}
+
+/// Whether an expression of `node` itself calls `session_window()`.
+fn calls_session_window(node: &LogicalPlan) -> bool {
+    node.expressions().iter().any(|e| {
+        e.exists(|e| {
+            Ok(matches!(e, Expr::ScalarFunction(f) if f.name() == crate::functions::SESSION_WINDOW))
+        })
+        .unwrap_or(false)
     })
 }

@@ -114,28 +114,6 @@ pub fn millrace_setting(sql: &str) -> Option<(String, String)> {
     Some((name, value.to_string()))
 }
 
-/// Refuses Spark's `session_window()` until session windows are supported, with a
-/// clearer message than "invalid function". (`window()` and `window_time()` are
-/// registered functions, see [`crate::functions`].)
-pub fn check_no_window_functions(sql: &str) -> Result<()> {
-    let dialect = GenericDialect {};
-    let tokens = sqlparser::tokenizer::Tokenizer::new(&dialect, sql).tokenize()?;
-    let mut previous: Option<&Token> = None;
-    for token in tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))) {
-        if let (Some(Token::Word(w)), Token::LParen) = (previous, token) {
-            let name = w.value.to_ascii_lowercase();
-            if w.quote_style.is_none() && name == "session_window" {
-                return Err(Error::Unsupported(format!(
-                    "event-time window function {name}() is not supported yet \
-                     (session windows are a later step of stateful streaming)"
-                )));
-            }
-        }
-        previous = Some(token);
-    }
-    Ok(())
-}
-
 fn is_word(parser: &Parser, word: &str) -> bool {
     matches!(&parser.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case(word) && w.quote_style.is_none())
 }
@@ -382,11 +360,5 @@ mod tests {
         assert_eq!(sink.name, "hot");
         assert_eq!(sink.format, "PARQUET");
         assert_eq!(sink.query.to_string(), "SELECT a FROM t WHERE a > 1");
-    }
-
-    #[test]
-    fn refuses_window_functions_by_name() {
-        assert!(check_no_window_functions("SELECT session_window(ts, '1 minute') FROM t").is_err());
-        assert!(check_no_window_functions("SELECT window(ts, '1 minute') FROM t").is_ok());
     }
 }
