@@ -107,6 +107,17 @@ fn state_survives_restarts_and_crashes_around_the_commit() {
     }
 }
 
+/// Lands, atomically, a CSV file of rows `key,2026-01-01 10:00:<second>` in `dir`.
+fn land_times(dir: &Path, name: &str, key: &str, seconds: &[u32]) {
+    let text: String = seconds
+        .iter()
+        .map(|s| format!("{key},2026-01-01 10:00:{s:02}\n"))
+        .collect();
+    let staged = dir.parent().unwrap().join(format!(".{name}"));
+    fs::write(&staged, text).unwrap();
+    fs::rename(&staged, dir.join(name)).unwrap();
+}
+
 /// Runs an append-mode windowed count over `dir/in` with a 5-second watermark delay.
 fn run_windows(dir: &Path) -> (bool, String, String) {
     let job = format!(
@@ -129,15 +140,7 @@ fn windows_are_emitted_once_across_restarts_with_state_and_watermark_restored() 
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     fs::create_dir(&input).unwrap();
-    let land = |name: &str, seconds: &[u32]| {
-        let text: String = seconds
-            .iter()
-            .map(|s| format!("a,2026-01-01 10:00:{s:02}\n"))
-            .collect();
-        let staged = tmp.path().join(format!(".{name}"));
-        fs::write(&staged, text).unwrap();
-        fs::rename(&staged, input.join(name)).unwrap();
-    };
+    let land = |name: &str, seconds: &[u32]| land_times(&input, name, "a", seconds);
     // Emitted rows, sorted: a batch's rows come from several partitions in any order.
     let emitted = |stdout: &str| -> Vec<String> {
         let mut rows: Vec<String> = stdout
@@ -214,15 +217,7 @@ fn sessions_kept_across_restarts_merge_when_a_click_bridges_them() {
         let tmp = tempfile::tempdir().unwrap();
         let input = tmp.path().join("in");
         fs::create_dir(&input).unwrap();
-        let land = |name: &str, seconds: &[u32]| {
-            let text: String = seconds
-                .iter()
-                .map(|s| format!("u1,2026-01-01 10:00:{s:02}\n"))
-                .collect();
-            let staged = tmp.path().join(format!(".{name}"));
-            fs::write(&staged, text).unwrap();
-            fs::rename(&staged, input.join(name)).unwrap();
-        };
+        let land = |name: &str, seconds: &[u32]| land_times(&input, name, "u1", seconds);
         land("a.csv", &[0]);
         let (ok, _, stderr) = run_sessions(tmp.path(), None);
         assert!(ok, "{stderr}");
