@@ -60,7 +60,7 @@ fn main() -> millrace::Result<()> {
         );
     }
     query.stop();
-    query.await_termination()?;
+    query.await_termination_blocking()?;
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }

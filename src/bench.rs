@@ -136,7 +136,7 @@ pub fn run_pipeline(
             "the benchmark script did not start a query".into(),
         ));
     };
-    query.await_termination()?;
+    query.await_termination_blocking()?;
     let seconds = started.elapsed().as_secs_f64();
     let progress = query.recent_progress();
     let mut latencies: Vec<u64> = progress

@@ -11,12 +11,16 @@
 //! - [`execution`]: the micro-batch loop, triggers, progress;
 //! - [`sink`]: console, memory and file sinks;
 //! - [`checkpoint`]: offset log, commit log, source state — beside them all;
-//! - front ends on top: [`sql`] (scripts), [`session`], [`repl`].
+//! - front ends on top: [`sql`] (scripts), [`dataframe`] (the Rust API, Spark's
+//!   `readStream`/`writeStream`), [`session`], [`repl`].
+//!
+//! `use millrace::prelude::*;` brings the DataFrame API and what it needs.
 
 #![warn(missing_docs)]
 
 pub mod bench;
 pub mod checkpoint;
+pub mod dataframe;
 pub mod demo;
 pub mod duration;
 pub mod error;
@@ -30,6 +34,7 @@ pub mod source;
 pub mod sql;
 pub mod state;
 
+pub use dataframe::prelude;
 pub use error::{Error, Result};
 pub use execution::{QueryProgress, StreamingQuery, Trigger};
 pub use session::{Session, SessionSettings, StatementResult};

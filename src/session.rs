@@ -14,7 +14,9 @@ use sqlparser::ast::Statement as SQLStatement;
 use tokio::runtime::Handle;
 
 use crate::error::{Error, Result};
-use crate::execution::{QueryConfig, StreamingQuery, Trigger, WatermarkPolicy};
+use crate::execution::{
+    QueryConfig, StreamingQuery, StreamingQueryListener, Trigger, WatermarkPolicy,
+};
 use crate::planning::{
     BatchTable, DistinctOnMode, StreamTable, StreamingPlan, aggregates_stream, deduplicates_stream,
     expand_sliding_windows, plan_streaming_query, reads_stream, reads_stream_anywhere,
@@ -68,6 +70,8 @@ pub struct Session {
     /// Set with `SET millrace.distinct_on = 'drop_duplicates' | 'within_watermark'`;
     /// applies to the queries started after it.
     distinct_on: Mutex<DistinctOnMode>,
+    /// Told about every query started from this session.
+    listeners: Mutex<Vec<Arc<dyn StreamingQueryListener>>>,
 }
 
 impl Session {
@@ -84,6 +88,7 @@ impl Session {
             bare_selects: Mutex::new(0),
             watermark_policy: Mutex::new(WatermarkPolicy::default()),
             distinct_on: Mutex::new(DistinctOnMode::default()),
+            listeners: Mutex::new(Vec::new()),
         }
     }
 
@@ -250,6 +255,32 @@ impl Session {
         }
     }
 
+    /// Starts a streaming query from a logical plan as DataFusion's `DataFrame` builds
+    /// it (the DataFrame API): sliding windows are expanded and views inlined first, as
+    /// for SQL.
+    pub async fn start_plan(
+        &self,
+        name: &str,
+        plan: LogicalPlan,
+        sink: SinkSpec,
+        output_mode: OutputMode,
+        trigger: Trigger,
+        checkpoint: Option<std::path::PathBuf>,
+    ) -> Result<StreamingQuery> {
+        let plan = self.analyze(expand_sliding_windows(plan)?)?;
+        self.start_query(name, plan, sink, output_mode, trigger, checkpoint)
+            .await
+    }
+
+    /// Registers a listener told when each query started from now on starts, makes
+    /// progress and ends (Spark's `streams.addListener`).
+    pub fn add_listener(&self, listener: Arc<dyn StreamingQueryListener>) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener);
+    }
+
     /// How `DISTINCT ON` over a stream remembers keys, for the next query started.
     fn distinct_on_mode(&self) -> DistinctOnMode {
         *self.distinct_on.lock().unwrap_or_else(|p| p.into_inner())
@@ -312,6 +343,11 @@ impl Session {
                 .watermark_policy
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
+            listeners: self
+                .listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         };
         let query = StreamingQuery::start(config, self.runtime.clone())?;
         self.queries
@@ -340,7 +376,7 @@ impl Session {
     pub fn await_all(&self) -> Result<()> {
         let mut first_error = None;
         for query in self.queries() {
-            if let Err(e) = query.await_termination() {
+            if let Err(e) = query.await_termination_blocking() {
                 first_error.get_or_insert(e);
             }
         }

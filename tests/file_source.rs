@@ -74,7 +74,7 @@ fn files_are_read_once_in_mtime_then_name_order_a_few_per_batch() {
         )))
         .unwrap(),
     );
-    query.await_termination().unwrap();
+    query.await_termination_blocking().unwrap();
     let progress = query.recent_progress();
     assert_eq!(
         progress
@@ -109,7 +109,7 @@ fn hidden_files_and_files_outside_the_glob_are_ignored() {
         )))
         .unwrap(),
     );
-    query.await_termination().unwrap();
+    query.await_termination_blocking().unwrap();
     assert_eq!(ids(&session, &rt, "SELECT id FROM seen"), vec![1]);
 }
 
@@ -151,7 +151,7 @@ fn files_landing_while_the_query_runs_are_picked_up_and_queryable_meanwhile() {
     }
     assert!(query.is_active(), "a continuous query keeps running");
     query.stop();
-    query.await_termination().unwrap();
+    query.await_termination_blocking().unwrap();
     assert!(!query.is_active());
 }
 
@@ -176,7 +176,7 @@ fn progress_reports_use_spark_field_names_and_land_in_the_checkpoint() {
         )))
         .unwrap(),
     );
-    query.await_termination().unwrap();
+    query.await_termination_blocking().unwrap();
     let text = fs::read_to_string(checkpoint.join("progress.jsonl")).unwrap();
     let reports: Vec<serde_json::Value> = text
         .lines()

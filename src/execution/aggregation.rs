@@ -357,30 +357,42 @@ impl StreamingAggregation {
 
     /// The physical aggregate step producing the logical aggregate's output.
     fn find_physical(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut found = None;
+        // Every final step, with its output column names.
+        let mut finals: Vec<(Arc<dyn ExecutionPlan>, Vec<String>)> = Vec::new();
         plan.apply(|node| {
             if let Some(exec) = node.downcast_ref::<AggregateExec>()
                 && !matches!(
                     exec.mode(),
                     AggregateMode::Partial | AggregateMode::PartialReduce
                 )
-                && exec
+            {
+                let names = exec
                     .schema()
                     .fields()
                     .iter()
-                    .map(|f| f.name())
-                    .eq(self.output_names.iter())
-            {
-                found = Some(node.clone());
-                return Ok(datafusion::common::tree_node::TreeNodeRecursion::Stop);
+                    .map(|f| f.name().clone())
+                    .collect();
+                finals.push((node.clone(), names));
             }
             Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
         })?;
-        found.ok_or_else(|| {
-            Error::Unsupported(
-                "could not find the streaming aggregation in the physical plan".to_string(),
-            )
-        })
+        if let Some((node, _)) = finals.iter().find(|(_, names)| *names == self.output_names) {
+            return Ok(node.clone());
+        }
+        // The optimizer drops aggregates nothing above uses: then the step is the one
+        // with the same group columns (and no more columns than planned).
+        let groups = &self.output_names[..self.key_columns];
+        let mut candidates = finals.iter().filter(|(_, names)| {
+            names.len() <= self.output_names.len() && names.starts_with(groups)
+        });
+        match (candidates.next(), candidates.next()) {
+            (Some((node, _)), None) if self.key_columns > 0 => Ok(node.clone()),
+            _ => Err(Error::Unsupported(format!(
+                "could not find the streaming aggregation (columns {:?}) in the physical plan:\n{}",
+                self.output_names,
+                datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
+            ))),
+        }
     }
 
     /// The rows of `rows` whose key is not in `known`.

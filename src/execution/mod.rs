@@ -13,7 +13,7 @@ mod trigger;
 
 pub use aggregation::{AggregationStep, StreamingAggregation};
 pub use progress::{DurationMs, EventTime, QueryProgress, SinkProgress, SourceProgress};
-pub use query::{QueryConfig, StreamingQuery};
+pub use query::{QueryConfig, QueryStatus, StreamingQuery, StreamingQueryListener};
 pub use trigger::{Trigger, WatermarkPolicy};
 
 /// Test-only crash injection: if the environment variable `MILLRACE_CRASH_AT` names

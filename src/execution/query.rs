@@ -58,6 +58,43 @@ pub struct QueryConfig {
     pub retain_batches: u64,
     /// How the watermarks of several watermarked inputs combine.
     pub watermark_policy: WatermarkPolicy,
+    /// Told when the query starts, makes progress and ends.
+    pub listeners: Vec<Arc<dyn StreamingQueryListener>>,
+}
+
+/// Receives a query's life events (Spark's `StreamingQueryListener`), for monitoring:
+/// register one on the session or the [`crate::dataframe::StreamingContext`].
+///
+/// Calls come from the query's own thread, between batches: keep them short.
+pub trait StreamingQueryListener: Send + Sync {
+    /// The query has started (its checkpoint is open, recovery done).
+    fn on_query_started(&self, _query: &StreamingQuery) {}
+    /// A batch has committed; `progress` is its report.
+    fn on_query_progress(&self, _query: &StreamingQuery, _progress: &QueryProgress) {}
+    /// The query has ended; `error` is the failure that ended it, if any.
+    fn on_query_terminated(&self, _query: &StreamingQuery, _error: Option<&str>) {}
+}
+
+/// What a query is doing right now (Spark's `StreamingQueryStatus`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryStatus {
+    /// A human-readable description of the current activity.
+    pub message: String,
+    /// Whether the last look at the sources found new data.
+    pub is_data_available: bool,
+    /// Whether a trigger (a batch or a look for data) is running.
+    pub is_trigger_active: bool,
+}
+
+impl Default for QueryStatus {
+    fn default() -> Self {
+        QueryStatus {
+            message: "Initializing sources".to_string(),
+            is_data_available: false,
+            is_trigger_active: false,
+        }
+    }
 }
 
 /// A handle on a running (or ended) streaming query, cheap to clone.
@@ -72,6 +109,7 @@ struct Shared {
     run_id: String,
     state: Mutex<RunState>,
     changed: Condvar,
+    listeners: Vec<Arc<dyn StreamingQueryListener>>,
 }
 
 #[derive(Default)]
@@ -79,6 +117,10 @@ struct RunState {
     stop_requested: bool,
     outcome: Option<Result<(), String>>,
     progress: VecDeque<QueryProgress>,
+    status: QueryStatus,
+    /// Triggers that found no new data so far: `process_all_available` waits for one
+    /// that started after it was called.
+    idle_triggers: u64,
 }
 
 impl StreamingQuery {
@@ -127,6 +169,9 @@ impl StreamingQuery {
             SinkSpec::Files { format, path } => {
                 Box::new(FileSink::open(*format, path, checkpoint.query_id())?)
             }
+            SinkSpec::ForeachBatch(function) => Box::new(
+                crate::sink::foreach_batch::ForeachBatchSink::new(function.clone()),
+            ),
         };
         let shared = Arc::new(Shared {
             name: config.name.clone(),
@@ -134,6 +179,7 @@ impl StreamingQuery {
             run_id: uuid::Uuid::new_v4().to_string(),
             state: Mutex::new(RunState::default()),
             changed: Condvar::new(),
+            listeners: config.listeners.clone(),
         });
         let mut runner = Runner {
             shared: shared.clone(),
@@ -165,6 +211,10 @@ impl StreamingQuery {
             }
         }
         let thread_shared = shared.clone();
+        let query = StreamingQuery { shared };
+        for listener in &query.shared.listeners {
+            listener.on_query_started(&query);
+        }
         std::thread::Builder::new()
             .name(format!("stream-{}", config.name))
             .spawn(move || {
@@ -172,12 +222,25 @@ impl StreamingQuery {
                 if temporary {
                     let _ = std::fs::remove_dir_all(&root);
                 }
+                let outcome = outcome.map_err(|e| e.to_string());
+                let ended = StreamingQuery {
+                    shared: thread_shared.clone(),
+                };
+                for listener in &thread_shared.listeners {
+                    listener
+                        .on_query_terminated(&ended, outcome.as_ref().err().map(|e| e.as_str()));
+                }
                 let mut state = thread_shared.lock();
-                state.outcome = Some(outcome.map_err(|e| e.to_string()));
+                state.status = QueryStatus {
+                    message: "Stopped".to_string(),
+                    is_data_available: false,
+                    is_trigger_active: false,
+                };
+                state.outcome = Some(outcome);
                 thread_shared.changed.notify_all();
             })
             .map_err(|e| Error::Network(format!("cannot start the query thread: {e}")))?;
-        Ok(StreamingQuery { shared })
+        Ok(query)
     }
 
     /// The query's name.
@@ -206,8 +269,17 @@ impl StreamingQuery {
         self.shared.lock().outcome.is_none()
     }
 
-    /// Blocks until the query ends; `Err` carries the failure that ended it.
-    pub fn await_termination(&self) -> Result<()> {
+    /// Waits until the query ends; `Err` carries the failure that ended it.
+    pub async fn await_termination(&self) -> Result<()> {
+        let query = self.clone();
+        tokio::task::spawn_blocking(move || query.await_termination_blocking())
+            .await
+            .map_err(|e| Error::Stopped(format!("waiting for the query failed: {e}")))?
+    }
+
+    /// Blocks the thread until the query ends (for code outside an async runtime);
+    /// `Err` carries the failure that ended it.
+    pub fn await_termination_blocking(&self) -> Result<()> {
         let mut state = self.shared.lock();
         while state.outcome.is_none() {
             state = self
@@ -217,6 +289,49 @@ impl StreamingQuery {
                 .unwrap_or_else(|p| p.into_inner());
         }
         Self::outcome(&self.shared.name, &state)
+    }
+
+    /// The failure that ended the query, if it failed (Spark's `exception()`).
+    pub fn exception(&self) -> Option<String> {
+        match &self.shared.lock().outcome {
+            Some(Err(message)) => Some(message.clone()),
+            _ => None,
+        }
+    }
+
+    /// What the query is doing now.
+    pub fn status(&self) -> QueryStatus {
+        self.shared.lock().status.clone()
+    }
+
+    /// Waits until every row available in the sources when this is called has been
+    /// processed and committed (or the query ended): for tests and examples, as
+    /// Spark's `processAllAvailable`. Returns the query's failure if it failed.
+    pub async fn process_all_available(&self) -> Result<()> {
+        let query = self.clone();
+        tokio::task::spawn_blocking(move || query.process_all_available_blocking())
+            .await
+            .map_err(|e| Error::Stopped(format!("waiting for the query failed: {e}")))?
+    }
+
+    /// [`process_all_available`](Self::process_all_available) for code outside an
+    /// async runtime.
+    pub fn process_all_available_blocking(&self) -> Result<()> {
+        let mut state = self.shared.lock();
+        // A trigger already looking when this was called may have missed the newest
+        // data: wait for a second one, which started after the call.
+        let target = state.idle_triggers + 2;
+        while state.outcome.is_none() && state.idle_triggers < target {
+            state = self
+                .shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        match &state.outcome {
+            Some(_) => Self::outcome(&self.shared.name, &state),
+            None => Ok(()),
+        }
     }
 
     /// Like [`await_termination`](Self::await_termination), giving up after `timeout`
@@ -262,6 +377,16 @@ impl StreamingQuery {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, RunState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_status(&self, change: impl FnOnce(&mut QueryStatus)) {
+        change(&mut self.lock().status);
+    }
+
+    /// Counts a trigger that found no new data, waking `process_all_available`.
+    fn note_idle_trigger(&self) {
+        self.lock().idle_triggers += 1;
+        self.changed.notify_all();
     }
 
     fn stop_requested(&self) -> bool {
@@ -395,7 +520,17 @@ impl Runner {
             }
             let trigger_start = Instant::now();
             let replay = self.pending.is_some();
-            match self.run_batch(trigger_start).await? {
+            self.shared.set_status(|s| {
+                s.is_trigger_active = true;
+                s.message = "Getting offsets from the sources".to_string();
+            });
+            let ran = self.run_batch(trigger_start).await?;
+            self.shared.set_status(|s| {
+                s.is_trigger_active = false;
+                s.is_data_available = ran.is_some();
+                s.message = "Waiting for data to arrive".to_string();
+            });
+            match ran {
                 Some(outcome) => {
                     self.report(outcome, trigger_start)?;
                     self.last_trigger_start = Some(trigger_start);
@@ -406,6 +541,7 @@ impl Runner {
                 }
                 None if self.trigger.is_finite() => return Ok(()),
                 None => {
+                    self.shared.note_idle_trigger();
                     self.last_trigger_start = Some(trigger_start);
                     let idle = match self.trigger {
                         Trigger::ProcessingTime(interval) if !interval.is_zero() => Duration::ZERO,
@@ -713,6 +849,14 @@ impl Runner {
         self.checkpoint.append_progress(&json)?;
         if self.print_progress {
             eprintln!("{json}");
+        }
+        if !self.shared.listeners.is_empty() {
+            let query = StreamingQuery {
+                shared: self.shared.clone(),
+            };
+            for listener in &self.shared.listeners {
+                listener.on_query_progress(&query, &progress);
+            }
         }
         let mut state = self.shared.lock();
         state.progress.push_back(progress);

@@ -16,6 +16,7 @@ mod unsupported;
 pub use batch_table::BatchTable;
 pub use distinct_on::{
     DEDUP_EXPIRES_AT, DISTINCT_ON_PREFIX, DistinctOnMode, dedup_delay, is_distinct_on,
+    rewrite_distinct_on,
 };
 pub use sliding_windows::expand_sliding_windows;
 pub use unsupported::{aggregates_stream, check_supported, deduplicates_stream};

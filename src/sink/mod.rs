@@ -7,10 +7,13 @@
 //!
 //! - [`file`](mod@file) (Parquet, CSV, JSON): exactly-once, for plain readers of the directory;
 //! - [`memory`]: exactly-once within the process (its table lives in memory);
-//! - [`console`]: prints, so a replayed batch may print again (at-least-once).
+//! - [`console`]: prints, so a replayed batch may print again (at-least-once);
+//! - [`foreach_batch`]: user code, called again on replay (at-least-once unless the
+//!   code is idempotent on the batch id).
 
 pub mod console;
 pub mod file;
+pub mod foreach_batch;
 pub mod memory;
 
 use datafusion::arrow::array::RecordBatch;
@@ -90,6 +93,8 @@ pub enum SinkSpec {
     },
     /// A session table named after the sink.
     Memory,
+    /// A user function per batch (the DataFrame API's `foreach_batch`).
+    ForeachBatch(foreach_batch::ForeachBatchFn),
     /// Files in a directory.
     Files {
         /// File format written.

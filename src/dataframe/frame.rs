@@ -1,0 +1,279 @@
+//! A stream frame: a DataFusion `DataFrame` over unbounded tables, with the
+//! transformations of Spark's streaming `DataFrame`.
+//!
+//! Each method builds on DataFusion's own `DataFrame` (the plan is only built here;
+//! nothing runs until [`StreamFrame::write_stream`] starts a query), so what can be
+//! expressed is what DataFusion can plan; what cannot run incrementally is refused when
+//! the query starts, with the same messages as SQL.
+
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::provider_as_source;
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan, LogicalPlanBuilder, TableScanBuilder};
+use datafusion::prelude::{DataFrame, col};
+
+use super::{DataStreamWriter, StreamingContext, streams_of};
+use crate::duration::parse_duration;
+use crate::error::{Error, Result};
+use crate::functions::SESSION_WINDOW;
+use crate::planning::{DistinctOnMode, StreamTable, rewrite_distinct_on, scanned_stream};
+use crate::source::{DEFAULT_WATERMARK_MAX_FUTURE, WatermarkSpec};
+
+/// A streaming `DataFrame`: transformations return new frames; `write_stream` runs it.
+#[derive(Clone)]
+pub struct StreamFrame {
+    ctx: StreamingContext,
+    frame: DataFrame,
+}
+
+impl StreamFrame {
+    pub(super) fn new(ctx: StreamingContext, frame: DataFrame) -> Self {
+        StreamFrame { ctx, frame }
+    }
+
+    fn with(&self, frame: DataFrame) -> Self {
+        StreamFrame::new(self.ctx.clone(), frame)
+    }
+
+    /// The DataFusion frame underneath (its logical plan reads the unbounded tables).
+    pub fn data_frame(&self) -> &DataFrame {
+        &self.frame
+    }
+
+    /// The frame's columns.
+    pub fn schema(&self) -> datafusion::arrow::datatypes::Schema {
+        self.frame.schema().as_arrow().clone()
+    }
+
+    /// Keeps the given expressions as columns (Spark's `select`).
+    pub fn select(&self, exprs: Vec<Expr>) -> Result<Self> {
+        Ok(self.with(self.frame.clone().select(exprs)?))
+    }
+
+    /// Keeps the rows for which `predicate` is true (Spark's `filter`).
+    pub fn filter(&self, predicate: Expr) -> Result<Self> {
+        Ok(self.with(self.frame.clone().filter(predicate)?))
+    }
+
+    /// Same as [`filter`](Self::filter) (Spark's `where`).
+    pub fn r#where(&self, predicate: Expr) -> Result<Self> {
+        self.filter(predicate)
+    }
+
+    /// Adds (or replaces) a column computed by `expr`.
+    pub fn with_column(&self, name: &str, expr: Expr) -> Result<Self> {
+        Ok(self.with(self.frame.clone().with_column(name, expr)?))
+    }
+
+    /// Removes columns by name.
+    pub fn drop(&self, columns: &[&str]) -> Result<Self> {
+        Ok(self.with(self.frame.clone().drop_columns(columns)?))
+    }
+
+    /// Declares `column` the event time of the stream it comes from, with a watermark
+    /// `delay` behind the largest event time seen (Spark's `withWatermark`), e.g.
+    /// `with_watermark("ts", "10 seconds")`. The column must be a timestamp column of
+    /// one unbounded table this frame reads.
+    pub fn with_watermark(&self, column: &str, delay: &str) -> Result<Self> {
+        let delay = parse_duration(delay)?;
+        let plan = self.frame.logical_plan().clone();
+        let owners: Vec<_> = streams_of(&plan)
+            .into_iter()
+            .filter(|def| def.schema.field_with_name(column).is_ok())
+            .collect();
+        let def = match owners.as_slice() {
+            [def] => def.clone(),
+            [] => {
+                return Err(Error::Sql(format!(
+                    "with_watermark: no unbounded table read by this frame has a column \
+                     '{column}'; name a timestamp column of the stream"
+                )));
+            }
+            _ => {
+                return Err(Error::Sql(format!(
+                    "with_watermark: several unbounded tables have a column '{column}'; call \
+                     with_watermark on each stream before combining them"
+                )));
+            }
+        };
+        let field = def.schema.field_with_name(column)?;
+        if !matches!(
+            field.data_type(),
+            datafusion::arrow::datatypes::DataType::Timestamp(_, _)
+        ) {
+            return Err(Error::Sql(format!(
+                "with_watermark: column '{column}' is {}, not a timestamp",
+                field.data_type()
+            )));
+        }
+        let mut watermarked = (*def).clone();
+        watermarked.watermark = Some(WatermarkSpec {
+            column: column.to_string(),
+            delay,
+            max_future: def
+                .watermark
+                .as_ref()
+                .map(|w| w.max_future)
+                .unwrap_or(DEFAULT_WATERMARK_MAX_FUTURE),
+        });
+        let table = Arc::new(StreamTable {
+            def: Arc::new(watermarked),
+        });
+        let plan = plan
+            .transform_up(|node| {
+                let LogicalPlan::TableScan(scan) = &node else {
+                    return Ok(Transformed::no(node));
+                };
+                match scanned_stream(scan) {
+                    Some(d) if d.name == def.name => {
+                        let replaced = TableScanBuilder::new(
+                            scan.table_name.clone(),
+                            provider_as_source(table.clone()),
+                        )
+                        .with_projection(scan.projection.clone())
+                        .with_filters(scan.filters.clone())
+                        .with_fetch(scan.fetch)
+                        .build()?;
+                        Ok(Transformed::yes(LogicalPlan::TableScan(replaced)))
+                    }
+                    _ => Ok(Transformed::no(node)),
+                }
+            })?
+            .data;
+        Ok(self.with_plan(plan))
+    }
+
+    /// Groups by `exprs` (columns, [`window`](super::window) or
+    /// [`session_window`](super::session_window)) for [`GroupedStream::agg`].
+    pub fn group_by(&self, exprs: Vec<Expr>) -> GroupedStream {
+        GroupedStream {
+            frame: self.clone(),
+            groups: exprs,
+        }
+    }
+
+    /// Joins with a static DataFusion frame on equal columns (a stream-static join;
+    /// the stream stays on the left): inner, left outer, left semi or left anti.
+    pub fn join(
+        &self,
+        right: DataFrame,
+        join_type: JoinType,
+        left_columns: &[&str],
+        right_columns: &[&str],
+    ) -> Result<Self> {
+        Ok(self.with(self.frame.clone().join(
+            right,
+            join_type,
+            left_columns,
+            right_columns,
+            None,
+        )?))
+    }
+
+    /// The rows of both streams (Spark's `union`, keeping duplicates).
+    pub fn union(&self, other: &StreamFrame) -> Result<Self> {
+        Ok(self.with(self.frame.clone().union(other.frame.clone())?))
+    }
+
+    /// Drops rows seen before (Spark's `dropDuplicates`): by every column with `None`,
+    /// else by the named columns, keeping the first row that arrives for each key.
+    /// With the watermarked column among the keys, keys are forgotten once the
+    /// watermark passes them; otherwise they are kept for ever.
+    pub fn drop_duplicates(&self, columns: Option<&[&str]>) -> Result<Self> {
+        match columns {
+            None => Ok(self.with(self.frame.clone().distinct()?)),
+            Some(columns) => Ok(self.with_plan(self.distinct_on(columns)?)),
+        }
+    }
+
+    /// Drops rows whose key was seen within the watermark delay before (Spark's
+    /// `dropDuplicatesWithinWatermark`): a key is remembered until the watermark
+    /// passes its first row's event time plus the delay. Needs
+    /// [`with_watermark`](Self::with_watermark) first.
+    pub fn drop_duplicates_within_watermark(&self, columns: &[&str]) -> Result<Self> {
+        let plan = self.distinct_on(columns)?;
+        let streams = streams_of(&plan);
+        let rewritten = rewrite_distinct_on(plan, DistinctOnMode::WithinWatermark, &streams)?;
+        Ok(self.with_plan(rewritten))
+    }
+
+    /// `SELECT DISTINCT ON (columns) *` over this frame.
+    fn distinct_on(&self, columns: &[&str]) -> Result<LogicalPlan> {
+        let on: Vec<Expr> = columns.iter().map(|c| col(*c)).collect();
+        let all: Vec<Expr> = self
+            .frame
+            .schema()
+            .columns()
+            .into_iter()
+            .map(Expr::Column)
+            .collect();
+        Ok(LogicalPlanBuilder::from(self.frame.logical_plan().clone())
+            .distinct_on(on, all, None)?
+            .build()?)
+    }
+
+    fn with_plan(&self, plan: LogicalPlan) -> Self {
+        let state = self.ctx.session().context().state();
+        self.with(DataFrame::new(state, plan))
+    }
+
+    /// Registers this frame as a view usable from SQL in the same context (a SQL
+    /// `CREATE SINK ... AS SELECT ... FROM name` then runs it incrementally).
+    pub fn create_or_replace_temp_view(&self, name: &str) -> Result<()> {
+        let context = self.ctx.session().context();
+        context.deregister_table(name)?;
+        context.register_table(name, self.frame.clone().into_view())?;
+        Ok(())
+    }
+
+    /// Starts describing where and how the results go (Spark's `writeStream`).
+    pub fn write_stream(&self) -> DataStreamWriter {
+        DataStreamWriter::new(self.ctx.clone(), self.frame.logical_plan().clone())
+    }
+}
+
+/// A frame grouped by keys, waiting for its aggregates.
+pub struct GroupedStream {
+    frame: StreamFrame,
+    groups: Vec<Expr>,
+}
+
+impl GroupedStream {
+    /// Aggregates each group (DataFusion's aggregate functions: `count`, `sum`, `avg`,
+    /// `min`, `max`, `approx_distinct`, ...). A [`window`](super::window) or
+    /// [`session_window`](super::session_window) key comes out as a column named
+    /// `window` or `session_window`, as in Spark.
+    pub fn agg(self, aggregates: Vec<Expr>) -> Result<StreamFrame> {
+        // The aggregate's output starts with the group columns, in order.
+        let renames: Vec<(usize, &str)> = self
+            .groups
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e {
+                Expr::ScalarFunction(f) if f.name() == "window" => Some((i, "window")),
+                Expr::ScalarFunction(f) if f.name() == SESSION_WINDOW => Some((i, SESSION_WINDOW)),
+                _ => None,
+            })
+            .collect();
+        let aggregated = self
+            .frame
+            .frame
+            .clone()
+            .aggregate(self.groups, aggregates)?;
+        if renames.is_empty() {
+            return Ok(self.frame.with(aggregated));
+        }
+        let columns: Vec<Expr> = aggregated
+            .schema()
+            .columns()
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| match renames.iter().find(|(at, _)| *at == i) {
+                Some((_, to)) => Expr::Column(c).alias(*to),
+                None => Expr::Column(c),
+            })
+            .collect();
+        Ok(self.frame.with(aggregated.select(columns)?))
+    }
+}
