@@ -71,6 +71,12 @@ impl StreamFrame {
         Ok(self.with(self.frame.clone().drop_columns(columns)?))
     }
 
+    /// One row per element of the list column `column` (Spark's `explode`), e.g.
+    /// words from `string_to_array(line, ' ')`.
+    pub fn unnest(&self, column: &str) -> Result<Self> {
+        Ok(self.with(self.frame.clone().unnest_columns(&[column])?))
+    }
+
     /// Declares `column` the event time of the stream it comes from, with a watermark
     /// `delay` behind the largest event time seen (Spark's `withWatermark`), e.g.
     /// `with_watermark("ts", "10 seconds")`. The column must be a timestamp column of
