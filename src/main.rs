@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use millrace::bench::{self, BenchFormat};
+use millrace::demo::SensorDataOptions;
 use millrace::repl::{self, print_result};
 use millrace::{Error, Result, Session, SessionSettings};
 use tokio::runtime::Runtime;
@@ -50,9 +51,12 @@ enum Action {
         /// Sensor files to generate.
         #[arg(long, default_value_t = 8)]
         files: u32,
-        /// Readings per pump per file (one a minute).
+        /// Minutes of readings per file.
         #[arg(long, default_value_t = 60)]
         minutes: u32,
+        /// Readings per pump per minute (1 to 60); above 1, Time carries seconds (H:MM:SS).
+        #[arg(long, default_value_t = 1)]
+        readings_per_minute: u32,
         /// Seed of the generator.
         #[arg(long, default_value_t = 7)]
         seed: u64,
@@ -101,9 +105,16 @@ fn run(cli: Cli, runtime: &Runtime) -> Result<()> {
             dir,
             files,
             minutes,
+            readings_per_minute,
             seed,
         }) => {
-            let counts = millrace::demo::generate_sensor_data(&dir, files, minutes, seed)?;
+            let options = SensorDataOptions {
+                files,
+                minutes,
+                readings_per_minute,
+                seed,
+            };
+            let counts = millrace::demo::generate_sensor_data(&dir, &options)?;
             eprintln!(
                 "wrote {} readings ({} with PressureLbs < 5) under {}",
                 counts.readings,
@@ -228,7 +239,11 @@ fn demo(session: &Session, runtime: &Runtime, dir: &std::path::Path, files: u32)
     }
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     std::fs::write(&marker, b"").map_err(Error::io(&marker))?;
-    let counts = millrace::demo::generate_sensor_data(&dir.join("data"), files, 60, 7)?;
+    let options = SensorDataOptions {
+        files,
+        ..SensorDataOptions::default()
+    };
+    let counts = millrace::demo::generate_sensor_data(&dir.join("data"), &options)?;
     eprintln!(
         "generated {} sensor readings ({} below 5 psi) in {}",
         counts.readings,
