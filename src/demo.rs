@@ -38,10 +38,11 @@ pub struct GeneratedData {
 }
 
 /// A small deterministic generator (xorshift), so the data needs no RNG dependency.
-struct Xorshift(u64);
+/// Shared with [`crate::sensor_events`].
+pub(crate) struct Xorshift(pub(crate) u64);
 
 impl Xorshift {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -51,7 +52,7 @@ impl Xorshift {
     }
 
     /// Uniform in [lo, hi).
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
+    pub(crate) fn range(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (self.next() % 1_000_000) as f64 / 1_000_000.0 * (hi - lo)
     }
 }

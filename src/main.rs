@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use millrace::bench::{self, BenchFormat};
 use millrace::demo::SensorDataOptions;
 use millrace::repl::{self, print_result};
+use millrace::sensor_events::EventDataOptions;
 use millrace::{Error, Result, Session, SessionSettings};
 use tokio::runtime::Runtime;
 
@@ -57,6 +58,26 @@ enum Action {
         /// Readings per pump per minute (1 to 60); above 1, Time carries seconds (H:MM:SS).
         #[arg(long, default_value_t = 1)]
         readings_per_minute: u32,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Write sensor events with a timestamp column (events/*.csv: sensor,ts,value) into DIR.
+    GenerateEvents {
+        /// Target directory.
+        dir: PathBuf,
+        /// Event files to generate.
+        #[arg(long, default_value_t = 6)]
+        files: u32,
+        /// Seconds of event time per file.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Average events per second of event time.
+        #[arg(long, default_value_t = 20)]
+        events_per_second: u32,
+        /// Distinct sensors.
+        #[arg(long, default_value_t = 5)]
+        sensors: u32,
         /// Seed of the generator.
         #[arg(long, default_value_t = 7)]
         seed: u64,
@@ -120,6 +141,30 @@ fn run(cli: Cli, runtime: &Runtime) -> Result<()> {
                 counts.readings,
                 counts.low_pressure,
                 dir.display()
+            );
+            return Ok(());
+        }
+        Some(Action::GenerateEvents {
+            dir,
+            files,
+            seconds,
+            events_per_second,
+            sensors,
+            seed,
+        }) => {
+            let options = EventDataOptions {
+                files,
+                seconds,
+                events_per_second,
+                sensors,
+                seed,
+            };
+            let counts = millrace::sensor_events::generate_sensor_events(&dir, &options)?;
+            eprintln!(
+                "wrote {} events ({} stamped late) under {}",
+                counts.events,
+                counts.late,
+                dir.join("events").display()
             );
             return Ok(());
         }
