@@ -7,11 +7,13 @@
 //!
 //! - [`file`](mod@file) (Parquet, CSV, JSON): exactly-once, for plain readers of the directory;
 //! - [`memory`]: exactly-once within the process (its table lives in memory);
-//! - [`console`]: prints, so a replayed batch may print again (at-least-once).
+//! - [`console`]: prints, so a replayed batch may print again (at-least-once);
+//! - [`noop`]: drops the rows (for benchmarks), so there is nothing to guarantee.
 
 pub mod console;
 pub mod file;
 pub mod memory;
+pub mod noop;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -90,6 +92,9 @@ pub enum SinkSpec {
     },
     /// A session table named after the sink.
     Memory,
+    /// Nowhere: the rows are dropped (Spark's `noop` format), to measure a query
+    /// without the cost of its output.
+    Noop,
     /// Files in a directory.
     Files {
         /// File format written.
