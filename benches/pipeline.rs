@@ -33,21 +33,12 @@ const DECODE_ROWS: usize = 50_000;
 const FORMATS: [(BenchFormat, &str); 2] = [(BenchFormat::Json, "json"), (BenchFormat::Csv, "csv")];
 
 fn pipeline_rows() -> usize {
-    std::env::var("MILLRACE_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.trim().replace('_', "").parse().ok())
-        .filter(|&rows| rows > 0)
-        .unwrap_or(DEFAULT_ROWS)
+    millrace::bench::rows_from_env("MILLRACE_BENCH_ROWS", DEFAULT_ROWS)
 }
 
 /// Removes the previous iteration's output and checkpoint, keeping `dir/in`.
 fn reset(dir: &Path) {
-    for name in ["out", "checkpoint"] {
-        let path = dir.join(name);
-        if path.exists() {
-            std::fs::remove_dir_all(&path).expect("remove the previous run's directory");
-        }
-    }
+    millrace::bench::reset_run_dirs(dir).expect("remove the previous run's directories");
 }
 
 fn bench_pipeline(c: &mut Criterion) {

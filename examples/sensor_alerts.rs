@@ -6,13 +6,17 @@
 //! cargo run --example sensor_alerts
 //! ```
 
-use millrace::demo::{SENSOR_ALERTS_SQL, generate_sensor_data};
+use millrace::demo::{SENSOR_ALERTS_SQL, SensorDataOptions, generate_sensor_data};
 use millrace::{Session, SessionSettings, StatementResult};
 
 fn main() -> millrace::Result<()> {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let workdir = std::env::temp_dir().join(format!("millrace-example-{}", std::process::id()));
-    let counts = generate_sensor_data(&workdir.join("data"), 4, 60, 7)?;
+    let options = SensorDataOptions {
+        files: 4,
+        ..SensorDataOptions::default()
+    };
+    let counts = generate_sensor_data(&workdir.join("data"), &options)?;
     println!(
         "{} readings, {} below 5 psi, in {}",
         counts.readings,

@@ -2,7 +2,9 @@
 //! tutorial, so the main job runs with no external service.
 //!
 //! - `sensors/*.csv`: `ResourceID,Date,Time,HZ,Displace,Flow,SedimentPPM,PressureLbs,ChlorinePPM`
-//!   (no header), one file per hour of readings, a reading per pump per minute;
+//!   (no header), one file per hour of readings, a reading per pump per minute (`Time`
+//!   as `H:MM`), or several a minute when asked (`Time` as `H:MM:SS`), so that windows
+//!   shorter than a few minutes hold more than one reading;
 //! - `vendors.csv`: `resid,pumpType,purchaseDate,serviceDate,vendor,longitude,latitude`;
 //! - `maintenance.csv`: `resid,eventDate,technician,description`.
 //!
@@ -36,10 +38,11 @@ pub struct GeneratedData {
 }
 
 /// A small deterministic generator (xorshift), so the data needs no RNG dependency.
-struct Xorshift(u64);
+/// Shared with [`crate::sensor_events`].
+pub(crate) struct Xorshift(pub(crate) u64);
 
 impl Xorshift {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -49,19 +52,54 @@ impl Xorshift {
     }
 
     /// Uniform in [lo, hi).
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
+    pub(crate) fn range(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (self.next() % 1_000_000) as f64 / 1_000_000.0 * (hi - lo)
     }
 }
 
+/// How much sensor data [`generate_sensor_data`] writes. The default is the demo's:
+/// eight hourly files, one reading per pump a minute, seed 7.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SensorDataOptions {
+    /// Sensor files to write.
+    pub files: u32,
+    /// Minutes of readings per file.
+    pub minutes: u32,
+    /// Readings per pump per minute, evenly spaced (1 to 60). With 1 the files are the
+    /// classic data (`Time` as `H:MM`); with more, `Time` carries the second
+    /// (`H:MM:SS`), so that sub-minute windows (`pump_pressure_windows.sql`) hold
+    /// several readings.
+    pub readings_per_minute: u32,
+    /// Seed of the generator: the same options write the same bytes.
+    pub seed: u64,
+}
+
+impl Default for SensorDataOptions {
+    fn default() -> Self {
+        SensorDataOptions {
+            files: 8,
+            minutes: 60,
+            readings_per_minute: 1,
+            seed: 7,
+        }
+    }
+}
+
 /// Writes the example data under `dir` (`dir/sensors/`, `dir/vendors.csv`,
-/// `dir/maintenance.csv`): `files` sensor files of `minutes` readings per pump each.
-pub fn generate_sensor_data(
-    dir: &Path,
-    files: u32,
-    minutes: u32,
-    seed: u64,
-) -> Result<GeneratedData> {
+/// `dir/maintenance.csv`): `options.files` sensor files of `options.minutes` minutes of
+/// readings each.
+pub fn generate_sensor_data(dir: &Path, options: &SensorDataOptions) -> Result<GeneratedData> {
+    let SensorDataOptions {
+        files,
+        minutes,
+        readings_per_minute,
+        seed,
+    } = *options;
+    if !(1..=60).contains(&readings_per_minute) {
+        return Err(Error::Option(format!(
+            "readings per minute must be between 1 and 60, got {readings_per_minute}"
+        )));
+    }
     let sensors = dir.join("sensors");
     let staging = dir.join(".staging");
     create_dir_all(&sensors)?;
@@ -76,26 +114,36 @@ pub fn generate_sensor_data(
         for minute in 0..minutes {
             let total = file * minutes + minute;
             let (day, hour, min) = (10 + total / 1440, (total / 60) % 24, total % 60);
-            for (name, ..) in PUMPS {
-                let pressure = if rng.next().is_multiple_of(25) {
-                    rng.range(0.0, 5.0)
+            for reading in 0..readings_per_minute {
+                // The classic data has no seconds; more than one reading a minute needs them.
+                let time = if readings_per_minute == 1 {
+                    format!("{hour}:{min:02}")
                 } else {
-                    rng.range(60.0, 95.0)
+                    format!("{hour}:{min:02}:{:02}", reading * 60 / readings_per_minute)
                 };
-                if pressure < 5.0 {
-                    counts.low_pressure += 1;
+                for (name, ..) in PUMPS {
+                    let pressure = if rng.next().is_multiple_of(25) {
+                        rng.range(0.0, 5.0)
+                    } else {
+                        rng.range(60.0, 95.0)
+                    };
+                    // Counted as written (one decimal), which is what the alerts see:
+                    // 4.96 is written as 5.0 and is not an alert.
+                    let pressure = format!("{pressure:.1}");
+                    if pressure.parse::<f64>().is_ok_and(|p| p < 5.0) {
+                        counts.low_pressure += 1;
+                    }
+                    counts.readings += 1;
+                    let _ = writeln!(
+                        text,
+                        "{name},3/{day}/14,{time},{:.2},{:.2},{:.0},{:.2},{pressure},{:.2}",
+                        rng.range(9.0, 12.0),
+                        rng.range(1.5, 2.5),
+                        rng.range(700.0, 900.0),
+                        rng.range(1.0, 2.0),
+                        rng.range(1.5, 2.5),
+                    );
                 }
-                counts.readings += 1;
-                let _ = writeln!(
-                    text,
-                    "{name},3/{day}/14,{hour}:{min:02},{:.2},{:.2},{:.0},{:.2},{:.1},{:.2}",
-                    rng.range(9.0, 12.0),
-                    rng.range(1.5, 2.5),
-                    rng.range(700.0, 900.0),
-                    rng.range(1.0, 2.0),
-                    pressure,
-                    rng.range(1.5, 2.5),
-                );
             }
         }
         let name = format!("sensordata-{file:04}.csv");

@@ -28,6 +28,7 @@ pub mod execution;
 pub mod functions;
 pub mod planning;
 pub mod repl;
+pub mod sensor_events;
 pub mod session;
 pub mod sink;
 pub mod source;

@@ -1,13 +1,16 @@
 //! The `millrace` command: run SQL scripts (`-f`), inline statements (`-c`), the
-//! interactive shell (no arguments), the bundled demo, and the pipeline benchmark.
+//! interactive shell (no arguments), the bundled demo and example data, and the
+//! benchmarks.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use millrace::bench::{self, BenchFormat};
+use millrace::bench::{self, AggregationWorkload, BenchFormat, Workload};
+use millrace::demo::SensorDataOptions;
 use millrace::repl::{self, print_result};
+use millrace::sensor_events::EventDataOptions;
 use millrace::{Error, Result, Session, SessionSettings};
 use tokio::runtime::Runtime;
 
@@ -50,24 +53,55 @@ enum Action {
         /// Sensor files to generate.
         #[arg(long, default_value_t = 8)]
         files: u32,
-        /// Readings per pump per file (one a minute).
+        /// Minutes of readings per file.
         #[arg(long, default_value_t = 60)]
         minutes: u32,
+        /// Readings per pump per minute (1 to 60); above 1, Time carries seconds (H:MM:SS).
+        #[arg(long, default_value_t = 1)]
+        readings_per_minute: u32,
         /// Seed of the generator.
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
-    /// Measure rows/s and per-batch latency of files → filter/project → Parquet (use --release).
+    /// Write sensor events with a timestamp column (events/*.csv: sensor,ts,value) into DIR.
+    GenerateEvents {
+        /// Target directory.
+        dir: PathBuf,
+        /// Event files to generate.
+        #[arg(long, default_value_t = 6)]
+        files: u32,
+        /// Seconds of event time per file.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Average events per second of event time.
+        #[arg(long, default_value_t = 20)]
+        events_per_second: u32,
+        /// Distinct sensors.
+        #[arg(long, default_value_t = 5)]
+        sensors: u32,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Measure rows/s and per-batch latency of a workload through the engine (use --release).
     Bench {
-        /// Input rows per format.
+        /// filter (files → filter/project → Parquet, JSON then CSV), tumbling (windowed
+        /// count/sum per key, append mode to Parquet) or groupby (count/sum per key,
+        /// update mode to a NOOP sink).
+        #[arg(long, default_value = "filter")]
+        workload: Workload,
+        /// Input rows (per format for filter).
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
-        /// Input files per format.
+        /// Input files (per format for filter).
         #[arg(long, default_value_t = 40)]
         files: usize,
         /// Files per micro-batch.
         #[arg(long, default_value_t = 4)]
         files_per_trigger: usize,
+        /// Distinct keys of tumbling and groupby [default: 1000 for tumbling, 1000000 for groupby].
+        #[arg(long)]
+        keys: Option<usize>,
     },
 }
 
@@ -101,9 +135,16 @@ fn run(cli: Cli, runtime: &Runtime) -> Result<()> {
             dir,
             files,
             minutes,
+            readings_per_minute,
             seed,
         }) => {
-            let counts = millrace::demo::generate_sensor_data(&dir, files, minutes, seed)?;
+            let options = SensorDataOptions {
+                files,
+                minutes,
+                readings_per_minute,
+                seed,
+            };
+            let counts = millrace::demo::generate_sensor_data(&dir, &options)?;
             eprintln!(
                 "wrote {} readings ({} with PressureLbs < 5) under {}",
                 counts.readings,
@@ -112,11 +153,44 @@ fn run(cli: Cli, runtime: &Runtime) -> Result<()> {
             );
             return Ok(());
         }
+        Some(Action::GenerateEvents {
+            dir,
+            files,
+            seconds,
+            events_per_second,
+            sensors,
+            seed,
+        }) => {
+            let options = EventDataOptions {
+                files,
+                seconds,
+                events_per_second,
+                sensors,
+                seed,
+            };
+            let counts = millrace::sensor_events::generate_sensor_events(&dir, &options)?;
+            eprintln!(
+                "wrote {} events ({} stamped late) under {}",
+                counts.events,
+                counts.late,
+                dir.join("events").display()
+            );
+            return Ok(());
+        }
         Some(Action::Bench {
+            workload,
             rows,
             files,
             files_per_trigger,
-        }) => return run_bench(runtime, rows, files, files_per_trigger),
+            keys,
+        }) => {
+            let size = BenchSize {
+                rows,
+                files: files.max(1),
+                files_per_trigger,
+            };
+            return run_bench(runtime, workload, size, keys);
+        }
         None => {}
     }
     let script = match (&cli.file, &cli.command) {
@@ -228,7 +302,11 @@ fn demo(session: &Session, runtime: &Runtime, dir: &std::path::Path, files: u32)
     }
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     std::fs::write(&marker, b"").map_err(Error::io(&marker))?;
-    let counts = millrace::demo::generate_sensor_data(&dir.join("data"), files, 60, 7)?;
+    let options = SensorDataOptions {
+        files,
+        ..SensorDataOptions::default()
+    };
+    let counts = millrace::demo::generate_sensor_data(&dir.join("data"), &options)?;
     eprintln!(
         "generated {} sensor readings ({} below 5 psi) in {}",
         counts.readings,
@@ -257,19 +335,49 @@ fn demo(session: &Session, runtime: &Runtime, dir: &std::path::Path, files: u32)
     Ok(())
 }
 
-fn run_bench(runtime: &Runtime, rows: usize, files: usize, files_per_trigger: usize) -> Result<()> {
+/// The input of a `millrace bench` run.
+struct BenchSize {
+    rows: usize,
+    files: usize,
+    files_per_trigger: usize,
+}
+
+fn run_bench(
+    runtime: &Runtime,
+    workload: Workload,
+    size: BenchSize,
+    keys: Option<usize>,
+) -> Result<()> {
     if cfg!(debug_assertions) {
         eprintln!(
             "note: this is a debug build; run `cargo run --release -- bench` for real figures"
         );
     }
-    let files = files.max(1);
-    for format in [BenchFormat::Json, BenchFormat::Csv] {
-        let dir = std::env::temp_dir().join(format!("millrace-bench-{}", uuid::Uuid::new_v4()));
-        let written = bench::write_input(&dir, format, files, rows.div_ceil(files))?;
-        let report = bench::run_pipeline(runtime, &dir, format, files_per_trigger, written);
-        let _ = std::fs::remove_dir_all(&dir);
-        println!("{}", report?);
-    }
+    let rows_per_file = size.rows.div_ceil(size.files);
+    let temp_dir = || std::env::temp_dir().join(format!("millrace-bench-{}", uuid::Uuid::new_v4()));
+    let Some(aggregation) = AggregationWorkload::of(workload) else {
+        if keys.is_some() {
+            return Err(Error::Option(
+                "--keys applies to the tumbling and groupby workloads".into(),
+            ));
+        }
+        for format in [BenchFormat::Json, BenchFormat::Csv] {
+            let dir = temp_dir();
+            let written = bench::write_input(&dir, format, size.files, rows_per_file)?;
+            let report =
+                bench::run_pipeline(runtime, &dir, format, size.files_per_trigger, written);
+            let _ = std::fs::remove_dir_all(&dir);
+            println!("{}", report?);
+        }
+        return Ok(());
+    };
+    let keys = keys.unwrap_or(aggregation.default_keys());
+    let dir = temp_dir();
+    let report =
+        bench::write_keyed_input(&dir, size.files, rows_per_file, keys).and_then(|written| {
+            bench::run_aggregation(runtime, &dir, aggregation, size.files_per_trigger, written)
+        });
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{} ({keys} keys)", report?);
     Ok(())
 }

@@ -231,3 +231,39 @@ fn a_memory_sink_never_replaces_another_table_and_options_are_given_once() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_noop_sink_runs_the_whole_query_and_prints_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("in")).unwrap();
+    fs::write(tmp.path().join("in/a.csv"), "p1,1\np2,2\np1,3\n").unwrap();
+    fs::write(tmp.path().join("in/b.csv"), "p3,4\np1,5\n").unwrap();
+    let out = millrace(
+        &[
+            "--progress",
+            "-c",
+            "CREATE UNBOUNDED EXTERNAL TABLE t (pump VARCHAR, n BIGINT) STORED AS CSV LOCATION 'in/' \
+             OPTIONS ('max_files_per_trigger' '1');
+             CREATE SINK s STORED AS NOOP OPTIONS ('trigger' 'available_now', 'output_mode' 'update') \
+             AS SELECT pump, sum(n) AS total FROM t GROUP BY pump",
+        ],
+        tmp.path(),
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, "", "a noop sink prints nothing");
+    let progress: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(progress.len(), 2, "{stderr}");
+    assert_eq!(progress[0]["sink"]["description"], "NoopSink");
+    // Batch 0 changes p1 and p2, batch 1 p3 and p1; three groups in the state at the end.
+    let output: Vec<u64> = progress
+        .iter()
+        .map(|p| p["sink"]["numOutputRows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(output, [2, 2]);
+    assert_eq!(progress[1]["stateOperators"][0]["numRowsTotal"], 3);
+}

@@ -2,7 +2,9 @@
 -- Keep the low-pressure readings (PressureLbs < 5), enrich them with the pump's
 -- vendor and its latest maintenance event, and write the alerts to the console and
 -- to Parquet. Paths are relative to the working directory (`millrace demo` runs it
--- in the directory it generated the data in).
+-- in the directory it generated the data in). Time is H:MM, or H:MM:SS in data
+-- generated with more than one reading a minute: to_timestamp takes the first format
+-- that parses.
 
 -- The stream: one row per reading. The files have no header.
 CREATE UNBOUNDED EXTERNAL TABLE sensors (
@@ -37,7 +39,7 @@ WHERE rn = 1;
 CREATE SINK alerts_console STORED AS CONSOLE
 OPTIONS ('trigger' 'available_now', 'num_rows' '10')
 AS SELECT s.ResourceID AS pump,
-          to_timestamp(s.Date || ' ' || s.Time, '%m/%d/%y %H:%M') AS ts,
+          to_timestamp(s.Date || ' ' || s.Time, '%m/%d/%y %H:%M', '%m/%d/%y %H:%M:%S') AS ts,
           s.PressureLbs AS psi,
           v.vendor,
           m.technician AS last_technician
@@ -50,7 +52,7 @@ AS SELECT s.ResourceID AS pump,
 CREATE SINK alerts STORED AS PARQUET LOCATION 'out/alerts/'
 OPTIONS ('checkpoint' 'checkpoints/alerts', 'trigger' 'available_now')
 AS SELECT s.ResourceID AS pump,
-          to_timestamp(s.Date || ' ' || s.Time, '%m/%d/%y %H:%M') AS ts,
+          to_timestamp(s.Date || ' ' || s.Time, '%m/%d/%y %H:%M', '%m/%d/%y %H:%M:%S') AS ts,
           s.PressureLbs AS psi,
           s.Flow AS flow,
           v."pumpType" AS pump_type,

@@ -40,7 +40,8 @@ impl DataStreamWriter {
     }
 
     /// The sink: `console` (default), `memory` (a session table named after the
-    /// query), `parquet`, `csv` or `json` (files under the `path` option).
+    /// query), `parquet`, `csv` or `json` (files under the `path` option), or `noop`
+    /// (rows dropped, for measuring).
     pub fn format(mut self, format: &str) -> Self {
         self.format = format.to_ascii_lowercase();
         self
@@ -132,6 +133,7 @@ impl DataStreamWriter {
         let sink = match self.format.as_str() {
             "console" => SinkSpec::Console { num_rows },
             "memory" => SinkSpec::Memory,
+            "noop" => SinkSpec::Noop,
             "parquet" => files(FileSinkFormat::Parquet)?,
             "csv" => files(FileSinkFormat::Csv)?,
             "json" => files(FileSinkFormat::Json)?,
@@ -142,8 +144,8 @@ impl DataStreamWriter {
             ),
             other => {
                 return Err(Error::Option(format!(
-                    "unknown sink format '{other}': use console, memory, parquet, csv or json, \
-                     or foreach_batch(...)"
+                    "unknown sink format '{other}': use console, memory, parquet, csv, json or \
+                     noop, or foreach_batch(...)"
                 )));
             }
         };

@@ -25,6 +25,7 @@ use crate::planning::{BatchTable, StreamingPlan};
 use crate::sink::console::ConsoleSink;
 use crate::sink::file::FileSink;
 use crate::sink::memory::{MemorySink, MemoryWrite};
+use crate::sink::noop::NoopSink;
 use crate::sink::{OutputMode, Sink, SinkSpec};
 use crate::source::{StreamDef, StreamSource};
 use crate::state::{StateStore, StateStoreConfig};
@@ -166,6 +167,7 @@ impl StreamingQuery {
                     .expect("a memory sink comes with its table"),
                 memory_write(&config, aggregation.as_ref())?,
             )),
+            SinkSpec::Noop => Box::new(NoopSink),
             SinkSpec::Files { format, path } => {
                 Box::new(FileSink::open(*format, path, checkpoint.query_id())?)
             }

@@ -9,12 +9,14 @@
 //! - [`memory`]: exactly-once within the process (its table lives in memory);
 //! - [`console`]: prints, so a replayed batch may print again (at-least-once);
 //! - [`foreach_batch`]: user code, called again on replay (at-least-once unless the
-//!   code is idempotent on the batch id).
+//!   code is idempotent on the batch id);
+//! - [`noop`]: drops the rows (for benchmarks), so there is nothing to guarantee.
 
 pub mod console;
 pub mod file;
 pub mod foreach_batch;
 pub mod memory;
+pub mod noop;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -95,6 +97,9 @@ pub enum SinkSpec {
     Memory,
     /// A user function per batch (the DataFrame API's `foreach_batch`).
     ForeachBatch(foreach_batch::ForeachBatchFn),
+    /// Nowhere: the rows are dropped (Spark's `noop` format), to measure a query
+    /// without the cost of its output.
+    Noop,
     /// Files in a directory.
     Files {
         /// File format written.

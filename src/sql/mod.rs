@@ -408,6 +408,10 @@ pub fn sink_options(statement: &CreateSink) -> Result<SinkOptions> {
             no_location(&statement.location, &what)?;
             (SinkSpec::Memory, &["checkpoint", "output_mode", "trigger"])
         }
+        ("NOOP", _) => {
+            no_location(&statement.location, &what)?;
+            (SinkSpec::Noop, &["checkpoint", "output_mode", "trigger"])
+        }
         (_, Some(format)) => {
             let path = statement
                 .location
@@ -434,7 +438,7 @@ pub fn sink_options(statement: &CreateSink) -> Result<SinkOptions> {
         }
         (other, _) => {
             return Err(Error::Sql(format!(
-                "unknown sink format '{other}': use CONSOLE, MEMORY, PARQUET, CSV or JSON"
+                "unknown sink format '{other}': use CONSOLE, MEMORY, NOOP, PARQUET, CSV or JSON"
             )));
         }
     };

@@ -1,6 +1,6 @@
 //! Helpers shared by the process-level tests (`crash_recovery`, `restart`,
-//! `rate_source`, `socket_source`): temporary directories, input files landed
-//! atomically, running the `millrace` binary (and killing it), an independent Parquet
+//! `rate_source`, `socket_source`, `sql_examples`): temporary directories, input files
+//! landed atomically, running the `millrace` binary (and killing it), an independent Parquet
 //! reader of an output directory, checkpoint inspection, and a seeded RNG.
 //!
 //! Nothing here asserts on durations: waits poll a condition until a generous deadline
@@ -241,6 +241,61 @@ impl Drop for Millrace {
             let _ = self.child.wait();
         }
     }
+}
+
+/// What a finished `millrace` process printed.
+pub struct Finished {
+    /// Everything written on standard output.
+    pub stdout: String,
+    /// Everything written on standard error.
+    pub stderr: String,
+}
+
+/// Runs `millrace ARGS` with `dir` as working directory, as a user runs it from a
+/// scratch directory, and asserts that it exits 0 within `DEADLINE` (it is killed
+/// otherwise). Output goes to anonymous files, so a chatty process never blocks on a
+/// full pipe.
+pub fn run_in(dir: &Path, args: &[&str]) -> Finished {
+    let stdout = tempfile::tempfile().expect("a temporary file for standard output");
+    let stderr = tempfile::tempfile().expect("a temporary file for standard error");
+    let mut child = Command::new(MILLRACE)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("MILLRACE_CRASH_AT")
+        .stdin(Stdio::null())
+        .stdout(stdout.try_clone().expect("clone a file handle"))
+        .stderr(stderr.try_clone().expect("clone a file handle"))
+        .spawn()
+        .expect("start the millrace binary");
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the millrace process") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("millrace {args:?} did not end within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let read = |mut file: File| {
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        file.seek(std::io::SeekFrom::Start(0)).expect("rewind");
+        file.read_to_string(&mut text).expect("read the output");
+        text
+    };
+    let finished = Finished {
+        stdout: read(stdout),
+        stderr: read(stderr),
+    };
+    assert!(
+        status.success(),
+        "millrace {args:?} failed ({status}); stderr:\n{}",
+        finished.stderr
+    );
+    finished
 }
 
 /// Runs `millrace -f job` to its end; returns the exit status and standard error.

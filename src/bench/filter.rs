@@ -1,16 +1,15 @@
-//! The whole-pipeline benchmark behind `millrace bench`: files (JSON lines or CSV) →
-//! filter/project → Parquet, through the real engine, reporting rows/s and per-batch
-//! latency from the queries' own progress reports.
+//! The stateless workload of `millrace bench` (`--workload filter`, the default): files
+//! (JSON lines or CSV) → filter/project → Parquet, the cost of moving rows through the
+//! engine without state.
 
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
-use std::time::Instant;
 
 use tokio::runtime::Runtime;
 
+use super::{BenchReport, run_to_end};
 use crate::error::{Error, Result};
-use crate::session::{Session, SessionSettings, StatementResult};
 
 /// Input file format of a benchmark run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,53 +21,12 @@ pub enum BenchFormat {
 }
 
 impl BenchFormat {
-    fn name(self) -> &'static str {
+    /// The `STORED AS` name, also used in report labels.
+    pub fn name(self) -> &'static str {
         match self {
             BenchFormat::Json => "JSON",
             BenchFormat::Csv => "CSV",
         }
-    }
-}
-
-/// What one benchmark run measured.
-#[derive(Debug, Clone)]
-pub struct BenchReport {
-    /// Input format.
-    pub format: BenchFormat,
-    /// Input rows.
-    pub rows: u64,
-    /// Rows that passed the filter and were written.
-    pub output_rows: u64,
-    /// Micro-batches run.
-    pub batches: usize,
-    /// Wall-clock seconds from query start to its end.
-    pub seconds: f64,
-    /// Median, 95th percentile and maximum `triggerExecution` per batch, in ms.
-    pub latency_ms: (u64, u64, u64),
-}
-
-impl BenchReport {
-    /// Input rows per second of wall-clock time.
-    pub fn rows_per_second(&self) -> f64 {
-        self.rows as f64 / self.seconds.max(1e-9)
-    }
-}
-
-impl std::fmt::Display for BenchReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:<5} {:>10} rows in {:>3} batches: {:>8.3} s, {:>12.0} rows/s; batch latency p50 {} ms, p95 {} ms, max {} ms ({} rows out)",
-            self.format.name(),
-            self.rows,
-            self.batches,
-            self.seconds,
-            self.rows_per_second(),
-            self.latency_ms.0,
-            self.latency_ms.1,
-            self.latency_ms.2,
-            self.output_rows
-        )
     }
 }
 
@@ -116,7 +74,6 @@ pub fn run_pipeline(
     files_per_trigger: usize,
     rows: u64,
 ) -> Result<BenchReport> {
-    let session = Session::new(runtime.handle().clone(), SessionSettings::default());
     let (input, output, checkpoint) = (dir.join("in"), dir.join("out"), dir.join("checkpoint"));
     let script = format!(
         "CREATE UNBOUNDED EXTERNAL TABLE readings (sensor VARCHAR, ts TIMESTAMP, temp DOUBLE, pressure DOUBLE) \
@@ -129,33 +86,5 @@ pub fn run_pipeline(
         output.display(),
         checkpoint.display()
     );
-    let started = Instant::now();
-    let results = runtime.block_on(session.execute_script(&script))?;
-    let Some(StatementResult::QueryStarted(query)) = results.last() else {
-        return Err(Error::Sql(
-            "the benchmark script did not start a query".into(),
-        ));
-    };
-    query.await_termination_blocking()?;
-    let seconds = started.elapsed().as_secs_f64();
-    let progress = query.recent_progress();
-    let mut latencies: Vec<u64> = progress
-        .iter()
-        .map(|p| p.duration_ms.trigger_execution)
-        .collect();
-    latencies.sort_unstable();
-    let pick = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(0)
-    };
-    Ok(BenchReport {
-        format,
-        rows,
-        output_rows: progress.iter().map(|p| p.sink.num_output_rows).sum(),
-        batches: progress.len(),
-        seconds,
-        latency_ms: (pick(0.5), pick(0.95), pick(1.0)),
-    })
+    run_to_end(runtime, &script, format!("filter {}", format.name()), rows)
 }

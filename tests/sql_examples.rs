@@ -1,0 +1,582 @@
+//! The scripts of `sql/examples/` run as a user runs them: generate the input in a
+//! scratch directory (`millrace generate-sensors`, `millrace generate-events`, or text
+//! files written here), then `millrace -f <script>` in that directory. Their output —
+//! console tables parsed back from standard output, Parquet files read with the
+//! `parquet` crate — is checked against the same computation done here in plain Rust
+//! from the input files: windows, watermark and word splitting included.
+//!
+//! The input is random (seed printed; rerun with `MILLRACE_TEST_SEED`), the scripts use
+//! `'trigger' 'available_now'` and one file per batch, so what each batch reads is
+//! known and nothing depends on timing.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use common::*;
+
+/// `sql/examples/<name>` as an absolute path (the scripts run in a scratch directory).
+fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sql")
+        .join("examples")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// The files of `dir` ending in `extension`, by name (the order the generators wrote
+/// them in, so the order the file source reads them in).
+fn files_in(dir: &Path, extension: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == extension))
+        .collect();
+    files.sort();
+    files
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Milliseconds since the Unix epoch of a calendar date and time.
+fn epoch_ms(year: i32, month: u32, day: u32, h: u32, m: u32, s: u32, ms: u32) -> i64 {
+    NaiveDate::from_ymd_opt(year, month, day)
+        .and_then(|d| d.and_hms_milli_opt(h, m, s, ms))
+        .unwrap_or_else(|| panic!("not a date: {year}-{month}-{day} {h}:{m}:{s}.{ms}"))
+        .and_utc()
+        .timestamp_millis()
+}
+
+/// A timestamp as Arrow displays it (`2014-03-10T00:01:30`), in ms since the epoch.
+fn displayed_ms(text: &str) -> i64 {
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+        .unwrap_or_else(|e| panic!("'{text}' is not a displayed timestamp: {e}"))
+        .and_utc()
+        .timestamp_millis()
+}
+
+// ---------------------------------------------------------------------------------
+// The console sink's output, parsed back
+
+/// One `Batch: N` table a console sink printed.
+#[derive(Debug)]
+struct ConsoleBatch {
+    id: u64,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+    /// An `only showing top N rows` line followed the table.
+    truncated: bool,
+}
+
+impl ConsoleBatch {
+    /// Column `name` of every row.
+    fn column(&self, name: &str) -> Vec<&str> {
+        let index = self
+            .header
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| {
+                panic!("batch {}: no column '{name}' in {:?}", self.id, self.header)
+            });
+        self.rows.iter().map(|row| row[index].as_str()).collect()
+    }
+}
+
+/// Every table of a console sink's output, in the order printed.
+fn console_batches(stdout: &str) -> Vec<ConsoleBatch> {
+    let mut batches: Vec<ConsoleBatch> = Vec::new();
+    for line in stdout.lines() {
+        if let Some(id) = line.strip_prefix("Batch: ") {
+            batches.push(ConsoleBatch {
+                id: id.trim().parse().expect("a batch id"),
+                header: Vec::new(),
+                rows: Vec::new(),
+                truncated: false,
+            });
+            continue;
+        }
+        let Some(batch) = batches.last_mut() else {
+            continue;
+        };
+        if line.starts_with("only showing top") {
+            batch.truncated = true;
+        } else if line.starts_with('|') {
+            let cells: Vec<String> = line
+                .trim_matches('|')
+                .split('|')
+                .map(|cell| cell.trim().to_string())
+                .collect();
+            if batch.header.is_empty() {
+                batch.header = cells;
+            } else {
+                batch.rows.push(cells);
+            }
+        }
+    }
+    batches
+}
+
+/// Asserts one untruncated table per input file, numbered from 0.
+fn assert_one_full_table_per_file(batches: &[ConsoleBatch], files: usize, stdout: &str) {
+    let ids: Vec<u64> = batches.iter().map(|b| b.id).collect();
+    assert_eq!(
+        ids,
+        (0..files as u64).collect::<Vec<_>>(),
+        "one batch per file expected; stdout:\n{stdout}"
+    );
+    for batch in batches {
+        assert!(
+            !batch.truncated,
+            "batch {} was cut at the script's num_rows: the test input is too large",
+            batch.id
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// pump_pressure_windows.sql
+
+/// max, min, sum and count of one pump's pressure in one window.
+#[derive(Debug, Clone, Copy)]
+struct Pressure {
+    max: f64,
+    min: f64,
+    sum: f64,
+    count: u64,
+}
+
+impl Pressure {
+    fn add(&mut self, psi: f64) {
+        self.max = self.max.max(psi);
+        self.min = self.min.min(psi);
+        self.sum += psi;
+        self.count += 1;
+    }
+}
+
+const PRESSURE_SIZE_MS: i64 = 60_000;
+const PRESSURE_SLIDE_MS: i64 = 30_000;
+
+/// `(pump, event time in ms, PressureLbs)` of every line of a generated sensor file
+/// (`COHUTTA,3/10/14,0:01:15,...,PressureLbs,ChlorinePPM`), read field by field.
+fn sensor_readings(path: &Path) -> Vec<(String, i64, f64)> {
+    read(path)
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            assert_eq!(fields.len(), 9, "{}: {line}", path.display());
+            let number = |s: &str| -> u32 { s.parse().unwrap_or_else(|_| panic!("{line}")) };
+            let date: Vec<u32> = fields[1].split('/').map(number).collect();
+            let time: Vec<u32> = fields[2].split(':').map(number).collect();
+            let at = epoch_ms(
+                2000 + date[2] as i32,
+                date[0],
+                date[1],
+                time[0],
+                time[1],
+                time.get(2).copied().unwrap_or(0),
+                0,
+            );
+            (
+                fields[0].to_string(),
+                at,
+                fields[7].parse().expect("PressureLbs"),
+            )
+        })
+        .collect()
+}
+
+/// The starts of the sliding windows (60 s every 30 s, aligned to the epoch) holding `at`.
+fn sliding_window_starts(at: i64) -> impl Iterator<Item = i64> {
+    let last = at.div_euclid(PRESSURE_SLIDE_MS) * PRESSURE_SLIDE_MS;
+    (0..PRESSURE_SIZE_MS / PRESSURE_SLIDE_MS).map(move |k| last - k * PRESSURE_SLIDE_MS)
+}
+
+#[test]
+fn pump_pressure_windows_prints_the_changed_windows_with_their_values_so_far() {
+    let seed = test_seed("pump_pressure_windows");
+    let dir = temp_dir();
+    run_in(
+        dir.path(),
+        &[
+            "generate-sensors",
+            "data",
+            "--files",
+            "3",
+            "--minutes",
+            "2",
+            "--readings-per-minute",
+            "4",
+            "--seed",
+            &seed.to_string(),
+        ],
+    );
+    let files = files_in(&dir.path().join("data/sensors"), "csv");
+    assert_eq!(files.len(), 3);
+
+    let out = run_in(dir.path(), &["-f", &example("pump_pressure_windows.sql")]);
+    let batches = console_batches(&out.stdout);
+    assert_one_full_table_per_file(&batches, files.len(), &out.stdout);
+
+    // Update mode: batch i prints the windows file i touched, each with its values over
+    // files 0..=i.
+    let mut so_far: BTreeMap<(String, i64), Pressure> = BTreeMap::new();
+    for (file, batch) in files.iter().zip(&batches) {
+        let mut touched = BTreeSet::new();
+        for (pump, at, psi) in sensor_readings(file) {
+            for start in sliding_window_starts(at) {
+                so_far
+                    .entry((pump.clone(), start))
+                    .or_insert(Pressure {
+                        max: f64::MIN,
+                        min: f64::MAX,
+                        sum: 0.0,
+                        count: 0,
+                    })
+                    .add(psi);
+                touched.insert((pump.clone(), start));
+            }
+        }
+        let columns = [
+            "pump",
+            "window_start",
+            "window_end",
+            "max_psi",
+            "min_psi",
+            "avg_psi",
+            "readings",
+        ]
+        .map(|name| batch.column(name));
+        let mut printed = BTreeSet::new();
+        for row in 0..batch.rows.len() {
+            let [pump, start, end, max, min, avg, readings] = columns.each_ref().map(|c| c[row]);
+            let key = (pump.to_string(), displayed_ms(start));
+            assert!(
+                printed.insert(key.clone()),
+                "batch {}: {key:?} printed twice",
+                batch.id
+            );
+            let Some(expected) = so_far.get(&key) else {
+                panic!("batch {}: {key:?} holds no reading", batch.id);
+            };
+            let what = format!("batch {}, {pump} from {start}", batch.id);
+            assert_eq!(displayed_ms(end), key.1 + PRESSURE_SIZE_MS, "{what}: end");
+            assert_eq!(max.parse::<f64>().unwrap(), expected.max, "{what}: max");
+            assert_eq!(min.parse::<f64>().unwrap(), expected.min, "{what}: min");
+            assert_eq!(
+                readings.parse::<u64>().unwrap(),
+                expected.count,
+                "{what}: count"
+            );
+            let mean = expected.sum / expected.count as f64;
+            let avg: f64 = avg.parse().unwrap();
+            assert!(
+                (avg - mean).abs() <= 1e-9 * mean.abs().max(1.0),
+                "{what}: avg {avg}, expected {mean}"
+            );
+        }
+        assert_eq!(
+            printed, touched,
+            "batch {}: the printed windows are not the ones its file changed",
+            batch.id
+        );
+    }
+    // Four readings a minute: a full window holds four per pump, so the aggregates are
+    // not single readings in disguise.
+    assert!(so_far.values().any(|p| p.count == 4 && p.max > p.min));
+}
+
+// ---------------------------------------------------------------------------------
+// sensor_counts.sql
+
+const COUNT_WINDOW_MS: i64 = 10_000;
+const WATERMARK_DELAY_MS: i64 = 5_000;
+
+/// `(sensor, event time in ms)` of every line of a generated event file
+/// (`sensor-3,2026-01-01 00:00:07.250,21.37`), read field by field.
+fn sensor_events(path: &Path) -> Vec<(String, i64)> {
+    read(path)
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            assert_eq!(fields.len(), 3, "{}: {line}", path.display());
+            let (date, time) = fields[1].split_once(' ').expect("date and time");
+            let number = |s: &str| -> u32 { s.parse().unwrap_or_else(|_| panic!("{line}")) };
+            let date: Vec<u32> = date.split('-').map(number).collect();
+            let (hms, ms) = time.split_once('.').expect("milliseconds");
+            let hms: Vec<u32> = hms.split(':').map(number).collect();
+            let at = epoch_ms(
+                date[0] as i32,
+                date[1],
+                date[2],
+                hms[0],
+                hms[1],
+                hms[2],
+                number(ms),
+            );
+            (fields[0].to_string(), at)
+        })
+        .collect()
+}
+
+/// What the watermark rules make of the event files read one per batch.
+struct WindowedCounts {
+    /// `(sensor, window start ms, window end ms, events)` of every final window.
+    emitted: Vec<(String, i64, i64, i64)>,
+    /// Events dropped as late.
+    dropped_events: u64,
+    /// Late `(sensor, window)` groups dropped per batch (how the engine counts).
+    dropped_groups: u64,
+    /// The watermark of every batch (ms), including the final one without data.
+    watermarks: Vec<Option<i64>>,
+}
+
+/// Spark's rules, batch by batch: the watermark of batch N is the largest event time
+/// of batches before N minus the delay (none for batch 0); an event whose window ended
+/// at or before it is dropped; windows that ended at or before the final watermark are
+/// emitted once.
+fn windowed_counts(files: &[PathBuf]) -> WindowedCounts {
+    let mut counts: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    let mut newest: Option<i64> = None;
+    let (mut dropped_events, mut dropped_groups) = (0, 0);
+    let mut watermarks = Vec::new();
+    for file in files {
+        let watermark = newest.map(|t| t - WATERMARK_DELAY_MS);
+        watermarks.push(watermark);
+        let events = sensor_events(file);
+        let mut late_groups = BTreeSet::new();
+        for (sensor, at) in &events {
+            let start = at.div_euclid(COUNT_WINDOW_MS) * COUNT_WINDOW_MS;
+            if watermark.is_some_and(|w| start + COUNT_WINDOW_MS <= w) {
+                dropped_events += 1;
+                late_groups.insert((sensor.clone(), start));
+            } else {
+                *counts.entry((sensor.clone(), start)).or_default() += 1;
+            }
+        }
+        dropped_groups += late_groups.len() as u64;
+        newest = events.iter().map(|(_, at)| *at).chain(newest).max();
+    }
+    let watermark = newest.expect("events were written") - WATERMARK_DELAY_MS;
+    watermarks.push(Some(watermark));
+    let emitted = counts
+        .into_iter()
+        .filter(|((_, start), _)| start + COUNT_WINDOW_MS <= watermark)
+        .map(|((sensor, start), n)| (sensor, start, start + COUNT_WINDOW_MS, n))
+        .collect();
+    WindowedCounts {
+        emitted,
+        dropped_events,
+        dropped_groups,
+        watermarks,
+    }
+}
+
+#[test]
+fn sensor_counts_writes_every_final_window_once_without_the_events_the_watermark_passed() {
+    let seed = test_seed("sensor_counts");
+    let dir = temp_dir();
+    run_in(
+        dir.path(),
+        &[
+            "generate-events",
+            "data",
+            "--files",
+            "8",
+            "--seconds",
+            "20",
+            "--events-per-second",
+            "10",
+            "--sensors",
+            "4",
+            "--seed",
+            &seed.to_string(),
+        ],
+    );
+    let files = files_in(&dir.path().join("data/events"), "csv");
+    assert_eq!(files.len(), 8);
+    let expected = windowed_counts(&files);
+    // About one event in twenty is late; some of those must fall behind the watermark,
+    // or the watermark would go untested.
+    assert!(expected.dropped_events > 0, "no event was late enough");
+    assert!(!expected.emitted.is_empty());
+
+    run_in(dir.path(), &["-f", &example("sensor_counts.sql")]);
+
+    let written = read_parquet_dir(&dir.path().join("out/sensor_counts"));
+    let ms = |name: &str| -> Vec<i64> {
+        i64_column(&written, name)
+            .into_iter()
+            .map(|ns| ns / 1_000_000)
+            .collect()
+    };
+    let (starts, ends) = (ms("window_start"), ms("window_end"));
+    let events = i64_column(&written, "events");
+    let actual = string_column(&written, "sensor")
+        .into_iter()
+        .enumerate()
+        .map(|(i, sensor)| (sensor.expect("a sensor"), starts[i], ends[i], events[i]));
+    assert_exactly_once("windows written", actual, expected.emitted);
+
+    // One batch per file, then one without data that the final watermark triggers.
+    let progress = progress_reports(&dir.path().join("checkpoints/sensor_counts"));
+    let watermarks: Vec<Option<i64>> = progress
+        .iter()
+        .map(|p| {
+            p["eventTime"]["watermark"].as_str().map(|w| {
+                chrono::DateTime::parse_from_rfc3339(w)
+                    .unwrap_or_else(|e| panic!("watermark '{w}': {e}"))
+                    .timestamp_millis()
+            })
+        })
+        .collect();
+    assert_eq!(
+        watermarks, expected.watermarks,
+        "the watermark of each batch"
+    );
+    let dropped: u64 = progress
+        .iter()
+        .map(|p| {
+            p["stateOperators"][0]["numRowsDroppedByWatermark"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(
+        dropped, expected.dropped_groups,
+        "late (sensor, window) groups reported by the progress reports"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// word_count.sql
+
+/// Words with their spellings in the input; more than the 20 the script shows, so the
+/// top 20 has to be chosen.
+const VOCABULARY: [&str; 32] = [
+    "the", "pump", "pressure", "stream", "batch", "window", "state", "sink", "water", "flow",
+    "valve", "seal", "don't", "it's", "o'clock", "2026", "v2", "late", "event", "count", "word",
+    "line", "file", "query", "arrow", "fusion", "mill", "race", "river", "wheel", "gear", "shaft",
+];
+
+/// Between words: spaces, punctuation, tabs; none of them is part of a word.
+const SEPARATORS: [&str; 8] = [" ", "  ", ", ", ". ", " - ", "; ", "\t", " (x) "];
+
+/// A line of text: words from the vocabulary, frequent ones more often, in random case.
+fn text_line(rng: &mut XorShift) -> String {
+    let mut line = String::new();
+    let last = VOCABULARY.len() as u64 - 1;
+    for i in 0..rng.range(0, 12) {
+        if i > 0 {
+            line.push_str(SEPARATORS[rng.range(0, SEPARATORS.len() as u64 - 1) as usize]);
+        }
+        // The product of two uniform draws favours the first words (a skewed corpus).
+        let word = VOCABULARY[(rng.range(0, last) * rng.range(0, last) / last) as usize];
+        match rng.range(0, 2) {
+            0 => line.push_str(word),
+            1 => line.push_str(&word.to_uppercase()),
+            _ => {
+                let mut chars = word.chars();
+                line.extend(chars.next().map(|c| c.to_ascii_uppercase()));
+                line.extend(chars);
+            }
+        }
+    }
+    line
+}
+
+/// Words as the script defines them: runs of a-z, 0-9 and `'` of the lower-cased line.
+fn words(line: &str) -> Vec<String> {
+    line.to_lowercase()
+        .split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '\''))
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn word_count_shows_the_top_words_of_everything_read_after_every_batch() {
+    let seed = test_seed("word_count");
+    let mut rng = XorShift::new(seed);
+    let dir = temp_dir();
+    let text_dir = make_dir(dir.path(), "data/text");
+    let mut contents = Vec::new();
+    for file in 0..4 {
+        let lines: Vec<String> = (0..40).map(|_| text_line(&mut rng)).collect();
+        let text = lines.join("\n") + "\n";
+        write_atomic(&text_dir, &format!("part-{file}.txt"), text.as_bytes());
+        contents.push(text);
+    }
+
+    let out = run_in(dir.path(), &["-f", &example("word_count.sql")]);
+    let batches = console_batches(&out.stdout);
+    assert_one_full_table_per_file(&batches, contents.len(), &out.stdout);
+
+    let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+    for (text, batch) in contents.iter().zip(&batches) {
+        for word in text.lines().flat_map(words) {
+            *counts.entry(word).or_default() += 1;
+        }
+        let mut top: Vec<(String, i64)> = counts.clone().into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(20);
+        let printed: Vec<(String, i64)> = batch
+            .column("word")
+            .into_iter()
+            .zip(batch.column("count"))
+            .map(|(word, n)| (word.to_string(), n.parse().expect("a count")))
+            .collect();
+        assert_eq!(printed, top, "batch {}: the top 20 words so far", batch.id);
+    }
+    assert!(counts.len() > 20, "the top 20 chose nothing");
+}
+
+// ---------------------------------------------------------------------------------
+// sensor_alerts.sql (the demo's job), over readings with seconds
+
+#[test]
+fn sensor_alerts_writes_every_low_pressure_reading_once_also_with_seconds_in_time() {
+    let seed = test_seed("sensor_alerts");
+    let dir = temp_dir();
+    run_in(
+        dir.path(),
+        &[
+            "generate-sensors",
+            "data",
+            "--files",
+            "3",
+            "--minutes",
+            "10",
+            "--readings-per-minute",
+            "3",
+            "--seed",
+            &seed.to_string(),
+        ],
+    );
+    let expected: Vec<(String, i64)> = files_in(&dir.path().join("data/sensors"), "csv")
+        .iter()
+        .flat_map(|file| sensor_readings(file))
+        .filter(|(_, _, psi)| *psi < 5.0)
+        .map(|(pump, at, _)| (pump, at))
+        .collect();
+    assert!(
+        !expected.is_empty(),
+        "no low-pressure reading was generated"
+    );
+
+    run_in(dir.path(), &["-f", &example("sensor_alerts.sql")]);
+
+    let written = read_parquet_dir(&dir.path().join("out/alerts"));
+    let at = i64_column(&written, "ts");
+    let actual = string_column(&written, "pump")
+        .into_iter()
+        .zip(at)
+        .map(|(pump, ns)| (pump.expect("a pump"), ns / 1_000_000));
+    assert_exactly_once("alerts written", actual, expected);
+}
