@@ -325,3 +325,71 @@ fn session_windows_merged_across_random_micro_batches_give_the_batch_answer() {
         );
     }
 }
+
+/// A user-defined aggregate that cannot merge partial states.
+#[derive(Debug)]
+struct RowsSeen(i64);
+
+impl datafusion::logical_expr::Accumulator for RowsSeen {
+    fn update_batch(
+        &mut self,
+        values: &[datafusion::arrow::array::ArrayRef],
+    ) -> datafusion::common::Result<()> {
+        self.0 += values[0].len() as i64;
+        Ok(())
+    }
+    fn evaluate(&mut self) -> datafusion::common::Result<datafusion::common::ScalarValue> {
+        Ok(datafusion::common::ScalarValue::Int64(Some(self.0)))
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>()
+    }
+    fn state(&mut self) -> datafusion::common::Result<Vec<datafusion::common::ScalarValue>> {
+        Ok(vec![datafusion::common::ScalarValue::Int64(Some(self.0))])
+    }
+    fn merge_batch(
+        &mut self,
+        _states: &[datafusion::arrow::array::ArrayRef],
+    ) -> datafusion::common::Result<()> {
+        datafusion::common::not_impl_err!("rows_seen keeps no mergeable state")
+    }
+}
+
+#[test]
+fn an_aggregate_that_cannot_merge_is_refused_before_any_batch() {
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::logical_expr::{Volatility, create_udaf};
+    let runtime = Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    fs::create_dir(&input).unwrap();
+    fs::write(input.join("a.csv"), "a,1,x\nb,2,y\n").unwrap();
+    let session = Session::new(runtime.handle().clone(), SessionSettings::default());
+    session.context().register_udaf(create_udaf(
+        "rows_seen",
+        vec![DataType::Int64],
+        std::sync::Arc::new(DataType::Int64),
+        Volatility::Immutable,
+        std::sync::Arc::new(|_| Ok(Box::new(RowsSeen(0)))),
+        std::sync::Arc::new(vec![DataType::Int64]),
+    ));
+    let script = format!(
+        "CREATE UNBOUNDED EXTERNAL TABLE t (k VARCHAR, v BIGINT, label VARCHAR)
+           STORED AS CSV LOCATION '{}';
+         CREATE SINK seen STORED AS MEMORY
+           OPTIONS ('trigger' 'available_now', 'output_mode' 'complete')
+           AS SELECT k, rows_seen(v) AS n FROM t GROUP BY k",
+        input.display()
+    );
+    runtime.block_on(session.execute_script(&script)).unwrap();
+    let error = session.await_all().unwrap_err().to_string();
+    assert!(
+        error.contains("the aggregate rows_seen(t.v) cannot merge partial states"),
+        "{error}"
+    );
+    // Nothing ran: the memory table is empty.
+    let rows = runtime
+        .block_on(session.query("SELECT * FROM seen"))
+        .unwrap();
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+}

@@ -15,7 +15,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, new_empty_array,
+};
 use datafusion::arrow::compute::kernels::boolean::not;
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
@@ -309,6 +311,36 @@ impl StreamingAggregation {
             });
         }
         event_time_key(schema, self.key_columns)
+    }
+
+    /// Refuses, before any batch runs, an aggregate function whose partial states cannot
+    /// be merged (a user-defined aggregate without `merge_batch`): the streaming state
+    /// is exactly such merges, batch after batch. Each accumulator is asked to merge an
+    /// empty state.
+    pub fn check_mergeable(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+        let located = self.locate(plan)?;
+        let partial = located
+            .partial
+            .downcast_ref::<AggregateExec>()
+            .expect("a partial AggregateExec");
+        for aggregate in partial.aggr_expr() {
+            let empty: Vec<ArrayRef> = aggregate
+                .state_fields()?
+                .iter()
+                .map(|f| new_empty_array(f.data_type()))
+                .collect();
+            let merged = aggregate
+                .create_accumulator()
+                .and_then(|mut accumulator| accumulator.merge_batch(&empty));
+            if let Err(e) = merged {
+                return Err(Error::Unsupported(format!(
+                    "the aggregate {} cannot merge partial states, so it cannot run over an \
+                     unbounded table (its state must combine across micro-batches): {e}",
+                    aggregate.name()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The schema of the state rows (group columns, then accumulator states) in `plan`.

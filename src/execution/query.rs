@@ -565,6 +565,7 @@ impl Runner {
             return Ok(());
         };
         let physical = self.state.create_physical_plan(&self.plan.plan).await?;
+        aggregation.check_mergeable(&physical)?;
         let schema = aggregation.state_schema(&physical)?;
         let mut store = StateStore::open(
             &self.checkpoint.root().join("state").join("0"),
