@@ -462,6 +462,7 @@ scripts!(
     event_time_windows,
     file_sinks,
     file_sources,
+    kafka_source_options,
     malformed_records,
     stateless_select,
     stream_static_join,
