@@ -747,6 +747,10 @@ impl KafkaSource {
             }
             if let Some(error) = t.error() {
                 let code = RDKafkaErrorCode::from(error);
+                if topic.is_none() {
+                    // A matching topic being created or deleted: read it once it is whole.
+                    continue;
+                }
                 if code == RDKafkaErrorCode::UnknownTopicOrPartition {
                     if self.started_before() {
                         // It was there: deleted, or a broker restarting. Give it time.
