@@ -4,6 +4,7 @@
 #   scripts/kafka-broker.sh install                 install both brokers (skipped when present)
 #   scripts/kafka-broker.sh start [BROKER] [PORT]   start one on 127.0.0.1:PORT (default nisshi, 9092)
 #   scripts/kafka-broker.sh stop [PORT]             stop the broker started on PORT
+#   scripts/kafka-broker.sh kill [PORT]             kill -9 it and wait until it is gone (a crash)
 #   scripts/kafka-broker.sh path [BROKER]           print the broker's binary
 #
 # BROKER is
@@ -102,10 +103,28 @@ stop() {
   rm -f "$pidfile"
 }
 
+# SIGTERM makes the brokers drain client connections for several seconds before the
+# port is free; a test that simulates a crash and restarts a broker on the same port
+# kills it instead (memory storage: nothing to flush) and waits for it to be gone.
+kill_now() {
+  local port="${1:-9092}" pidfile="$run/${1:-9092}.pid" pid
+  [ -f "$pidfile" ] || { echo "no broker started on port $port" >&2; return; }
+  pid=$(cat "$pidfile")
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+  for _ in $(seq 1 200); do
+    port_open "$port" || return 0
+    sleep 0.05
+  done
+  echo "port $port is still open 10 s after kill -9 $pid" >&2
+  exit 1
+}
+
 case "${1:-}" in
   install) mkdir -p "$cache"; install_tansu; install_nisshi ;;
   start) shift; start "$@" ;;
   stop) shift; stop "$@" ;;
+  kill) shift; kill_now "$@" ;;
   path) shift; binary "${1:-nisshi}" ;;
-  *) sed -n '2,8p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,9p' "$0" >&2; exit 2 ;;
 esac

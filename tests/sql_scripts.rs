@@ -462,6 +462,7 @@ scripts!(
     event_time_windows,
     file_sinks,
     file_sources,
+    kafka_source_options,
     malformed_records,
     session_windows,
     stateless_select,

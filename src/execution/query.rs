@@ -463,6 +463,8 @@ struct BatchOutcome {
     start: BTreeMap<String, Value>,
     rows_per_source: BTreeMap<String, u64>,
     malformed_per_source: BTreeMap<String, u64>,
+    /// Source-specific progress metrics (`SourceBatch::metrics`).
+    metrics_per_source: BTreeMap<String, BTreeMap<String, String>>,
     /// Event times per source too far in the future to move the watermark.
     future_per_source: BTreeMap<String, u64>,
     output_rows: u64,
@@ -660,6 +662,7 @@ impl Runner {
         let started = Instant::now();
         let mut rows_per_source = BTreeMap::new();
         let mut malformed_per_source = BTreeMap::new();
+        let mut metrics_per_source = BTreeMap::new();
         let mut batch_max_event = None;
         let mut future_per_source = BTreeMap::new();
         for open in &mut self.sources {
@@ -670,6 +673,7 @@ impl Runner {
             };
             rows_per_source.insert(open.name.clone(), batch.num_rows());
             malformed_per_source.insert(open.name.clone(), batch.malformed_dropped);
+            metrics_per_source.insert(open.name.clone(), batch.metrics);
             if let Some(spec) = &open.def.watermark {
                 // Event times too far ahead of the batch's clock (from the offset log,
                 // so a replay agrees) do not move the watermark.
@@ -758,6 +762,7 @@ impl Runner {
             start,
             rows_per_source,
             malformed_per_source,
+            metrics_per_source,
             future_per_source,
             output_rows,
             state_operators,
@@ -788,7 +793,11 @@ impl Runner {
                     .get(&open.name)
                     .copied()
                     .unwrap_or(0);
-                let mut metrics = BTreeMap::new();
+                let mut metrics = outcome
+                    .metrics_per_source
+                    .get(&open.name)
+                    .cloned()
+                    .unwrap_or_default();
                 metrics.insert(
                     "numMalformedRowsDropped".to_string(),
                     outcome

@@ -219,6 +219,23 @@ struct Problem {
 
 impl TextRows {
     fn resolve(self, path: &Path, mode: MalformedMode, shape: &Shape) -> Result<Decoded> {
+        let locate = |line: u64| format!("{} at line {line}", path.display());
+        let (batch, _, malformed_dropped) = self.resolve_with(mode, shape, &locate)?;
+        Ok(Decoded {
+            batch,
+            malformed_dropped,
+        })
+    }
+
+    /// Applies the malformed-record mode: the kept rows, which rows were kept (`None`:
+    /// all of them) and how many were dropped. `locate` names where a problem's
+    /// `line` is, for the `fail_fast` message.
+    fn resolve_with(
+        self,
+        mode: MalformedMode,
+        shape: &Shape,
+        locate: &dyn Fn(u64) -> String,
+    ) -> Result<(RecordBatch, Option<BooleanArray>, u64)> {
         let TextRows {
             data,
             problems,
@@ -226,18 +243,14 @@ impl TextRows {
         } = self;
         let bad_rows = problems.iter().filter(|p| p.is_some()).count();
         if bad_rows == 0 {
-            return Ok(Decoded {
-                batch: shape.assemble(data, None, None)?,
-                malformed_dropped: 0,
-            });
+            return Ok((shape.assemble(data, None, None)?, None, 0));
         }
         if mode == MalformedMode::FailFast {
             let problem = problems.into_iter().flatten().next().expect("a bad row");
             return Err(Error::Data(format!(
-                "malformed record in {} at line {}: {}; set the table's 'mode' option to \
+                "malformed record in {}: {}; set the table's 'mode' option to \
                  'permissive' or 'drop_malformed' to go past bad records",
-                path.display(),
-                problem.line,
+                locate(problem.line),
                 problem.reason
             )));
         }
@@ -254,11 +267,206 @@ impl TextRows {
             .iter()
             .map(|p| p.as_ref().map(|p| p.raw.as_str()))
             .collect();
-        Ok(Decoded {
-            batch: shape.assemble(data, Some(Arc::new(corrupt)), Some(&keep))?,
-            malformed_dropped: dropped,
-        })
+        let batch = shape.assemble(data, Some(Arc::new(corrupt)), Some(&keep))?;
+        Ok((batch, Some(keep), dropped))
     }
+}
+
+/// How the bytes of one message (a Kafka record's value) become one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordEncoding {
+    /// One JSON object per record.
+    Json,
+    /// One delimited line per record (no header).
+    Csv {
+        /// Field separator byte.
+        delimiter: u8,
+    },
+}
+
+/// Records decoded into one row each, with the malformed-record mode applied.
+#[derive(Debug)]
+pub struct DecodedRecords {
+    /// The kept rows, in the declared schema.
+    pub batch: RecordBatch,
+    /// Which input records were kept (`None`: all of them), so that columns built
+    /// beside the decoded ones (a Kafka record's metadata) can be filtered the same way.
+    pub kept: Option<BooleanArray>,
+    /// Malformed records that were dropped.
+    pub malformed_dropped: u64,
+}
+
+/// Decodes message-based input, one row per record, with the same conversions and
+/// malformed-record policy as files (so a Kafka value is read exactly like a line of a
+/// JSON or CSV file). A record with no value (`None`, a Kafka tombstone) or an empty
+/// one is malformed. `locate(i)` names record `i` in a `fail_fast` error (e.g.
+/// "topic 'clicks' partition 0 offset 17").
+pub fn decode_records(
+    encoding: RecordEncoding,
+    mode: MalformedMode,
+    records: &[Option<&[u8]>],
+    schema: &SchemaRef,
+    locate: &dyn Fn(usize) -> String,
+) -> Result<DecodedRecords> {
+    let shape = Shape::new(schema);
+    let rows = match encoding {
+        RecordEncoding::Json => json_records(records, &shape)?,
+        RecordEncoding::Csv { delimiter } => csv_records(records, delimiter, &shape)?,
+    };
+    let locate = |line: u64| locate(line as usize);
+    let (batch, kept, malformed_dropped) = rows.resolve_with(mode, &shape, &locate)?;
+    Ok(DecodedRecords {
+        batch,
+        kept,
+        malformed_dropped,
+    })
+}
+
+/// The reason given for a record without a value.
+const NO_VALUE: &str = "the record has no value (a tombstone)";
+
+/// JSON records: every record through one decoder when each holds exactly one object
+/// (the fast path); otherwise record by record, to find and handle the bad ones.
+fn json_records(records: &[Option<&[u8]>], shape: &Shape) -> Result<TextRows> {
+    let schema = nullable(&shape.data);
+    let indices: Vec<u64> = (0..records.len() as u64).collect();
+    if let Some(data) = decode_json_each(records, &schema) {
+        let problems = records.iter().map(|_| None).collect();
+        return mark_not_null(data, shape, problems, &indices);
+    }
+    let mut batches = Vec::with_capacity(records.len());
+    let mut problems = Vec::with_capacity(records.len());
+    for (index, record) in records.iter().enumerate() {
+        let outcome = match record {
+            None => Err(NO_VALUE.to_string()),
+            Some(bytes) => match decode_json(bytes, &schema) {
+                Ok(batch) if batch.num_rows() == 1 => Ok(batch),
+                Ok(batch) if batch.num_rows() == 0 => Err("the value is empty".to_string()),
+                Ok(_) => Err("the value holds more than one JSON value".to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match outcome {
+            Ok(batch) => {
+                batches.push(batch);
+                problems.push(None);
+            }
+            Err(reason) => {
+                let bytes = record.unwrap_or_default();
+                batches.push(salvage_json(bytes, &schema)?);
+                problems.push(Some(Problem {
+                    line: index as u64,
+                    reason,
+                    raw: String::from_utf8_lossy(bytes).into_owned(),
+                }));
+            }
+        }
+    }
+    let data = concat_batches(&schema, &batches)?;
+    mark_not_null(data, shape, problems, &indices)
+}
+
+/// Decodes every record with one decoder, or `None` if any record is not exactly one
+/// JSON object of the schema (then the caller goes record by record).
+fn decode_json_each(records: &[Option<&[u8]>], schema: &SchemaRef) -> Option<RecordBatch> {
+    if records.is_empty() {
+        return Some(RecordBatch::new_empty(schema.clone()));
+    }
+    let mut decoder = JsonReaderBuilder::new(schema.clone())
+        .with_batch_size(records.len() + 1)
+        .build_decoder()
+        .ok()?;
+    for (index, record) in records.iter().enumerate() {
+        let bytes = (*record)?;
+        let read = decoder.decode(bytes).ok()?;
+        if read != bytes.len() || decoder.has_partial_record() || decoder.len() != index + 1 {
+            return None;
+        }
+    }
+    let batch = decoder.flush().ok()??;
+    (batch.num_rows() == records.len()).then_some(batch)
+}
+
+/// CSV records: each value is one delimited record.
+fn csv_records(records: &[Option<&[u8]>], delimiter: u8, shape: &Shape) -> Result<TextRows> {
+    let width = shape.data.fields().len();
+    let mut columns: Vec<StringBuilder> = (0..width).map(|_| StringBuilder::new()).collect();
+    let mut problems: Vec<Option<Problem>> = Vec::with_capacity(records.len());
+    let mut record = csv::ByteRecord::new();
+    for value in records {
+        let mut reason = None;
+        match value {
+            None => reason = Some(NO_VALUE.to_string()),
+            Some(bytes) => {
+                let mut reader = csv::ReaderBuilder::new()
+                    .has_headers(false)
+                    .delimiter(delimiter)
+                    .flexible(true)
+                    .buffer_capacity(bytes.len() + 1)
+                    .from_reader(*bytes);
+                match reader.read_byte_record(&mut record) {
+                    Ok(true) => {
+                        if record.len() != width {
+                            reason =
+                                Some(format!("expected {width} fields, found {}", record.len()));
+                        }
+                        let mut second = csv::ByteRecord::new();
+                        if reader.read_byte_record(&mut second).unwrap_or(true) {
+                            reason.get_or_insert_with(|| {
+                                "the value holds more than one CSV record".to_string()
+                            });
+                        }
+                    }
+                    Ok(false) => {
+                        record.clear();
+                        reason = Some("the value is empty".to_string());
+                    }
+                    Err(e) => {
+                        record.clear();
+                        reason = Some(format!("not valid CSV: {e}"));
+                    }
+                }
+            }
+        }
+        if value.is_none() {
+            record.clear();
+        }
+        for (i, column) in columns.iter_mut().enumerate() {
+            match record.get(i).filter(|f| !f.is_empty()) {
+                None => column.append_null(),
+                Some(field) => match std::str::from_utf8(field) {
+                    Ok(text) => column.append_value(text),
+                    Err(_) => {
+                        column.append_null();
+                        reason.get_or_insert_with(|| format!("field {} is not valid UTF-8", i + 1));
+                    }
+                },
+            }
+        }
+        problems.push(reason.map(|reason| Problem {
+            line: 0,
+            reason,
+            raw: String::new(),
+        }));
+    }
+    let texts: Vec<StringArray> = columns.iter_mut().map(|c| c.finish()).collect();
+    let rows = typed_rows(texts, shape, problems)?;
+    let problems = rows
+        .problems
+        .into_iter()
+        .zip(records)
+        .enumerate()
+        .map(|(index, (problem, value))| {
+            problem.map(|p| Problem {
+                line: index as u64,
+                reason: p.reason,
+                raw: String::from_utf8_lossy(value.unwrap_or_default())
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            })
+        })
+        .collect();
+    Ok(TextRows { problems, ..rows })
 }
 
 fn csv_reader(bytes: &[u8], delimiter: u8) -> csv::Reader<&[u8]> {
@@ -807,5 +1015,96 @@ mod tests {
         let values = column::<StringArray>(&decoded.batch, 0);
         let values: Vec<&str> = values.iter().map(|v| v.unwrap()).collect();
         assert_eq!(values, vec!["first line", "second, with comma", "", "last"]);
+    }
+
+    fn records<'a>(values: &[Option<&'a str>]) -> Vec<Option<&'a [u8]>> {
+        values.iter().map(|v| v.map(str::as_bytes)).collect()
+    }
+
+    fn locate(i: usize) -> String {
+        format!("record {i}")
+    }
+
+    #[test]
+    fn json_records_are_one_row_each_and_keep_mask_lines_up() {
+        let values = records(&[
+            Some(r#"{"id": 1, "temp": 1.5}"#),
+            Some("{\"id\": 2,\n \"temp\": 2.5}"),
+            Some(r#"{"id": 3, "temp": "hot"}"#),
+            None,
+            Some(r#"{"id": 5}{"id": 6}"#),
+            Some(""),
+            Some(r#"{"temp": 7}"#),
+        ]);
+        let decoded = decode_records(
+            RecordEncoding::Json,
+            MalformedMode::Permissive,
+            &values,
+            &id_temp_corrupt(),
+            &locate,
+        )
+        .unwrap();
+        // Kept: 1, 2 (a value may span lines), 3 (temp null). The tombstone, the two
+        // objects, the empty value and the record without id (NOT NULL) have no id.
+        let ids = column::<Int64Array>(&decoded.batch, 0);
+        assert_eq!(ids.values().to_vec(), vec![1, 2, 3]);
+        assert_eq!(decoded.malformed_dropped, 4);
+        let kept: Vec<bool> = decoded.kept.unwrap().iter().map(|k| k.unwrap()).collect();
+        assert_eq!(kept, vec![true, true, true, false, false, false, false]);
+        let corrupt = column::<StringArray>(&decoded.batch, 2);
+        assert!(corrupt.is_null(0) && corrupt.is_null(1));
+        assert_eq!(corrupt.value(2), r#"{"id": 3, "temp": "hot"}"#);
+
+        let good = records(&[Some(r#"{"id": 1}"#), Some(r#" {"id": 2} "#)]);
+        let decoded = decode_records(
+            RecordEncoding::Json,
+            MalformedMode::FailFast,
+            &good,
+            &id_temp_corrupt(),
+            &locate,
+        )
+        .unwrap();
+        assert_eq!(decoded.batch.num_rows(), 2);
+        assert!(decoded.kept.is_none());
+
+        let error = decode_records(
+            RecordEncoding::Json,
+            MalformedMode::FailFast,
+            &values,
+            &id_temp_corrupt(),
+            &locate,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("malformed record in record 2:"), "{error}");
+    }
+
+    #[test]
+    fn csv_records_are_one_row_each() {
+        let values = records(&[Some("1,2.5"), Some("2,warm"), Some("3,1\n4,2"), Some("5")]);
+        let decoded = decode_records(
+            RecordEncoding::Csv { delimiter: b',' },
+            MalformedMode::DropMalformed,
+            &values,
+            &id_temp_corrupt(),
+            &locate,
+        )
+        .unwrap();
+        let ids = column::<Int64Array>(&decoded.batch, 0);
+        assert_eq!(ids.values().to_vec(), vec![1]);
+        assert_eq!(decoded.malformed_dropped, 3);
+        let error = decode_records(
+            RecordEncoding::Csv { delimiter: b',' },
+            MalformedMode::FailFast,
+            &values,
+            &id_temp_corrupt(),
+            &locate,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("record 1: 'warm' is not a valid Float64"),
+            "{error}"
+        );
     }
 }

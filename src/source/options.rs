@@ -37,6 +37,20 @@ impl Options {
         self.values.remove(key)
     }
 
+    /// Takes every option whose key starts with `prefix` (e.g. `kafka.`, settings passed
+    /// through to a client library), in key order.
+    pub fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, String)> {
+        let keys: Vec<String> = self
+            .values
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.values.remove(&k).map(|v| (k, v)))
+            .collect()
+    }
+
     /// Takes an option and parses it, naming the option and value on failure.
     pub fn take_parsed<T: FromStr>(&mut self, key: &str, expected: &str) -> Result<Option<T>> {
         match self.values.remove(key) {

@@ -82,14 +82,14 @@ pub async fn declare_stream(state: &SessionState, statement: CreateStream) -> Re
             (SourceKind::Socket, socket_schema(), address)
         }
         "KAFKA" => {
-            return Err(Error::Unsupported(
-                "STORED AS KAFKA is not available in this build yet (the Kafka source is a later issue)"
-                    .to_string(),
-            ));
+            let (kafka, schema) =
+                crate::source::kafka::declare(declared, location, &mut options, &what)?;
+            let location = kafka.location();
+            (SourceKind::Kafka(kafka), schema, location)
         }
         other => {
             return Err(Error::Sql(format!(
-                "unknown format '{other}' for unbounded table '{name}': use CSV, JSON, PARQUET, TEXT, RATE or SOCKET"
+                "unknown format '{other}' for unbounded table '{name}': use CSV, JSON, PARQUET, TEXT, RATE, SOCKET or KAFKA"
             )));
         }
     };
@@ -133,6 +133,7 @@ fn options_keys(format: &str) -> &'static [&'static str] {
         "JSON" => &["mode", "max_files_per_trigger", "path_glob_filter"],
         "PARQUET" | "TEXT" => &["max_files_per_trigger", "path_glob_filter"],
         "RATE" => &["rows_per_second", "num_partitions"],
+        "KAFKA" => &crate::source::kafka::OPTION_KEYS,
         _ => &[],
     }
 }
