@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::planning::{BatchTable, StreamingPlan};
 use crate::sink::console::ConsoleSink;
 use crate::sink::file::FileSink;
+use crate::sink::kafka::KafkaSink;
 use crate::sink::memory::{MemorySink, MemoryWrite};
 use crate::sink::{OutputMode, Sink, SinkSpec};
 use crate::source::{StreamDef, StreamSource};
@@ -127,6 +128,11 @@ impl StreamingQuery {
             SinkSpec::Files { format, path } => {
                 Box::new(FileSink::open(*format, path, checkpoint.query_id())?)
             }
+            SinkSpec::Kafka(options) => Box::new(KafkaSink::open(
+                options.as_ref().clone(),
+                &config.plan.schema,
+                checkpoint.query_id(),
+            )?),
         };
         let shared = Arc::new(Shared {
             name: config.name.clone(),

@@ -7,10 +7,13 @@
 //!
 //! - [`file`](mod@file) (Parquet, CSV, JSON): exactly-once, for plain readers of the directory;
 //! - [`memory`]: exactly-once within the process (its table lives in memory);
-//! - [`console`]: prints, so a replayed batch may print again (at-least-once).
+//! - [`console`]: prints, so a replayed batch may print again (at-least-once);
+//! - [`kafka`]: records of a Kafka topic, exactly-once for `read_committed` consumers
+//!   (one transaction per batch, with the batch id committed in it) or at-least-once.
 
 pub mod console;
 pub mod file;
+pub mod kafka;
 pub mod memory;
 
 use datafusion::arrow::array::RecordBatch;
@@ -97,6 +100,8 @@ pub enum SinkSpec {
         /// Output directory (absolute).
         path: std::path::PathBuf,
     },
+    /// Records of a Kafka topic (boxed: the options are much larger than the other variants).
+    Kafka(Box<kafka::KafkaSinkOptions>),
 }
 
 impl SinkSpec {

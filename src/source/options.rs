@@ -37,6 +37,24 @@ impl Options {
         self.values.remove(key)
     }
 
+    /// Takes every option whose key starts with `prefix`, returned without the prefix
+    /// and in key order: pass-through settings (e.g. `kafka.*` for the Kafka client)
+    /// that millrace hands on instead of knowing each one.
+    pub fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, String)> {
+        let keys: Vec<String> = self
+            .values
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|key| {
+                let value = self.values.remove(&key)?;
+                Some((key[prefix.len()..].to_string(), value))
+            })
+            .collect()
+    }
+
     /// Takes an option and parses it, naming the option and value on failure.
     pub fn take_parsed<T: FromStr>(&mut self, key: &str, expected: &str) -> Result<Option<T>> {
         match self.values.remove(key) {
