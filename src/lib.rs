@@ -9,9 +9,10 @@
 //! - [`source`]: unbounded tables (files, rate, socket) read by offsets;
 //! - [`planning`]: SQL over unbounded tables → a DataFusion plan run per batch;
 //! - [`execution`]: the micro-batch loop, triggers, progress;
-//! - [`sink`]: console, memory and file sinks;
+//! - [`sink`]: console, memory, file and Kafka sinks;
 //! - [`checkpoint`]: offset log, commit log, source state — beside them all;
-//! - front ends on top: [`sql`] (scripts), [`session`], [`repl`].
+//! - front ends on top: [`sql`] (scripts), [`session`], [`repl`]; [`kafka_tool`]
+//!   (`millrace kafka produce|consume`) for the Kafka examples.
 
 #![warn(missing_docs)]
 
@@ -22,6 +23,7 @@ pub mod duration;
 pub mod error;
 pub mod execution;
 pub mod functions;
+pub mod kafka_tool;
 pub mod planning;
 pub mod repl;
 pub mod session;

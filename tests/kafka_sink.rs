@@ -663,3 +663,68 @@ fn exactly_once_a_batch_the_broker_never_took_fails_the_query_uncommitted() {
 fn at_least_once_a_batch_the_broker_never_took_fails_the_query_uncommitted() {
     assert_undeliverable_batch_fails_the_query(BrokerKind::Nisshi, "at_least_once");
 }
+
+// ---------------------------------------------------------------------------------
+// `millrace kafka produce|consume`, the examples' helpers
+
+#[test]
+fn the_kafka_helper_commands_send_lines_and_print_records() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let broker = Broker::start(BrokerKind::Nisshi);
+    let mut produce = Command::new(MILLRACE)
+        .args(["kafka", "produce", "lines", "--partitions", "2"])
+        .args(["--bootstrap", &broker.bootstrap])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start millrace kafka produce");
+    produce
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a\nb b\n\nc\n")
+        .unwrap();
+    let produced = produce.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&produced.stderr);
+    assert!(produced.status.success(), "{stderr}");
+    assert_contains(
+        &stderr,
+        &[
+            "created topic 'lines' (2 partition(s))",
+            "sent 4 record(s) to 'lines'",
+        ],
+    );
+
+    let consume = |topic: &str, extra: &[&str]| {
+        Command::new(MILLRACE)
+            .args(["kafka", "consume", topic, "--bootstrap", &broker.bootstrap])
+            .args(extra)
+            .output()
+            .expect("run millrace kafka consume")
+    };
+    let consumed = consume("lines", &["--from-beginning", "--max", "4"]);
+    assert!(consumed.status.success());
+    let mut lines: Vec<String> = String::from_utf8_lossy(&consumed.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["", "a", "b b", "c"],
+        "every line once, empty ones too"
+    );
+    assert_eq!(
+        read_topic(&broker.bootstrap, "lines", false).len(),
+        4,
+        "the records are in the topic"
+    );
+
+    let missing = consume("nope", &["--from-beginning", "--idle", "1 second"]);
+    assert!(!missing.status.success());
+    assert_contains(
+        &String::from_utf8_lossy(&missing.stderr),
+        &["Kafka topic 'nope' does not exist"],
+    );
+}

@@ -55,6 +55,9 @@ pub const MARKER_PARTITION: i32 = 0;
 const ATTEMPTS: u32 = 3;
 /// Wait before the second attempt; doubled before each later one.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// How much longer than `timeout` a flush waits: every queued record has been
+/// delivered or has failed by then (`message.timeout.ms` is `timeout`).
+const FLUSH_MARGIN: Duration = Duration::from_secs(2);
 /// Default for the `timeout` option.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -795,7 +798,7 @@ impl KafkaSink {
                     | RDKafkaErrorCode::MessageTimedOut
             )
         );
-        let mut message = if unreachable {
+        let message = if unreachable {
             format!(
                 "{doing}: no answer from the Kafka broker(s) at '{}' within {:?} ({error}){}; check \
                  'bootstrap.servers' and that the broker is running",
@@ -817,9 +820,6 @@ impl KafkaSink {
             ),
             _ => !code.is_some_and(is_permanent),
         };
-        if !transient && unreachable {
-            message.push_str(" (not retried)");
-        }
         Failure { message, transient }
     }
 
@@ -883,7 +883,6 @@ impl KafkaSink {
             .as_ref()
             .expect("a producer is made before producing");
         let topic = self.options.topic.as_str();
-        let deadline = Instant::now() + self.options.timeout;
         for &index in which {
             let record = &records[index];
             let mut base: BaseRecord<'_, [u8], [u8], usize> =
@@ -894,11 +893,15 @@ impl KafkaSink {
             if let Some(value) = &record.value {
                 base = base.payload(value.as_slice());
             }
+            // A full queue drains as the broker takes records; waiting longer than
+            // `timeout` for room for one record means the broker takes none.
+            let mut waiting_since = None;
             loop {
                 match producer.send(base) {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        if Instant::now() > deadline {
+                        let since = *waiting_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > self.options.timeout {
                             return Err(self.failure(
                                 "queueing records",
                                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
@@ -956,7 +959,7 @@ impl KafkaSink {
         // records really are in the open transaction.
         let producer = self.producer.as_ref().expect("made above");
         producer
-            .flush(timeout)
+            .flush(timeout + FLUSH_MARGIN)
             .map_err(|e| self.failure("sending the batch's records", e))?;
         if let Some((_, first)) = producer.context().take_failed().into_iter().next() {
             return Err(self.failure("sending the batch's records", first));
@@ -1042,7 +1045,7 @@ impl KafkaSink {
         self.produce(records, pending)?;
         let producer = self.producer.as_ref().expect("made above");
         // Every record is delivered or has failed by message.timeout.ms (= timeout).
-        let flushed = producer.flush(self.options.timeout + Duration::from_secs(5));
+        let flushed = producer.flush(self.options.timeout + FLUSH_MARGIN);
         if let Err(e) = flushed {
             // Not delivered in time: give up on what is queued; it is all sent again.
             producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
@@ -1065,12 +1068,10 @@ impl KafkaSink {
         let mut again: Vec<usize> = failed.into_iter().map(|(i, _)| i).collect();
         again.sort_unstable();
         *pending = again;
-        let mut failure = self.failure(
+        Err(self.failure(
             &format!("{count} record(s) of the batch were not delivered"),
             permanent.unwrap_or(first),
-        );
-        failure.transient &= count > 0;
-        Err(failure)
+        ))
     }
 
     fn write_at_least_once(&mut self, batch_id: u64, records: &[KafkaRecord]) -> Result<()> {
