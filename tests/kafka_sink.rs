@@ -664,6 +664,40 @@ fn at_least_once_a_batch_the_broker_never_took_fails_the_query_uncommitted() {
     assert_undeliverable_batch_fails_the_query(BrokerKind::Nisshi, "at_least_once");
 }
 
+#[test]
+fn a_record_the_broker_cannot_take_fails_the_query_at_once_with_the_fix() {
+    let broker = Broker::start(BrokerKind::Nisshi);
+    create_topic(&broker.bootstrap, "big", 1);
+    let root = temp_dir();
+    let input = make_dir(root.path(), "in");
+    write_inputs(&input, &[0..2, 2..4]);
+    let checkpoint = root.path().join("ckpt");
+    let job = source(&input)
+        + &kafka_sink(
+            "big",
+            "big",
+            &broker,
+            &checkpoint,
+            ", 'delivery' 'at_least_once', 'format' 'raw'",
+            "SELECT CASE WHEN id = 3 THEN repeat('x', 2000000) ELSE payload END AS v FROM events",
+        );
+    let job = write_job(root.path(), "job.sql", &job);
+    let (status, stderr) = run_to_end(&job, &[], &root.path().join("run.err"));
+    assert!(!status.success(), "the query must fail: {stderr}");
+    assert_contains(
+        &stderr,
+        &[
+            "Kafka sink could not deliver batch 1 to topic 'big' (1 attempt(s))",
+            "a record is larger than the broker or topic accepts",
+        ],
+    );
+    assert_eq!(
+        log_ids(&checkpoint.join("commits")),
+        vec![0],
+        "batch 1 is not committed"
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // `millrace kafka produce|consume`, the examples' helpers
 
