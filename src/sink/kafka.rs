@@ -810,6 +810,8 @@ impl KafkaSink {
         } else {
             format!("{doing}: {error}{}", hint_for(code))
         };
+        // The hints name the ids generically; this query's are known here.
+        let message = message.replace("millrace-<query id>", &self.client_id);
         let transient = match &error {
             KafkaError::Transaction(e) if e.is_fatal() => !matches!(
                 e.code(),
