@@ -9,10 +9,11 @@
 //! - [`source`]: unbounded tables (files, rate, socket) read by offsets;
 //! - [`planning`]: SQL over unbounded tables → a DataFusion plan run per batch;
 //! - [`execution`]: the micro-batch loop, triggers, progress;
-//! - [`sink`]: console, memory and file sinks;
+//! - [`sink`]: console, memory, file and Kafka sinks;
 //! - [`checkpoint`]: offset log, commit log, source state — beside them all;
 //! - front ends on top: [`sql`] (scripts), [`dataframe`] (the Rust API, Spark's
-//!   `readStream`/`writeStream`), [`session`], [`repl`].
+//!   `readStream`/`writeStream`), [`session`], [`repl`]; [`kafka_tool`]
+//!   (`millrace kafka produce|consume`) for the Kafka examples.
 //!
 //! `use millrace::prelude::*;` brings the DataFrame API and what it needs.
 
@@ -26,6 +27,7 @@ pub mod duration;
 pub mod error;
 pub mod execution;
 pub mod functions;
+pub mod kafka_tool;
 pub mod planning;
 pub mod repl;
 pub mod sensor_events;

@@ -103,6 +103,50 @@ enum Action {
         #[arg(long)]
         keys: Option<usize>,
     },
+    /// Small Kafka helpers for the examples: lines to a topic, a topic to lines.
+    Kafka {
+        #[command(subcommand)]
+        action: KafkaAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KafkaAction {
+    /// Send each line of standard input as one record (value only) to TOPIC, creating
+    /// the topic if it does not exist.
+    Produce {
+        /// The topic.
+        topic: String,
+        /// The broker(s) to connect to.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        /// Partitions of the topic if it has to be created.
+        #[arg(long, default_value_t = 1)]
+        partitions: i32,
+    },
+    /// Print the records of TOPIC, one per line, until Ctrl-C (or --max / --idle).
+    Consume {
+        /// The topic.
+        topic: String,
+        /// The broker(s) to connect to.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        /// Start at the oldest records (default: only records produced from now on).
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after N records.
+        #[arg(long, value_name = "N")]
+        max: Option<u64>,
+        /// Hide records of open and aborted transactions (on brokers that implement it).
+        #[arg(long)]
+        read_committed: bool,
+        /// Print `key<TAB>value`.
+        #[arg(long)]
+        keys: bool,
+        /// Stop when no record arrived for this long (e.g. '5 seconds').
+        #[arg(long, value_name = "DURATION")]
+        idle: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -191,6 +235,7 @@ fn run(cli: Cli, runtime: &Runtime) -> Result<()> {
             };
             return run_bench(runtime, workload, size, keys);
         }
+        Some(Action::Kafka { action }) => return kafka(action),
         None => {}
     }
     let script = match (&cli.file, &cli.command) {
@@ -332,6 +377,48 @@ fn demo(session: &Session, runtime: &Runtime, dir: &std::path::Path, files: u32)
         "{}",
         datafusion::arrow::util::pretty::pretty_format_batches(&count)?
     );
+    Ok(())
+}
+
+fn kafka(action: KafkaAction) -> Result<()> {
+    match action {
+        KafkaAction::Produce {
+            topic,
+            bootstrap,
+            partitions,
+        } => {
+            if partitions < 1 {
+                return Err(Error::Option("--partitions must be at least 1".into()));
+            }
+            let sent = millrace::kafka_tool::produce(
+                &bootstrap,
+                &topic,
+                partitions,
+                std::io::stdin().lock(),
+            )?;
+            eprintln!("sent {sent} record(s) to '{topic}'");
+        }
+        KafkaAction::Consume {
+            topic,
+            bootstrap,
+            from_beginning,
+            max,
+            read_committed,
+            keys,
+            idle,
+        } => {
+            let options = millrace::kafka_tool::ConsumeOptions {
+                from_beginning,
+                max,
+                read_committed,
+                keys,
+                idle: idle
+                    .map(|d| millrace::duration::parse_duration(&d))
+                    .transpose()?,
+            };
+            millrace::kafka_tool::consume(&bootstrap, &topic, &options, std::io::stdout().lock())?;
+        }
+    }
     Ok(())
 }
 

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::planning::{BatchTable, StreamingPlan};
 use crate::sink::console::ConsoleSink;
 use crate::sink::file::FileSink;
+use crate::sink::kafka::KafkaSink;
 use crate::sink::memory::{MemorySink, MemoryWrite};
 use crate::sink::noop::NoopSink;
 use crate::sink::{OutputMode, Sink, SinkSpec};
@@ -174,6 +175,11 @@ impl StreamingQuery {
             SinkSpec::ForeachBatch(function) => Box::new(
                 crate::sink::foreach_batch::ForeachBatchSink::new(function.clone()),
             ),
+            SinkSpec::Kafka(options) => Box::new(KafkaSink::open(
+                options.as_ref().clone(),
+                &config.plan.schema,
+                checkpoint.query_id(),
+            )?),
         };
         let shared = Arc::new(Shared {
             name: config.name.clone(),

@@ -10,11 +10,14 @@
 //! - [`console`]: prints, so a replayed batch may print again (at-least-once);
 //! - [`foreach_batch`]: user code, called again on replay (at-least-once unless the
 //!   code is idempotent on the batch id);
+//! - [`kafka`]: records of a Kafka topic, exactly-once for `read_committed` consumers
+//!   (one transaction per batch, with the batch id committed in it) or at-least-once;
 //! - [`noop`]: drops the rows (for benchmarks), so there is nothing to guarantee.
 
 pub mod console;
 pub mod file;
 pub mod foreach_batch;
+pub mod kafka;
 pub mod memory;
 pub mod noop;
 
@@ -107,6 +110,8 @@ pub enum SinkSpec {
         /// Output directory (absolute).
         path: std::path::PathBuf,
     },
+    /// Records of a Kafka topic (boxed: the options are much larger than the other variants).
+    Kafka(Box<kafka::KafkaSinkOptions>),
 }
 
 impl SinkSpec {

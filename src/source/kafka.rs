@@ -366,11 +366,10 @@ pub fn declare(
         .transpose()?
         .unwrap_or(DEFAULT_BROKER_RETRY_TIMEOUT);
     let mut client_settings = Vec::new();
-    for (key, value) in options.take_prefixed("kafka.") {
-        let setting = key["kafka.".len()..].to_string();
+    for (setting, value) in options.take_prefixed("kafka.") {
         if let Some((_, why)) = MANAGED_SETTINGS.iter().find(|(k, _)| *k == setting) {
             return Err(Error::Option(format!(
-                "option '{key}' of {what} cannot be set: {why}"
+                "option 'kafka.{setting}' of {what} cannot be set: {why}"
             )));
         }
         client_settings.push((setting, value));

@@ -37,8 +37,9 @@ impl Options {
         self.values.remove(key)
     }
 
-    /// Takes every option whose key starts with `prefix` (e.g. `kafka.`, settings passed
-    /// through to a client library), in key order.
+    /// Takes every option whose key starts with `prefix`, returned without the prefix
+    /// and in key order: pass-through settings (e.g. `kafka.*` for the Kafka client)
+    /// that millrace hands on instead of knowing each one.
     pub fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, String)> {
         let keys: Vec<String> = self
             .values
@@ -47,7 +48,10 @@ impl Options {
             .cloned()
             .collect();
         keys.into_iter()
-            .filter_map(|k| self.values.remove(&k).map(|v| (k, v)))
+            .filter_map(|key| {
+                let value = self.values.remove(&key)?;
+                Some((key[prefix.len()..].to_string(), value))
+            })
             .collect()
     }
 

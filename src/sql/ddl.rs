@@ -6,7 +6,7 @@
 //!   WATERMARK FOR col AS col - INTERVAL '5' SECOND
 //! ) STORED AS CSV|JSON|PARQUET|TEXT|RATE|SOCKET [LOCATION '...'] [OPTIONS ('k' 'v', ...)];
 //!
-//! CREATE SINK name STORED AS CONSOLE|MEMORY|PARQUET|CSV|JSON [LOCATION '...']
+//! CREATE SINK name STORED AS CONSOLE|MEMORY|PARQUET|CSV|JSON|KAFKA [LOCATION '...']
 //!   [OPTIONS ('checkpoint' '...', 'output_mode' 'append', 'trigger' '...')]
 //! AS SELECT ...;
 //! ```

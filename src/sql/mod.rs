@@ -15,6 +15,7 @@ use datafusion::sql::parser::{CreateExternalTable, Statement as DFStatement};
 
 use crate::error::{Error, Result};
 use crate::execution::Trigger;
+use crate::sink::kafka::{KAFKA_SINK_OPTIONS, KafkaSinkOptions};
 use crate::sink::{FileSinkFormat, OutputMode, SinkSpec};
 use crate::source::file::{FileSourceOptions, compile_glob, list_files};
 use crate::source::format::{CORRUPT_RECORD_COLUMN, Encoding, FileFormat, MalformedMode};
@@ -352,6 +353,19 @@ fn watermark_spec(
     })
 }
 
+/// Every option a Kafka sink takes: the common ones, then its own.
+const KAFKA_SINK_KEYS: [&str; 3 + KAFKA_SINK_OPTIONS.len()] = {
+    let mut keys = ["checkpoint"; 3 + KAFKA_SINK_OPTIONS.len()];
+    keys[1] = "output_mode";
+    keys[2] = "trigger";
+    let mut i = 0;
+    while i < KAFKA_SINK_OPTIONS.len() {
+        keys[3 + i] = KAFKA_SINK_OPTIONS[i];
+        i += 1;
+    }
+    keys
+};
+
 /// A `CREATE SINK`'s options, resolved.
 #[derive(Debug)]
 pub struct SinkOptions {
@@ -432,14 +446,17 @@ pub fn sink_options(statement: &CreateSink) -> Result<SinkOptions> {
             )
         }
         ("KAFKA", _) => {
-            return Err(Error::Unsupported(
-                "CREATE SINK ... STORED AS KAFKA is not available in this build yet (the Kafka sink is a later issue)"
-                    .to_string(),
-            ));
+            let kafka = KafkaSinkOptions::parse(
+                &mut options,
+                statement.location.as_deref(),
+                checkpoint.is_some(),
+                &what,
+            )?;
+            (SinkSpec::Kafka(Box::new(kafka)), &KAFKA_SINK_KEYS)
         }
         (other, _) => {
             return Err(Error::Sql(format!(
-                "unknown sink format '{other}': use CONSOLE, MEMORY, NOOP, PARQUET, CSV or JSON"
+                "unknown sink format '{other}': use CONSOLE, MEMORY, NOOP, PARQUET, CSV, JSON or KAFKA"
             )));
         }
     };

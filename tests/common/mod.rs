@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod topic;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

@@ -1,0 +1,384 @@
+//! The Kafka sink's crash test: a word count in update mode (files → `GROUP BY` →
+//! Kafka, keyed by word, exactly-once on tansu) is killed with `kill -9` at 50 random
+//! instants while input keeps arriving, and made to abort at each crash point of the
+//! transaction window and of the engine (twice each), restarted every time. At the end
+//! a final `available_now` run drains the input and the topic is read back.
+//!
+//! What is asserted, and why it holds on a correct broker *and* on tansu (whose
+//! `read_committed` readers still see transactions aborted by a crash, see
+//! `docs/kafka-exactly-once.md`):
+//!
+//! - the last record of every word carries its final count (aborted attempts of a
+//!   batch come before the batch's committed copy, and carry the same counts);
+//! - per word, counts never go down in the topic; on a correct broker they strictly
+//!   increase (each batch's record once); on tansu equal neighbours are the aborted
+//!   attempts it shows, counted and reported;
+//! - after a crash that landed after the broker's commit (`kafka-after-txn-commit`,
+//!   `after-sink`), the batch marker already names the batch, a later run logs that it
+//!   skipped it, and nothing written after the crash repeats a count the topic already
+//!   held: the committed batch was not written again (nothing is aborted on this path,
+//!   so this is exact on tansu too);
+//! - after a crash before the broker's commit, the marker has not moved and no run
+//!   ever skips that batch (it is written again in a new transaction);
+//! - the marker ends at the last batch with output + 1.
+//!
+//! The kill instants come from a seeded RNG (`MILLRACE_TEST_SEED` replays a schedule).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::kafka::{Broker, BrokerKind};
+use common::topic::{Record, committed_offset, create_topic, read_topic};
+use common::*;
+
+/// Crash points aimed at, in turn: the Kafka sink's transaction window and the
+/// engine's points around the sink.
+const CRASH_POINTS: [&str; 6] = [
+    "kafka-after-produce",
+    "kafka-after-marker",
+    "kafka-after-txn-commit",
+    "after-sink",
+    "after-state-commit",
+    "after-offsets",
+];
+/// Points after the broker's commit of the batch (the replay must skip it).
+const AFTER_BROKER_COMMIT: [&str; 2] = ["kafka-after-txn-commit", "after-sink"];
+/// Points inside the transaction before its commit (the replay must write it).
+const BEFORE_BROKER_COMMIT: [&str; 2] = ["kafka-after-produce", "kafka-after-marker"];
+/// Kills at random instants.
+const RANDOM_KILLS: usize = 50;
+/// Runs aborted at a crash point (each point twice).
+const AIMED: usize = 2 * CRASH_POINTS.len();
+const WORDS: u64 = 12;
+const TOPIC: &str = "counts";
+
+/// Whether `read_committed` readers of the broker miss transactions aborted by a
+/// crash, as on a correct Kafka broker (tansu 0.6 shows them).
+fn hides_crash_aborted_records(kind: BrokerKind) -> bool {
+    kind != BrokerKind::Tansu
+}
+
+/// Writes JSON files of `{"id", "payload": <word>}` rows into the watched directory
+/// until stopped, counting each word.
+struct Generator {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<BTreeMap<String, i64>>,
+}
+
+impl Generator {
+    fn start(input: PathBuf, seed: u64) -> Generator {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut rng = XorShift::new(seed);
+            let mut counts = BTreeMap::new();
+            let (mut id, mut file) = (0u64, 0u64);
+            while !flag.load(Ordering::SeqCst) {
+                let mut contents = String::new();
+                for _ in 0..rng.range(1, 8) {
+                    let word = format!("w{:02}", rng.range(0, WORDS - 1));
+                    contents.push_str(&format!("{{\"id\": {id}, \"payload\": \"{word}\"}}\n"));
+                    *counts.entry(word).or_insert(0) += 1;
+                    id += 1;
+                }
+                write_atomic(&input, &format!("f-{file:06}.json"), contents.as_bytes());
+                file += 1;
+                std::thread::sleep(Duration::from_millis(rng.range(20, 80)));
+            }
+            counts
+        });
+        Generator { stop, thread }
+    }
+
+    /// Stops the generator; returns how many rows of each word it wrote.
+    fn stop(self) -> BTreeMap<String, i64> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("the input generator panicked")
+    }
+}
+
+fn job(input: &Path, checkpoint: &Path, broker: &Broker, trigger: &str) -> String {
+    format!(
+        "CREATE UNBOUNDED EXTERNAL TABLE events (id BIGINT NOT NULL, payload VARCHAR)\n  \
+         STORED AS JSON LOCATION '{}/' OPTIONS ('max_files_per_trigger' '10');\n\
+         CREATE SINK counts STORED AS KAFKA LOCATION '{TOPIC}'\n  \
+         OPTIONS ('bootstrap.servers' '{}', 'checkpoint' '{}', 'key' 'word',\n  \
+                  'output_mode' 'update', 'timeout' '10 seconds'{})\n  \
+         AS SELECT payload AS word, count(*) AS n FROM events GROUP BY payload;\n",
+        input.display(),
+        broker.bootstrap,
+        checkpoint.display(),
+        trigger_option(Some(trigger).filter(|t| !t.is_empty()))
+    )
+}
+
+/// The batch left without a commit by a crash: the newest `offsets/N` with no `commits/N`.
+fn pending_batch(checkpoint: &Path) -> Option<u64> {
+    let last = *log_ids(&checkpoint.join("offsets")).last()?;
+    (!checkpoint.join("commits").join(last.to_string()).exists()).then_some(last)
+}
+
+fn marker(broker: &Broker, checkpoint: &Path) -> Option<i64> {
+    let id = read_json(&checkpoint.join("metadata"))["id"]
+        .as_str()
+        .expect("query id")
+        .to_string();
+    committed_offset(&broker.bootstrap, &format!("millrace-{id}"), TOPIC, 0)
+}
+
+/// (word, count) of a record.
+fn word_count(record: &Record) -> (String, i64) {
+    let value: serde_json::Value =
+        serde_json::from_str(record.value.as_deref().expect("a value")).expect("JSON");
+    let word = value["word"].as_str().expect("word").to_string();
+    assert_eq!(
+        record.key.as_deref(),
+        Some(word.as_str()),
+        "key = word column"
+    );
+    (word, value["n"].as_i64().expect("n"))
+}
+
+/// Batch ids some run logged as "already committed" (skipped on replay).
+fn skipped_batches(logs: &Path) -> BTreeSet<u64> {
+    let mut skipped = BTreeSet::new();
+    for entry in std::fs::read_dir(logs).expect("logs").flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(rest) = line.split("Kafka sink: batch ").nth(1)
+                && rest.contains(" is already committed to topic")
+            {
+                let id: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                skipped.insert(id.parse().expect("a batch id"));
+            }
+        }
+    }
+    skipped
+}
+
+/// What the topic held right after a crash that followed the broker's commit.
+struct Snapshot {
+    batch: u64,
+    /// Last offset per partition at the crash.
+    end: BTreeMap<i32, i64>,
+    /// Largest count per word at the crash.
+    max_count: BTreeMap<String, i64>,
+}
+
+/// What the topic holds now, taken when `batch` is committed to Kafka but not in the
+/// commit log.
+fn snapshot(broker: &Broker, batch: u64) -> Snapshot {
+    let mut snapshot = Snapshot {
+        batch,
+        end: BTreeMap::new(),
+        max_count: BTreeMap::new(),
+    };
+    for record in read_topic(&broker.bootstrap, TOPIC, false) {
+        let (word, n) = word_count(&record);
+        let end = snapshot.end.entry(record.partition).or_insert(-1);
+        *end = (*end).max(record.offset);
+        let max = snapshot.max_count.entry(word).or_insert(0);
+        *max = (*max).max(n);
+    }
+    snapshot
+}
+
+#[test]
+fn kill_minus_nine_anywhere_keeps_the_counts_exact_and_never_rewrites_a_committed_batch() {
+    let test_start = Instant::now();
+    let seed = test_seed("kafka_sink_crash");
+    let mut rng = XorShift::new(seed);
+    let broker = Broker::start(BrokerKind::Tansu);
+    create_topic(&broker.bootstrap, TOPIC, 3);
+    let root = temp_dir();
+    let input = make_dir(root.path(), "in");
+    let checkpoint = root.path().join("ckpt");
+    let logs = make_dir(root.path(), "logs");
+    let continuous = write_job(
+        root.path(),
+        "continuous.sql",
+        &job(&input, &checkpoint, &broker, ""),
+    );
+    let drain = write_job(
+        root.path(),
+        "drain.sql",
+        &job(&input, &checkpoint, &broker, "available_now"),
+    );
+
+    let generator = Generator::start(input.clone(), rng.next_u64());
+    let mut snapshots: Vec<Snapshot> = Vec::new();
+    let mut must_rewrite: BTreeSet<u64> = BTreeSet::new();
+    let (mut killed, mut aimed, mut runs_that_committed) = (0, 0, 0);
+    let commits = |c: &Path| log_ids(&c.join("commits")).last().copied();
+    for run in 0..RANDOM_KILLS + AIMED {
+        let stderr_path = logs.join(format!("run-{run:02}.err"));
+        let before = commits(&checkpoint);
+        if run % 5 == 4 && aimed < AIMED {
+            let point = CRASH_POINTS[aimed % CRASH_POINTS.len()];
+            aimed += 1;
+            let (status, stderr) =
+                run_to_end(&continuous, &[("MILLRACE_CRASH_AT", point)], &stderr_path);
+            assert_crashed_at(status, &stderr, point);
+            let batch = pending_batch(&checkpoint).expect("a crash point leaves a batch pending");
+            let marker = marker(&broker, &checkpoint);
+            if AFTER_BROKER_COMMIT.contains(&point) {
+                assert_eq!(
+                    marker,
+                    Some(batch as i64 + 1),
+                    "{point}: the broker committed batch {batch} with its marker"
+                );
+            } else if BEFORE_BROKER_COMMIT.contains(&point) {
+                // The run was inside batch N's transaction (so the marker it read did
+                // not name N), and the transaction never committed.
+                assert!(
+                    marker.is_none_or(|m| m <= batch as i64),
+                    "{point}: marker {marker:?} names batch {batch}, which was not committed"
+                );
+                must_rewrite.insert(batch);
+            }
+            // (after-offsets, after-state-commit: the batch may be a replay of one an
+            // earlier, killed run had already committed to Kafka; nothing to assert.)
+        } else {
+            let mut process = Millrace::spawn(&continuous, &[], &stderr_path);
+            let delay = rng.range(100, 1500);
+            std::thread::sleep(Duration::from_millis(delay));
+            process.assert_running(&format!("run {run} (kill after {delay} ms)"));
+            let status = process.kill9();
+            assert_eq!(
+                status.signal(),
+                Some(SIGKILL),
+                "run {run}: not ended by the kill ({status}); stderr:\n{}",
+                process.stderr()
+            );
+            killed += 1;
+        }
+        if commits(&checkpoint) > before {
+            runs_that_committed += 1;
+        }
+        // Whenever a run (aimed or killed at random) ended after the broker committed
+        // the pending batch, remember what the topic held then.
+        if let Some(batch) = pending_batch(&checkpoint)
+            && marker(&broker, &checkpoint) == Some(batch as i64 + 1)
+        {
+            snapshots.push(snapshot(&broker, batch));
+        }
+    }
+    let expected = generator.stop();
+    // The drain may have a backlog of many batches: a generous deadline, no timing asserted.
+    Millrace::spawn(&drain, &[], &logs.join("drain.err")).wait_success(Duration::from_secs(600));
+    assert_eq!(pending_batch(&checkpoint), None, "the drain ends committed");
+
+    let records = read_topic(&broker.bootstrap, TOPIC, true);
+    let mut per_word: BTreeMap<String, Vec<(i32, i64, i64)>> = BTreeMap::new();
+    for record in &records {
+        let (word, n) = word_count(record);
+        per_word
+            .entry(word)
+            .or_default()
+            .push((record.partition, record.offset, n));
+    }
+
+    // Every word's last record carries its final count; nothing else was written.
+    let last: BTreeMap<String, i64> = per_word
+        .iter()
+        .map(|(word, seq)| (word.clone(), seq.last().expect("a record").2))
+        .collect();
+    assert_eq!(
+        last, expected,
+        "last count per word (read_committed) vs rows written"
+    );
+
+    // Counts per word never go down; equal neighbours only where tansu shows an
+    // aborted attempt.
+    let mut repeated = 0;
+    for (word, seq) in &per_word {
+        assert!(
+            seq.iter().all(|(p, _, _)| *p == seq[0].0),
+            "word {word} is spread over partitions"
+        );
+        for pair in seq.windows(2) {
+            assert!(
+                pair[0].2 <= pair[1].2,
+                "word {word}: count went down {pair:?}"
+            );
+            if pair[0].2 == pair[1].2 {
+                repeated += 1;
+            }
+        }
+    }
+    if hides_crash_aborted_records(broker.kind) {
+        assert_eq!(
+            repeated, 0,
+            "read_committed sees a count twice: not exactly once"
+        );
+    }
+
+    // After-commit crashes: nothing written after the crash repeats a count the topic
+    // already held, and a later run logged the skip.
+    let skipped = skipped_batches(&logs);
+    for snapshot in &snapshots {
+        for record in &records {
+            let after = snapshot
+                .end
+                .get(&record.partition)
+                .is_none_or(|end| record.offset > *end);
+            let (word, n) = word_count(record);
+            if after && let Some(max) = snapshot.max_count.get(&word) {
+                assert!(
+                    n > *max,
+                    "batch {} was committed before a crash, yet {word}={n} was written again \
+                     after it (the topic already had {word}={max})",
+                    snapshot.batch
+                );
+            }
+        }
+        assert!(
+            skipped.contains(&snapshot.batch),
+            "batch {} was committed to Kafka before the crash, but no run reported skipping it",
+            snapshot.batch
+        );
+    }
+    for batch in &must_rewrite {
+        assert!(
+            !skipped.contains(batch),
+            "batch {batch} crashed before the broker's commit, but a run skipped it"
+        );
+    }
+
+    // The marker ends at the newest batch that wrote records + 1.
+    let last_with_output = log_ids(&checkpoint.join("commits"))
+        .into_iter()
+        .filter(|id| {
+            read_json(&checkpoint.join("commits").join(id.to_string()))["numOutputRows"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+        })
+        .max()
+        .expect("a batch with output");
+    assert_eq!(
+        marker(&broker, &checkpoint),
+        Some(last_with_output as i64 + 1)
+    );
+    assert!(
+        runs_that_committed > 5,
+        "only {runs_that_committed} runs committed a batch: the test exercised little"
+    );
+    eprintln!(
+        "kafka_sink_crash: {killed} kill -9 + {aimed} crash-point aborts, {runs_that_committed} \
+         runs committed batches, {} batches, {} records read; {} kills after the broker's \
+         commit checked, {} replays skipped as already committed; {repeated} repeated counts (aborted attempts tansu shows) in {:?}",
+        log_ids(&checkpoint.join("commits")).last().unwrap_or(&0) + 1,
+        records.len(),
+        snapshots.len(),
+        skipped.len(),
+        test_start.elapsed()
+    );
+}
