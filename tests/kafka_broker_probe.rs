@@ -358,7 +358,17 @@ fn tansu_hides_an_open_transaction_from_read_committed_until_it_commits() {
     producer.begin_transaction().unwrap();
     send_all(&producer, "probe", &[Rec::value(0, "pending")]);
     // Right: the last stable offset stops read_committed readers before the open
-    // transaction; read_uncommitted readers see the record at once.
+    // transaction; read_uncommitted readers see the record at once. The high watermark
+    // librdkafka reports follows the isolation level (ListOffsets carries it), which is
+    // what millrace's source plans its batches up to.
+    assert_eq!(
+        watermarks(&broker.bootstrap, "probe", 0, "read_committed"),
+        (0, 0)
+    );
+    assert_eq!(
+        watermarks(&broker.bootstrap, "probe", 0, "read_uncommitted"),
+        (0, 1)
+    );
     assert_eq!(
         read_values(&broker.bootstrap, "probe", 0, "read_committed"),
         Vec::<String>::new()

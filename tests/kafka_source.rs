@@ -359,6 +359,46 @@ fn max_offsets_per_trigger_splits_the_backlog_fairly_over_partitions_and_batches
 }
 
 #[test]
+fn commit_to_group_commits_each_batch_end_for_monitoring_tools() {
+    let broker = Broker::start(BrokerKind::Nisshi);
+    create_topic(&broker.bootstrap, "clicks", 2);
+    produce_values(&broker.bootstrap, "clicks", 0, (0..5).map(click));
+    produce_values(&broker.bootstrap, "clicks", 1, (100..102).map(click));
+    let rt = runtime();
+    let session = session(&rt);
+    run(
+        &session,
+        &rt,
+        &format!(
+            "{}
+             CREATE SINK seen STORED AS MEMORY OPTIONS ('trigger' 'available_now') AS
+             SELECT user_id FROM clicks",
+            json_table(
+                "clicks",
+                &broker,
+                "LOCATION 'clicks'",
+                ", 'starting_offsets' 'earliest', 'commit_to_group' 'millrace-clicks'"
+            )
+        ),
+    );
+    // What `kafka-consumer-groups --describe --group millrace-clicks` would show.
+    let reader = consumer(&broker.bootstrap, &[("group.id", "millrace-clicks")]);
+    let mut ask = rdkafka::TopicPartitionList::new();
+    ask.add_partition("clicks", 0);
+    ask.add_partition("clicks", 1);
+    let committed = rdkafka::consumer::Consumer::committed_offsets(&reader, ask, CALL).unwrap();
+    let offsets: Vec<(i32, rdkafka::Offset)> = committed
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset()))
+        .collect();
+    assert_eq!(
+        offsets,
+        vec![(0, rdkafka::Offset::Offset(5)), (1, rdkafka::Offset::Offset(2))]
+    );
+}
+
+#[test]
 fn partitions_that_appear_while_the_query_runs_are_read_from_their_first_record() {
     let broker = Broker::start(BrokerKind::Nisshi);
     create_topic(&broker.bootstrap, "events-a", 1);

@@ -5,7 +5,8 @@
 //! batch's end offset is `{"<topic>": {"<partition>": <next offset>, ...}, ...}`;
 //! [`get_batch`](StreamSource::get_batch) assigns the partitions to a consumer and seeks
 //! to the start of each range, so a replayed batch reads exactly the same offset ranges.
-//! No group is joined and nothing is committed to the broker.
+//! No group is joined; offsets are committed to the broker only with `commit_to_group`,
+//! for monitoring tools (informational: never read back).
 //!
 //! - The first batch starts from `starting_offsets` (`earliest`, `latest`, or Spark's
 //!   per-partition JSON), resolved to concrete offsets once and kept in
@@ -43,7 +44,7 @@ use datafusion::arrow::compute::filter;
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use rdkafka::TopicPartitionList;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use serde_json::{Map, Value, json};
@@ -69,8 +70,9 @@ pub const METADATA_COLUMNS: [&str; 7] = [
     "headers",
 ];
 
-/// Option keys of a Kafka table besides the `kafka.*` client settings.
-pub const OPTION_KEYS: [&str; 11] = [
+/// Option keys of a Kafka table, listed in the error for an unknown option (the
+/// `kafka.*` client settings are passed through, so any such key is "known").
+pub const OPTION_KEYS: [&str; 12] = [
     "bootstrap.servers",
     "topic_pattern",
     "format",
@@ -81,6 +83,7 @@ pub const OPTION_KEYS: [&str; 11] = [
     "fail_on_data_loss",
     "isolation.level",
     "broker_retry_timeout",
+    "commit_to_group",
     "kafka.<librdkafka setting>",
 ];
 
@@ -88,7 +91,8 @@ pub const OPTION_KEYS: [&str; 11] = [
 const MANAGED_SETTINGS: [(&str, &str); 7] = [
     (
         "group.id",
-        "offsets are kept in the checkpoint, no consumer group is used",
+        "offsets are kept in the checkpoint, no consumer group is used (for monitoring, \
+         'commit_to_group' commits each batch's end offsets to a group)",
     ),
     ("enable.auto.commit", "offsets are kept in the checkpoint"),
     (
@@ -107,13 +111,15 @@ const MANAGED_SETTINGS: [(&str, &str); 7] = [
     ("bootstrap.servers", "use the option 'bootstrap.servers'"),
 ];
 
-/// Default of `broker_retry_timeout`.
+/// Default of `broker_retry_timeout`: long enough to ride out a broker restart or a
+/// leader election, short enough that a query against a dead cluster says so.
 pub const DEFAULT_BROKER_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Longest wait of one client call (metadata, watermarks).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What a Kafka table reads.
+/// What a Kafka table reads: part of the checkpoint identity, so a checkpoint is not
+/// reused for other topics.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Subscription {
     /// One topic (`LOCATION`).
@@ -122,7 +128,8 @@ pub enum Subscription {
     Pattern(String),
 }
 
-/// How a record's value becomes the declared columns.
+/// How a record's value becomes the declared columns (Kafka does not say: the table
+/// declares it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ValueFormat {
     /// No parsing: the table has only the metadata columns.
@@ -131,7 +138,8 @@ pub enum ValueFormat {
     Parsed(RecordEncoding),
 }
 
-/// Where the first batch starts (`starting_offsets`).
+/// Where the first batch starts (`starting_offsets`); later batches start where the
+/// checkpoint says.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StartingOffsets {
     /// Each partition's earliest offset still on the broker.
@@ -143,7 +151,8 @@ pub enum StartingOffsets {
     Specific(BTreeMap<String, BTreeMap<i32, i64>>),
 }
 
-/// Everything a Kafka table's declaration says, checked.
+/// Everything a Kafka table's declaration says, checked when the table is declared so
+/// that a query never starts with options it cannot use.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KafkaOptions {
     /// `bootstrap.servers`: where the client first connects.
@@ -169,10 +178,14 @@ pub struct KafkaOptions {
     /// How many leading columns of the table are parsed from the value (the declared
     /// ones); the metadata columns follow.
     pub parsed_columns: usize,
+    /// A consumer group to which each committed batch's end offsets are committed, for
+    /// group-lag monitoring tools only: millrace never reads them back.
+    pub commit_to_group: Option<String>,
 }
 
 impl KafkaOptions {
-    /// The table's identity in checkpoint metadata: the topic, or the pattern.
+    /// The table's identity in checkpoint metadata (the topic, or the pattern), so a
+    /// checkpoint made for other topics is refused.
     pub fn identity(&self) -> String {
         match &self.subscription {
             Subscription::Topic(topic) => format!("KAFKA {topic}"),
@@ -180,7 +193,7 @@ impl KafkaOptions {
         }
     }
 
-    /// The topic or the pattern, for `StreamDef::location`.
+    /// The topic or the pattern, for `StreamDef::location` (shown in descriptions).
     pub fn location(&self) -> String {
         match &self.subscription {
             Subscription::Topic(topic) | Subscription::Pattern(topic) => topic.clone(),
@@ -192,8 +205,14 @@ impl KafkaOptions {
         config
             .set("bootstrap.servers", &self.bootstrap_servers)
             .set("client.id", format!("millrace-{table}"))
-            // librdkafka refuses assign() without a group; none is joined or committed to.
-            .set("group.id", format!("millrace-source-{table}"))
+            // librdkafka refuses assign() without a group; none is joined, and offsets are
+            // committed only to a `commit_to_group` group, for monitoring.
+            .set(
+                "group.id",
+                self.commit_to_group
+                    .clone()
+                    .unwrap_or_else(|| format!("millrace-source-{table}")),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
@@ -206,7 +225,8 @@ impl KafkaOptions {
     }
 }
 
-/// The Arrow type of the `headers` column.
+/// The Arrow type of the `headers` column: a list (headers are ordered and keys may
+/// repeat, so not a map) of `{key Utf8, value Binary}` structs, as Spark has it.
 pub fn headers_type() -> DataType {
     DataType::List(Arc::new(Field::new(
         "item",
@@ -365,6 +385,14 @@ pub fn declare(
         .map(|d| crate::duration::parse_duration(&d))
         .transpose()?
         .unwrap_or(DEFAULT_BROKER_RETRY_TIMEOUT);
+    let commit_to_group = match options.take("commit_to_group") {
+        Some(group) if group.trim().is_empty() => {
+            return Err(Error::Option(format!(
+                "'commit_to_group' of {what} must name a consumer group"
+            )));
+        }
+        group => group,
+    };
     let mut client_settings = Vec::new();
     for (setting, value) in options.take_prefixed("kafka.") {
         if let Some((_, why)) = MANAGED_SETTINGS.iter().find(|(k, _)| *k == setting) {
@@ -386,6 +414,7 @@ pub fn declare(
         broker_retry_timeout,
         client_settings,
         parsed_columns: declared.fields().len(),
+        commit_to_group,
     };
     // librdkafka checks setting names and values without connecting anywhere.
     kafka
@@ -418,7 +447,8 @@ fn compile_pattern(pattern: &str) -> std::result::Result<regex::Regex, regex::Er
     regex::Regex::new(&format!("^(?:{pattern})$"))
 }
 
-/// Parses `starting_offsets`: `earliest`, `latest`, or `{"topic": {"0": 23, "1": -2}}`.
+/// Parses `starting_offsets`: `earliest`, `latest`, or `{"topic": {"0": 23, "1": -2}}`,
+/// refusing topics the table does not read (a typo would otherwise be ignored).
 pub fn parse_starting_offsets(
     text: &str,
     subscription: &Subscription,
@@ -605,7 +635,8 @@ enum Attempt<T> {
 // ---------------------------------------------------------------------------------
 // The source
 
-/// A Kafka source opened for one query.
+/// A Kafka source opened for one query: everything it needs to replay a batch is in
+/// the offsets and `initial-offsets.json`, nothing in the broker's consumer groups.
 pub struct KafkaSource {
     table: String,
     options: KafkaOptions,
@@ -627,7 +658,8 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    /// Opens the source; nothing is fetched from the broker yet.
+    /// Opens the source; nothing is fetched from the broker yet (a broker that is down
+    /// when the query starts is retried by the first batch, not refused here).
     pub fn open(
         table: &str,
         schema: SchemaRef,
@@ -1053,7 +1085,27 @@ impl StreamSource for KafkaSource {
         Ok(out)
     }
 
-    fn commit(&mut self, _end: &Offset) -> Result<()> {
+    fn commit(&mut self, end: &Offset) -> Result<()> {
+        let Some(group) = &self.options.commit_to_group else {
+            return Ok(());
+        };
+        // Informational: a failure is reported and the query goes on.
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in offsets_from_json(end)? {
+            if list
+                .add_partition_offset(&topic, partition, rdkafka::Offset::Offset(offset))
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        if let Err(e) = self.client.commit(&list, CommitMode::Sync) {
+            eprintln!(
+                "warning: Kafka table '{}': committing offsets to group '{group}' (for \
+                 monitoring only) failed: {e}",
+                self.table
+            );
+        }
         Ok(())
     }
 
