@@ -496,10 +496,15 @@ fn sorts_or_limits(plan: &LogicalPlan) -> bool {
         .unwrap_or(false)
 }
 
-/// The session state a streaming query runs with: DataFusion's, less the optimizer rule
-/// that rewrites `count(DISTINCT x)` into two aggregation levels. Its inner level would
-/// keep distinct values per micro-batch only; the distinct accumulator's own state
-/// merges correctly across batches.
+/// The session state a streaming query runs with: DataFusion's, less two optimizer
+/// rules that answer an aggregation from one batch alone.
+///
+/// - `single_distinct_aggregation_to_group_by` rewrites `count(DISTINCT x)` into two
+///   aggregation levels; the inner one would keep distinct values per micro-batch
+///   only, while the distinct accumulator's own state merges correctly across batches.
+/// - `aggregate_statistics` (physical) replaces a global `count(*)`, `min` or `max`
+///   by a constant taken from the batch table's exact statistics: the streaming
+///   aggregation, and the state it merges, would be gone.
 fn streaming_state(state: SessionState) -> SessionState {
     let rules = state
         .optimizers()
@@ -507,7 +512,14 @@ fn streaming_state(state: SessionState) -> SessionState {
         .filter(|rule| rule.name() != "single_distinct_aggregation_to_group_by")
         .cloned()
         .collect();
+    let physical_rules = state
+        .physical_optimizers()
+        .iter()
+        .filter(|rule| rule.name() != "aggregate_statistics")
+        .cloned()
+        .collect();
     SessionStateBuilder::new_from_existing(state)
         .with_optimizer_rules(rules)
+        .with_physical_optimizer_rules(physical_rules)
         .build()
 }
