@@ -21,6 +21,8 @@ pub fn print_result(result: &StatementResult) -> Result<()> {
             query.id(),
             query.run_id()
         ),
+        StatementResult::Stopped(query) => eprintln!("streaming query '{}' stopped", query.name()),
+        StatementResult::Json(value) => println!("{value:#}"),
         StatementResult::Done => {}
     }
     Ok(())
