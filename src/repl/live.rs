@@ -22,7 +22,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::Interrupts;
-use super::output::{OutputSettings, render};
+use super::output::{OutputFormat, OutputSettings, render};
 use crate::error::{Error, Result};
 use crate::execution::{QueryProgress, StreamingQuery};
 use crate::session::state_rows;
@@ -61,6 +61,8 @@ pub fn sink(sender: UnboundedSender<LiveBatch>) -> SinkSpec {
 
 /// Shows the live `query` until Ctrl-C (which stops it after its current batch) or
 /// until it ends by itself. Its failure, if any, is left for the shell to report.
+/// `screen_rows` is the terminal's height: a table redrawn in place shows at most the
+/// rows that fit, since lines scrolled off the screen cannot be erased.
 pub fn show(
     runtime: &Runtime,
     query: &StreamingQuery,
@@ -68,6 +70,7 @@ pub fn show(
     mut receiver: UnboundedReceiver<LiveBatch>,
     interrupts: &mut Interrupts,
     settings: &OutputSettings,
+    screen_rows: Option<usize>,
 ) -> Result<()> {
     eprintln!(
         "streaming query '{}' runs live ({} mode); Ctrl-C stops it",
@@ -78,10 +81,25 @@ pub fn show(
             OutputMode::Complete => "complete",
         }
     );
+    let table = mode != OutputMode::Append;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut settings = *settings;
+    if let Some(rows) = screen_rows.filter(|_| table && terminal)
+        && settings.format == OutputFormat::Table
+    {
+        // Borders, header, summary and status line take 6 lines; keep 2 for the
+        // lines above the drawing.
+        let fit = rows.saturating_sub(8).max(3);
+        settings.limit = if settings.limit == 0 {
+            fit
+        } else {
+            settings.limit.min(fit)
+        };
+    }
     let mut view = View {
-        table: mode != OutputMode::Append,
-        terminal: std::io::IsTerminal::is_terminal(&std::io::stdout()),
-        settings: *settings,
+        table,
+        terminal,
+        settings,
         region: 0,
         body: String::new(),
         status: String::new(),

@@ -104,6 +104,7 @@ pub fn run(session: &Session, runtime: &Runtime, options: &ShellOptions) -> Resu
         },
         reported: HashSet::new(),
         depth: 0,
+        screen_rows: None,
     };
     if interactive {
         shell.run_editor(options)
@@ -136,6 +137,8 @@ struct Shell<'a> {
     reported: HashSet<String>,
     /// Nesting of `\i` scripts.
     depth: usize,
+    /// The terminal's height, so a live table can be redrawn without scrolling.
+    screen_rows: Option<usize>,
 }
 
 impl Shell<'_> {
@@ -174,6 +177,7 @@ impl Shell<'_> {
             match editor.readline("millrace> ") {
                 Ok(input) => {
                     interrupted = false;
+                    self.screen_rows = editor.dimensions().map(|(_, rows)| usize::from(rows));
                     if input.trim().is_empty() {
                         continue;
                     }
@@ -305,6 +309,7 @@ impl Shell<'_> {
                     receiver,
                     &mut self.interrupts,
                     &self.settings,
+                    self.screen_rows,
                 );
                 if let Err(e) = shown {
                     query.stop();
