@@ -31,6 +31,9 @@ struct Cli {
     /// Print each batch's progress report (JSON) on standard error.
     #[arg(long)]
     progress: bool,
+    /// The shell's history file (default: $MILLRACE_HISTORY, else ~/.millrace_history).
+    #[arg(long, value_name = "FILE")]
+    history_file: Option<PathBuf>,
     #[command(subcommand)]
     action: Option<Action>,
 }
@@ -241,7 +244,13 @@ fn run(cli: Cli, runtime: &Runtime) -> Result<()> {
     let script = match (&cli.file, &cli.command) {
         (Some(path), _) => std::fs::read_to_string(path).map_err(Error::io(path))?,
         (None, Some(sql)) => sql.clone(),
-        (None, None) => return repl::run(&session, runtime),
+        (None, None) => {
+            return repl::run(
+                &session,
+                runtime,
+                &repl::ShellOptions::new(cli.history_file),
+            );
+        }
     };
     run_script(&session, runtime, &script)
 }

@@ -35,9 +35,17 @@ pub enum StatementResult {
     Declared(String),
     /// A streaming query was started.
     QueryStarted(StreamingQuery),
+    /// `STOP QUERY` stopped this query (it has ended).
+    Stopped(StreamingQuery),
+    /// A document to show as JSON: `DESCRIBE QUERY`'s status and latest progress.
+    Json(serde_json::Value),
     /// DataFusion ran a statement with no rows to show.
     Done,
 }
+
+/// Makes the sink of a bare `SELECT` over an unbounded table from the output mode
+/// the query runs in: see [`Session::execute_with_live_sink`].
+pub type LiveSinkFactory = dyn Fn(OutputMode) -> SinkSpec + Send + Sync;
 
 /// Settings that apply to every query started from the session.
 #[derive(Debug, Clone)]
@@ -118,12 +126,46 @@ impl Session {
         Ok(results)
     }
 
-    /// Runs one statement.
+    /// Runs one statement. A bare `SELECT` over an unbounded table starts a query
+    /// printing to the console.
     pub async fn execute(&self, sql: &str) -> Result<StatementResult> {
+        self.execute_inner(sql, None).await
+    }
+
+    /// Runs one statement like [`execute`](Self::execute), except that a bare `SELECT`
+    /// over an unbounded table writes to the sink `live` makes for the query's output
+    /// mode (`complete` when it aggregates, `append` otherwise) instead of the console:
+    /// the shell receives the batches through a `foreach_batch` sink and shows the
+    /// result in place.
+    pub async fn execute_with_live_sink(
+        &self,
+        sql: &str,
+        live: &LiveSinkFactory,
+    ) -> Result<StatementResult> {
+        self.execute_inner(sql, Some(live)).await
+    }
+
+    async fn execute_inner(
+        &self,
+        sql: &str,
+        live: Option<&LiveSinkFactory>,
+    ) -> Result<StatementResult> {
         if let Some((name, value)) = ddl::millrace_setting(sql) {
             return self.apply_setting(&name, &value);
         }
         match ddl::classify(sql) {
+            StatementKind::ShowQueries => Ok(StatementResult::Rows(vec![self.show_queries()?])),
+            StatementKind::StopQuery => {
+                let name = ddl::parse_query_name(sql, "STOP")?;
+                let query = self.stop_query(&name).await?;
+                Ok(StatementResult::Stopped(query))
+            }
+            StatementKind::DescribeQuery => {
+                let name = ddl::parse_query_name(sql, "DESCRIBE")?;
+                Ok(StatementResult::Json(describe_query(
+                    &self.find_query(&name)?,
+                )))
+            }
             StatementKind::CreateStream => {
                 let parsed = ddl::parse_create_stream(sql)?;
                 let (if_not_exists, or_replace) = (parsed.if_not_exists, parsed.or_replace);
@@ -210,15 +252,9 @@ impl Session {
                     } else {
                         OutputMode::Append
                     };
+                    let sink = live.map_or(SinkSpec::Console { num_rows: 20 }, |make| make(mode));
                     let query = self
-                        .start_query(
-                            &name,
-                            plan,
-                            SinkSpec::Console { num_rows: 20 },
-                            mode,
-                            Trigger::default(),
-                            None,
-                        )
+                        .start_query(&name, plan, sink, mode, Trigger::default(), None)
                         .await?;
                     return Ok(StatementResult::QueryStarted(query));
                 }
@@ -365,6 +401,117 @@ impl Session {
             .clone()
     }
 
+    /// The query called `name`: the running one, else the latest one started.
+    pub fn find_query(&self, name: &str) -> Result<StreamingQuery> {
+        let queries = self.queries();
+        queries
+            .iter()
+            .rev()
+            .find(|q| q.name() == name && q.is_active())
+            .or_else(|| queries.iter().rev().find(|q| q.name() == name))
+            .cloned()
+            .ok_or_else(|| {
+                Error::Sql(format!(
+                    "no streaming query named '{name}' (SHOW QUERIES lists them)"
+                ))
+            })
+    }
+
+    /// `STOP QUERY name`: asks the running query `name` to stop after its current
+    /// batch and waits until it has ended. A failure that ended it is not this
+    /// statement's error: `SHOW QUERIES` and `DESCRIBE QUERY` show it.
+    async fn stop_query(&self, name: &str) -> Result<StreamingQuery> {
+        let query = self.find_query(name)?;
+        if !query.is_active() {
+            return Err(Error::Sql(format!(
+                "streaming query '{name}' is not running (it {})",
+                query_state(&query)
+            )));
+        }
+        query.stop();
+        let _ = query.await_termination().await;
+        Ok(query)
+    }
+
+    /// `SHOW QUERIES`: one row per query started in this session, in start order:
+    /// its state (`active`, `stopped`, `failed`), what it is doing or why it failed,
+    /// and a summary of its last progress report.
+    fn show_queries(&self) -> Result<RecordBatch> {
+        use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray, UInt64Array};
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let queries = self.queries();
+        let progress: Vec<_> = queries.iter().map(|q| q.last_progress()).collect();
+        let text = |f: &dyn Fn(usize) -> Option<String>| -> ArrayRef {
+            Arc::new((0..queries.len()).map(f).collect::<StringArray>())
+        };
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("name", text(&|i| Some(queries[i].name().to_string()))),
+            (
+                "state",
+                text(&|i| Some(query_state(&queries[i]).to_string())),
+            ),
+            (
+                "detail",
+                text(&|i| {
+                    let query = &queries[i];
+                    if query.is_active() {
+                        Some(query.status().message)
+                    } else {
+                        query.exception()
+                    }
+                }),
+            ),
+            (
+                "last_batch",
+                Arc::new(
+                    progress
+                        .iter()
+                        .map(|p| p.as_ref().map(|p| p.batch_id))
+                        .collect::<UInt64Array>(),
+                ),
+            ),
+            (
+                "input_rows_per_sec",
+                Arc::new(
+                    progress
+                        .iter()
+                        .map(|p| {
+                            p.as_ref()
+                                .map(|p| (p.input_rows_per_second * 10.0).round() / 10.0)
+                        })
+                        .collect::<Float64Array>(),
+                ),
+            ),
+            (
+                "watermark",
+                text(&|i| {
+                    progress[i]
+                        .as_ref()
+                        .and_then(|p| p.event_time.watermark.clone())
+                }),
+            ),
+            (
+                "state_rows",
+                Arc::new(
+                    progress
+                        .iter()
+                        .map(|p| p.as_ref().and_then(state_rows))
+                        .collect::<UInt64Array>(),
+                ),
+            ),
+        ];
+        let schema = Schema::new(
+            columns
+                .iter()
+                .map(|(name, array)| Field::new(*name, array.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        );
+        Ok(RecordBatch::try_new(
+            Arc::new(schema),
+            columns.into_iter().map(|(_, array)| array).collect(),
+        )?)
+    }
+
     /// Asks every running query to stop after its current batch.
     pub fn stop_all(&self) {
         for query in self.queries() {
@@ -409,6 +556,47 @@ impl Session {
             _ => Ok(Vec::new()),
         }
     }
+}
+
+/// `active`, `failed` or `stopped`: where a query is in its life.
+pub fn query_state(query: &StreamingQuery) -> &'static str {
+    if query.is_active() {
+        "active"
+    } else if query.exception().is_some() {
+        "failed"
+    } else {
+        "stopped"
+    }
+}
+
+/// Rows in the state of a progress report's stateful operators (`numRowsTotal`
+/// summed), `None` for a stateless query.
+pub fn state_rows(progress: &crate::execution::QueryProgress) -> Option<u64> {
+    if progress.state_operators.is_empty() {
+        return None;
+    }
+    Some(
+        progress
+            .state_operators
+            .iter()
+            .filter_map(|op| op.get("numRowsTotal").and_then(serde_json::Value::as_u64))
+            .sum(),
+    )
+}
+
+/// `DESCRIBE QUERY`'s document: identity, state, status, failure and the latest
+/// progress report (`null` before the first batch), with Spark's field names.
+fn describe_query(query: &StreamingQuery) -> serde_json::Value {
+    serde_json::json!({
+        "name": query.name(),
+        "id": query.id(),
+        "runId": query.run_id(),
+        "sources": query.source_tables(),
+        "state": query_state(query),
+        "status": query.status(),
+        "exception": query.exception(),
+        "lastProgress": query.last_progress(),
+    })
 }
 
 /// Spark's output-mode rules, checked before a query starts.
@@ -496,10 +684,15 @@ fn sorts_or_limits(plan: &LogicalPlan) -> bool {
         .unwrap_or(false)
 }
 
-/// The session state a streaming query runs with: DataFusion's, less the optimizer rule
-/// that rewrites `count(DISTINCT x)` into two aggregation levels. Its inner level would
-/// keep distinct values per micro-batch only; the distinct accumulator's own state
-/// merges correctly across batches.
+/// The session state a streaming query runs with: DataFusion's, less two optimizer
+/// rules that answer an aggregation from one batch alone.
+///
+/// - `single_distinct_aggregation_to_group_by` rewrites `count(DISTINCT x)` into two
+///   aggregation levels; the inner one would keep distinct values per micro-batch
+///   only, while the distinct accumulator's own state merges correctly across batches.
+/// - `aggregate_statistics` (physical) replaces a global `count(*)`, `min` or `max`
+///   by a constant taken from the batch table's exact statistics: the streaming
+///   aggregation, and the state it merges, would be gone.
 fn streaming_state(state: SessionState) -> SessionState {
     let rules = state
         .optimizers()
@@ -507,7 +700,14 @@ fn streaming_state(state: SessionState) -> SessionState {
         .filter(|rule| rule.name() != "single_distinct_aggregation_to_group_by")
         .cloned()
         .collect();
+    let physical_rules = state
+        .physical_optimizers()
+        .iter()
+        .filter(|rule| rule.name() != "aggregate_statistics")
+        .cloned()
+        .collect();
     SessionStateBuilder::new_from_existing(state)
         .with_optimizer_rules(rules)
+        .with_physical_optimizer_rules(physical_rules)
         .build()
 }

@@ -267,3 +267,24 @@ fn a_noop_sink_runs_the_whole_query_and_prints_nothing() {
     assert_eq!(output, [2, 2]);
     assert_eq!(progress[1]["stateOperators"][0]["numRowsTotal"], 3);
 }
+
+#[test]
+fn a_global_count_and_max_over_a_stream_keep_their_state() {
+    // DataFusion's `aggregate_statistics` rule would answer them from one batch's
+    // statistics, and the streaming aggregation would be gone.
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("in")).unwrap();
+    fs::write(tmp.path().join("in/a.csv"), "a,1\nb,2\n").unwrap();
+    let out = millrace(
+        &[
+            "-c",
+            "CREATE UNBOUNDED EXTERNAL TABLE t (k VARCHAR, n BIGINT) STORED AS CSV LOCATION 'in/';
+             CREATE SINK s STORED AS CONSOLE OPTIONS ('trigger' 'available_now', 'output_mode' 'complete')
+             AS SELECT count(*) AS c, max(n) AS top FROM t",
+        ],
+        tmp.path(),
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("| 2 | 2   |"), "{stdout}");
+}

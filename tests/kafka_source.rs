@@ -394,7 +394,10 @@ fn commit_to_group_commits_each_batch_end_for_monitoring_tools() {
         .collect();
     assert_eq!(
         offsets,
-        vec![(0, rdkafka::Offset::Offset(5)), (1, rdkafka::Offset::Offset(2))]
+        vec![
+            (0, rdkafka::Offset::Offset(5)),
+            (1, rdkafka::Offset::Offset(2))
+        ]
     );
 }
 

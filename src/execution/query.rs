@@ -109,6 +109,8 @@ struct Shared {
     name: String,
     id: String,
     run_id: String,
+    /// The unbounded tables the query reads.
+    tables: Vec<String>,
     state: Mutex<RunState>,
     changed: Condvar,
     listeners: Vec<Arc<dyn StreamingQueryListener>>,
@@ -185,6 +187,7 @@ impl StreamingQuery {
             name: config.name.clone(),
             id: checkpoint.query_id().to_string(),
             run_id: uuid::Uuid::new_v4().to_string(),
+            tables: config.plan.inputs.keys().cloned().collect(),
             state: Mutex::new(RunState::default()),
             changed: Condvar::new(),
             listeners: config.listeners.clone(),
@@ -264,6 +267,12 @@ impl StreamingQuery {
     /// The id of this run.
     pub fn run_id(&self) -> &str {
         &self.shared.run_id
+    }
+
+    /// The unbounded tables the query reads (views resolved to their tables), so a
+    /// front end can say which queries depend on a table.
+    pub fn source_tables(&self) -> &[String] {
+        &self.shared.tables
     }
 
     /// Asks the query to stop after the batch in progress has committed.

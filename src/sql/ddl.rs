@@ -65,6 +65,12 @@ pub enum StatementKind {
     CreateStream,
     /// `CREATE SINK`
     CreateSink,
+    /// `SHOW QUERIES`: the session's streaming queries.
+    ShowQueries,
+    /// `STOP QUERY name`
+    StopQuery,
+    /// `DESCRIBE QUERY name`: a query's status and latest progress.
+    DescribeQuery,
     /// Anything else: DataFusion's to run (a SELECT may still read a stream).
     Other,
 }
@@ -82,6 +88,10 @@ pub fn classify(sql: &str) -> StatementKind {
             StatementKind::CreateStream
         }
         ["CREATE", "SINK", ..] => StatementKind::CreateSink,
+        ["SHOW", "QUERIES"] => StatementKind::ShowQueries,
+        ["STOP", "QUERY", ..] => StatementKind::StopQuery,
+        // `DESCRIBE query` alone describes a table named `query`.
+        ["DESCRIBE", "QUERY", _, ..] => StatementKind::DescribeQuery,
         _ => StatementKind::Other,
     }
 }
@@ -297,6 +307,24 @@ pub fn parse_create_sink(sql: &str) -> Result<CreateSink> {
     })
 }
 
+/// Reads the query name of `STOP QUERY name` or `DESCRIBE QUERY name` (`verb` is
+/// `STOP` or `DESCRIBE`). The name is taken as written, as `CREATE SINK` takes it.
+pub fn parse_query_name(sql: &str, verb: &str) -> Result<String> {
+    let dialect = GenericDialect {};
+    let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
+    let statement = format!("{verb} QUERY");
+    expect_word(&mut parser, verb, "at the start")?;
+    expect_word(&mut parser, "QUERY", &format!("after {verb}"))?;
+    if parser.peek_token().token == Token::EOF {
+        return Err(Error::Sql(format!(
+            "{statement} needs the name of a query (SHOW QUERIES lists them)"
+        )));
+    }
+    let name = parser.parse_identifier()?.value;
+    expect_end(&mut parser, &statement)?;
+    Ok(name)
+}
+
 /// Reads the delay of a watermark expression: `col` (no delay) or `col - INTERVAL ...`.
 pub fn watermark_delay(column: &str, expr: &Expr) -> Result<std::time::Duration> {
     let names_column = |e: &Expr| match e {
@@ -324,6 +352,25 @@ pub fn watermark_delay(column: &str, expr: &Expr) -> Result<std::time::Duration>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_statements_are_classified_and_name_their_query() {
+        assert_eq!(classify("show queries"), StatementKind::ShowQueries);
+        assert_eq!(classify("STOP QUERY q1"), StatementKind::StopQuery);
+        assert_eq!(classify("DESCRIBE QUERY q1"), StatementKind::DescribeQuery);
+        assert_eq!(classify("DESCRIBE query"), StatementKind::Other);
+        assert_eq!(
+            parse_query_name("stop query \"Q 1\"", "STOP").unwrap(),
+            "Q 1"
+        );
+        assert_eq!(
+            parse_query_name("DESCRIBE QUERY q1;", "DESCRIBE").unwrap(),
+            "q1"
+        );
+        let missing = parse_query_name("STOP QUERY", "STOP").unwrap_err();
+        assert!(missing.to_string().contains("needs the name"), "{missing}");
+        assert!(parse_query_name("STOP QUERY a b", "STOP").is_err());
+    }
 
     #[test]
     fn parses_a_stream_with_a_watermark_and_options() {

@@ -63,9 +63,64 @@ pub fn split_statements(script: &str) -> Vec<String> {
     statements
 }
 
+/// Whether `text` ends with a complete statement: its last character of code (outside
+/// strings, quoted identifiers and comments) is a `;`, and no string, quoted identifier
+/// or block comment is left open. The shell reads lines until this holds, so a
+/// statement may span lines and a `;` inside a string does not end it.
+pub fn ends_statement(text: &str) -> bool {
+    let mut chars = text.chars().peekable();
+    let mut last_code = None;
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' | '`' => {
+                let mut closed = false;
+                while let Some(inner) = chars.next() {
+                    if inner == c {
+                        if chars.peek() == Some(&c) {
+                            chars.next();
+                        } else {
+                            closed = true;
+                            break;
+                        }
+                    }
+                }
+                if !closed {
+                    return false;
+                }
+                last_code = Some(c);
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                for inner in chars.by_ref() {
+                    if inner == '\n' {
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut previous = ' ';
+                let mut closed = false;
+                for inner in chars.by_ref() {
+                    if previous == '*' && inner == '/' {
+                        closed = true;
+                        break;
+                    }
+                    previous = inner;
+                }
+                if !closed {
+                    return false;
+                }
+            }
+            c if c.is_whitespace() => {}
+            c => last_code = Some(c),
+        }
+    }
+    last_code == Some(';')
+}
+
 #[cfg(test)]
 mod tests {
-    use super::split_statements;
+    use super::{ends_statement, split_statements};
 
     #[test]
     fn splits_at_semicolons_outside_strings_and_comments() {
@@ -83,5 +138,18 @@ mod tests {
             split_statements("SELECT 'it''s; fine'"),
             vec!["SELECT 'it''s; fine'"]
         );
+    }
+
+    #[test]
+    fn a_statement_ends_at_a_semicolon_outside_strings_and_comments() {
+        assert!(ends_statement("SELECT 1;"));
+        assert!(ends_statement("SELECT 1\n  + 1; -- done\n"));
+        assert!(ends_statement("SELECT 'a;b' /* ; */;"));
+        assert!(!ends_statement("SELECT 1"));
+        assert!(!ends_statement("SELECT 'a;"));
+        assert!(!ends_statement("SELECT 1 /* ; */"));
+        assert!(!ends_statement("SELECT 1; /* open"));
+        assert!(!ends_statement("SELECT 1 -- ;"));
+        assert!(!ends_statement(""));
     }
 }
