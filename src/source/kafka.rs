@@ -1005,6 +1005,7 @@ impl StreamSource for KafkaSource {
                     next: from,
                     done: false,
                     skipped: 0,
+                    end_seen_after_seek: false,
                 });
             }
         }
@@ -1128,6 +1129,9 @@ struct Range {
     done: bool,
     /// Offsets that were gone and skipped (`fail_on_data_loss` false).
     skipped: u64,
+    /// Whether the reader was sent back to `next` after an end-of-partition event, so
+    /// that the next such event is known to be about this range.
+    end_seen_after_seek: bool,
 }
 
 /// The records read from one partition, before decoding.
@@ -1332,9 +1336,27 @@ impl KafkaSource {
                     // no records for this reader (transaction markers, aborted records),
                     // unless the partition lost records since the batch was planned.
                     match consumer.fetch_watermarks(topic, partition, self.call_timeout()) {
-                        Ok((_, high)) if high >= ranges[i].to => {
+                        // An end-of-partition event is only believed after a seek of our
+                        // own to the next offset: one can be left over from before the
+                        // assignment (seen after a broker restart, with records 0..3 on
+                        // the broker and none read), and taking it for the end would
+                        // lose the range. The seek makes the client fetch again: records
+                        // come, or the end is reached again, now for this range.
+                        Ok((_, high)) if high >= ranges[i].to && ranges[i].end_seen_after_seek => {
                             ranges[i].done = true;
                             pending -= 1;
+                        }
+                        Ok((_, high)) if high >= ranges[i].to => {
+                            let range = &mut ranges[i];
+                            match consumer.seek(
+                                topic,
+                                partition,
+                                rdkafka::Offset::Offset(range.next),
+                                self.call_timeout(),
+                            ) {
+                                Ok(()) => range.end_seen_after_seek = true,
+                                Err(e) => last_error = Some(e.to_string()),
+                            }
                         }
                         Ok((low, high)) => {
                             let w = Watermarks { low, high };
