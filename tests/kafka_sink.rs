@@ -5,7 +5,8 @@
 //! - **tansu** has transactions, with defects a test must not step on: a
 //!   `read_committed` reader still sees the records of a transaction that was aborted
 //!   because its producer died (an explicit `abort_transaction` does hide them), latest
-//!   offsets are wrong, producers are not fenced, and the offsets of a transaction
+//!   offsets are wrong, a fenced zombie's commit times out instead of failing at once
+//!   (`kafka_broker_probe`), and the offsets of a transaction
 //!   without records are dropped. Every assertion below is true on a correct broker;
 //!   where tansu's defect makes a stronger one impossible, the test says so and asserts
 //!   what millrace itself controls (the batch marker, what the restarted process
