@@ -2,7 +2,7 @@
 //! runs the same engine as SQL: these tests build real queries over real files and
 //! check the rows they deliver.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -632,4 +632,100 @@ async fn format_kafka_options_are_refused_as_the_sql_sink_refuses_them() {
         writer.contains("needs option('topic', '<topic>')"),
         "{writer}"
     );
+}
+
+// ---------------------------------------------------------------------------------
+// examples/kafka_word_count.rs, run against a real broker
+
+#[path = "../examples/kafka_word_count.rs"]
+#[allow(dead_code)]
+mod kafka_word_count;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_word_count_example_writes_each_runs_changed_counts_keyed_by_word() {
+    use common::kafka::{Broker, BrokerKind};
+    use common::topic::{create_topic, produce, read_topic};
+
+    let broker = Arc::new(Broker::start(BrokerKind::Nisshi));
+    let tmp = common::temp_dir();
+    let bootstrap = broker.bootstrap.clone();
+    tokio::task::spawn_blocking(move || create_topic(&bootstrap, "lines", 2))
+        .await
+        .unwrap();
+    // Words as the example defines them: runs of a-z, 0-9 and `'`, lower-cased.
+    let words = |line: &str| -> Vec<String> {
+        line.to_lowercase()
+            .split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '\''))
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let runs: [&[&str]; 2] = [
+        &[
+            "The quick brown fox",
+            "jumps over the lazy dog.",
+            "",
+            "Don't  panic, the DOG said",
+        ],
+        &["the dog sleeps", "fox-trot 2026"],
+    ];
+    let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+    for (run, lines) in runs.iter().enumerate() {
+        let bootstrap = broker.bootstrap.clone();
+        let to_send: Vec<&'static str> = lines.to_vec();
+        tokio::task::spawn_blocking(move || produce(&bootstrap, "lines", &to_send))
+            .await
+            .unwrap();
+        let settings = kafka_word_count::Settings {
+            bootstrap: broker.bootstrap.clone(),
+            input: "lines".to_string(),
+            output: "word_counts".to_string(),
+            checkpoint: tmp.path().join("ckpt").display().to_string(),
+            delivery: "at_least_once".to_string(),
+            available_now: true,
+        };
+        kafka_word_count::run(settings).await.unwrap();
+
+        // This run's records: one per word of its lines, with the count over all runs.
+        let mut changed = BTreeMap::new();
+        for word in lines.iter().flat_map(|l| words(l)) {
+            *totals.entry(word.clone()).or_default() += 1;
+            changed.insert(word.clone(), totals[&word]);
+        }
+        let bootstrap = broker.bootstrap.clone();
+        let records = tokio::task::spawn_blocking(move || {
+            read_topic(&bootstrap, "word_counts", false)
+        })
+        .await
+        .unwrap();
+        let written_before: usize = runs[..run]
+            .iter()
+            .map(|lines| {
+                lines
+                    .iter()
+                    .flat_map(|l| words(l))
+                    .collect::<BTreeSet<_>>()
+                    .len()
+            })
+            .sum();
+        let mut this_run: Vec<(String, i64)> = records[written_before..]
+            .iter()
+            .map(|r| {
+                let key = r.key.clone().expect("a key");
+                let value: serde_json::Value =
+                    serde_json::from_str(r.value.as_deref().expect("a value")).unwrap();
+                assert_eq!(value["word"].as_str(), Some(key.as_str()), "{r:?}");
+                (key, value["n"].as_i64().expect("a count"))
+            })
+            .collect();
+        this_run.sort();
+        assert_eq!(
+            this_run,
+            changed.into_iter().collect::<Vec<_>>(),
+            "run {run}: every changed word once, with its count so far; all records: {records:?}"
+        );
+    }
+    assert_eq!(totals["the"], 4);
+    assert_eq!(totals["dog"], 3);
+    assert_eq!(totals["don't"], 1);
 }
