@@ -693,11 +693,10 @@ async fn the_kafka_word_count_example_writes_each_runs_changed_counts_keyed_by_w
             changed.insert(word.clone(), totals[&word]);
         }
         let bootstrap = broker.bootstrap.clone();
-        let records = tokio::task::spawn_blocking(move || {
-            read_topic(&bootstrap, "word_counts", false)
-        })
-        .await
-        .unwrap();
+        let records =
+            tokio::task::spawn_blocking(move || read_topic(&bootstrap, "word_counts", false))
+                .await
+                .unwrap();
         let written_before: usize = runs[..run]
             .iter()
             .map(|lines| {
