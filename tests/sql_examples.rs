@@ -11,7 +11,8 @@
 //! TCP server run here (its address substituted for the script's `localhost:9999`);
 //! its batches cut the lines wherever they happen to, so each table it prints is
 //! checked against the counts after *some* number of lines, never fewer than the
-//! table before.
+//! table before. `kafka_wordcount.sql` runs against a nisshi broker started here (its
+//! address substituted for `127.0.0.1:9092`), its output topic read back.
 
 mod common;
 
@@ -604,19 +605,7 @@ fn socket_word_count_shows_the_top_words_of_the_lines_received_so_far() {
         script.replace("'localhost:9999'", &format!("'{address}'")),
     )
     .unwrap();
-    let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut run = Running(
-        Command::new(MILLRACE)
-            .arg("-f")
-            .arg(&job)
-            .current_dir(dir.path())
-            .env_remove("MILLRACE_CRASH_AT")
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&stdout).unwrap())
-            .stderr(fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("start the millrace binary"),
-    );
+    let (mut run, stdout, stderr) = spawn_script(dir.path(), &job);
     listener.set_nonblocking(true).unwrap();
     let mut connection = None;
     wait_until("millrace to connect", DEADLINE, || {
@@ -667,25 +656,7 @@ fn socket_word_count_shows_the_top_words_of_the_lines_received_so_far() {
     drop(connection);
 
     // Ctrl-C (SIGTERM here) stops the query after its current batch.
-    let killed = Command::new("kill")
-        .arg("-TERM")
-        .arg(run.0.id().to_string())
-        .status()
-        .expect("run kill");
-    assert!(killed.success());
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = run.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "millrace did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let err = read(&stderr);
-    assert!(
-        status.success(),
-        "millrace failed ({status}); stderr:\n{err}"
-    );
+    stop_gracefully(&mut run, &stderr);
 
     // Every table is the top 20 after some number of lines, a number that never goes
     // down from one batch to the next; the last one is after all of them.
@@ -721,6 +692,146 @@ fn socket_word_count_shows_the_top_words_of_the_lines_received_so_far() {
         "the last table counts every line"
     );
     assert!(counts.len() > 20, "the top 20 chose nothing");
+}
+
+/// Stops `run` as Ctrl-C does (SIGTERM) and asserts it exits 0.
+fn stop_gracefully(run: &mut Running, stderr: &Path) {
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(run.0.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = run.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "millrace did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status.success(),
+        "millrace failed ({status}); stderr:\n{}",
+        read(stderr)
+    );
+}
+
+/// Starts `millrace -f job` in `dir`, standard output and error to files there.
+fn spawn_script(dir: &Path, job: &Path) -> (Running, PathBuf, PathBuf) {
+    let (stdout, stderr) = (dir.join("stdout"), dir.join("stderr"));
+    let run = Running(
+        Command::new(MILLRACE)
+            .arg("-f")
+            .arg(job)
+            .current_dir(dir)
+            .env_remove("MILLRACE_CRASH_AT")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start the millrace binary"),
+    );
+    (run, stdout, stderr)
+}
+
+// ---------------------------------------------------------------------------------
+// kafka_wordcount.sql, against a broker run here
+
+/// The latest count of each word in records of the script's output topic (what a
+/// compacted topic keeps), checking that each value names its key.
+fn latest_counts(records: &[common::topic::Record]) -> BTreeMap<String, i64> {
+    let mut latest = BTreeMap::new();
+    for record in records {
+        let key = record.key.clone().expect("a key");
+        let value: serde_json::Value =
+            serde_json::from_str(record.value.as_deref().expect("a value")).unwrap();
+        assert_eq!(value["word"].as_str(), Some(key.as_str()), "{record:?}");
+        latest.insert(key, value["n"].as_i64().expect("a count"));
+    }
+    latest
+}
+
+#[test]
+fn kafka_wordcount_writes_the_changed_counts_keyed_by_word() {
+    use common::kafka::{Broker, BrokerKind};
+    use common::topic::{create_topic, partition_count, produce, read_topic};
+
+    let seed = test_seed("kafka_wordcount");
+    let mut rng = XorShift::new(seed);
+    let broker = Broker::start(BrokerKind::Nisshi);
+    // The script splits lines at single spaces and reads them as one CSV column:
+    // words of the vocabulary in random case, one space apart.
+    let lines: Vec<String> = (0..40)
+        .map(|_| {
+            (0..rng.range(1, 8))
+                .map(|_| {
+                    let word = VOCABULARY[rng.range(0, VOCABULARY.len() as u64 - 1) as usize];
+                    if rng.range(0, 1) == 0 {
+                        word.to_string()
+                    } else {
+                        word.to_uppercase()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for word in lines.iter().flat_map(|l| l.split(' ')) {
+        *expected.entry(word.to_lowercase()).or_default() += 1;
+    }
+    // As the script's comment says: the lines first, then the script.
+    create_topic(&broker.bootstrap, "lines", 2);
+    produce(
+        &broker.bootstrap,
+        "lines",
+        &lines.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+
+    let dir = temp_dir();
+    let script = read(Path::new(&example("kafka_wordcount.sql")));
+    assert!(script.contains("'127.0.0.1:9092'"), "{script}");
+    let job = dir.path().join("kafka_wordcount.sql");
+    fs::write(
+        &job,
+        script.replace("'127.0.0.1:9092'", &format!("'{}'", broker.bootstrap)),
+    )
+    .unwrap();
+    let (mut run, _stdout, stderr) = spawn_script(dir.path(), &job);
+
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        run.assert_running(&stderr, "counting");
+        if partition_count(&broker.bootstrap, "word_counts") > 0
+            && latest_counts(&read_topic(&broker.bootstrap, "word_counts", false)) == expected
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "word_counts did not reach the counts of the lines (seed {seed}); stderr:\n{}",
+            read(&stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop_gracefully(&mut run, &stderr);
+
+    // Each record is a count that went up: no word is written twice with one count.
+    let records = read_topic(&broker.bootstrap, "word_counts", false);
+    let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+    for record in &records {
+        let (word, n) = latest_counts(std::slice::from_ref(record))
+            .pop_first()
+            .unwrap();
+        let before = seen.insert(word.clone(), n).unwrap_or(0);
+        assert!(
+            n > before,
+            "{word}: {n} after {before}; records: {records:?}"
+        );
+    }
+    assert_eq!(latest_counts(&records), expected);
+    assert!(expected.len() > 20, "few distinct words");
 }
 
 // ---------------------------------------------------------------------------------
