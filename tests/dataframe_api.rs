@@ -2,7 +2,7 @@
 //! runs the same engine as SQL: these tests build real queries over real files and
 //! check the rows they deliver.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -451,4 +451,280 @@ async fn mistakes_are_refused_with_messages_that_say_what_to_do() {
         .to_string();
     assert!(error.contains("output_mode 'update'"), "{error}");
     assert!(fs::read_dir(tmp.path()).is_ok());
+}
+
+// ---------------------------------------------------------------------------------
+// format("kafka"): the SQL Kafka sink from the writer
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_kafka_writes_each_batchs_changed_counts_keyed_by_sensor() {
+    use common::kafka::{Broker, BrokerKind};
+    use common::topic::read_topic;
+
+    let broker = Broker::start(BrokerKind::Nisshi);
+    let tmp = common::temp_dir();
+    let input = common::make_dir(tmp.path(), "in");
+    let files: [&[(&str, u32, f64)]; 3] = [
+        &[("s1", 1, 10.0), ("s1", 4, 20.0), ("s2", 12, 5.0)],
+        &[("s1", 13, 7.0), ("s3", 31, 1.0)],
+        &[("s2", 40, 2.0), ("s2", 41, 3.0), ("s3", 42, 4.0)],
+    ];
+    for (i, rows) in files.iter().enumerate() {
+        land(&input, &format!("{i}.json"), rows);
+    }
+
+    let ctx = StreamingContext::new();
+    let query = one_file_per_batch(&ctx, &input)
+        .await
+        .group_by(vec![col("sensor")])
+        .agg(vec![count(lit(1)).alias("n")])
+        .unwrap()
+        .write_stream()
+        .format("kafka")
+        .option("topic", "sensor_counts")
+        .option("bootstrap.servers", &broker.bootstrap)
+        .option("key", "sensor")
+        .option("delivery", "at_least_once")
+        .option("create_topic", "true")
+        .option(
+            "checkpointLocation",
+            tmp.path().join("ckpt").to_str().unwrap(),
+        )
+        .output_mode(OutputMode::Update)
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await
+        .unwrap();
+    query.await_termination().await.unwrap();
+    assert_eq!(query.exception(), None);
+
+    // Update mode: each batch (one file) writes one record per sensor it counted,
+    // with the running count, keyed by the sensor; batches in order in the one
+    // partition.
+    let mut running: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut expected = Vec::new();
+    for rows in files {
+        let mut changed = BTreeMap::new();
+        for (sensor, _, _) in rows {
+            *running.entry(sensor).or_default() += 1;
+            changed.insert(*sensor, running[sensor]);
+        }
+        let mut batch: Vec<(String, String, i64)> = changed
+            .into_iter()
+            .map(|(s, n)| (s.to_string(), s.to_string(), n))
+            .collect();
+        batch.sort();
+        expected.push(batch);
+    }
+    let records = tokio::task::spawn_blocking(move || {
+        let records = read_topic(&broker.bootstrap, "sensor_counts", false);
+        drop(broker);
+        records
+    })
+    .await
+    .unwrap();
+    assert!(records.iter().all(|r| r.partition == 0), "{records:?}");
+    let decoded: Vec<(String, String, i64)> = records
+        .iter()
+        .map(|r| {
+            let value: serde_json::Value =
+                serde_json::from_str(r.value.as_deref().expect("a value")).unwrap();
+            (
+                r.key.clone().expect("a key"),
+                value["sensor"].as_str().expect("a sensor").to_string(),
+                value["n"].as_i64().expect("a count"),
+            )
+        })
+        .collect();
+    let mut at = 0;
+    for (id, batch) in expected.iter().enumerate() {
+        let mut written = decoded
+            .get(at..at + batch.len())
+            .unwrap_or_else(|| panic!("batch {id} is missing; written: {decoded:?}"))
+            .to_vec();
+        written.sort();
+        assert_eq!(&written, batch, "batch {id}; all written: {decoded:?}");
+        at += batch.len();
+    }
+    assert_eq!(decoded.len(), at, "only the batches' records: {decoded:?}");
+    assert_eq!(
+        running,
+        BTreeMap::from([("s1", 3), ("s2", 3), ("s3", 2)]),
+        "the input's counts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_kafka_options_are_refused_as_the_sql_sink_refuses_them() {
+    let tmp = common::temp_dir();
+    let input = common::make_dir(tmp.path(), "in");
+    let ctx = StreamingContext::new();
+    let frame = one_file_per_batch(&ctx, &input).await;
+    frame.create_or_replace_temp_view("readings").unwrap();
+    // The same options through the writer and through CREATE SINK.
+    let refusals = |options: &'static [(&'static str, &'static str)]| {
+        let (ctx, frame) = (ctx.clone(), frame.clone());
+        async move {
+            let mut writer = frame.write_stream().format("kafka").query_name("q");
+            for (key, value) in options {
+                writer = writer.option(key, value);
+            }
+            let from_writer = writer.start().await.err().expect("refused").to_string();
+            let location = options
+                .iter()
+                .find(|(k, _)| *k == "topic")
+                .map(|(_, t)| format!(" LOCATION '{t}'"))
+                .unwrap_or_default();
+            let sql_options: Vec<String> = options
+                .iter()
+                .filter(|(k, _)| *k != "topic")
+                .map(|(k, v)| format!("'{k}' '{v}'"))
+                .collect();
+            let from_sql = ctx
+                .sql(&format!(
+                    "CREATE SINK q STORED AS KAFKA{location} OPTIONS ({}) AS SELECT * FROM readings",
+                    sql_options.join(", ")
+                ))
+                .await
+                .err()
+                .expect("refused")
+                .to_string();
+            (from_writer, from_sql)
+        }
+    };
+    let (writer, sql) = refusals(&[
+        ("topic", "t"),
+        ("bootstrap.servers", "127.0.0.1:1"),
+        ("delivery", "at_least_once"),
+        ("kye", "sensor"),
+    ])
+    .await;
+    for error in [&writer, &sql] {
+        assert!(
+            error.contains("unknown option 'kye' for KAFKA sink 'q' (known options: "),
+            "{error}"
+        );
+    }
+    assert!(writer.contains("topic, checkpoint, bootstrap.servers, format, key, delivery"));
+
+    // Exactly-once without a checkpoint, a misspelt delivery, no brokers, a bad topic
+    // name: word for word the same.
+    const SAME: [&[(&str, &str)]; 4] = [
+        &[("topic", "t"), ("bootstrap.servers", "127.0.0.1:1")],
+        &[
+            ("topic", "t"),
+            ("bootstrap.servers", "127.0.0.1:1"),
+            ("delivery", "at-least-once"),
+        ],
+        &[("topic", "t"), ("delivery", "at_least_once")],
+        &[
+            ("topic", "no topic"),
+            ("bootstrap.servers", "127.0.0.1:1"),
+            ("delivery", "at_least_once"),
+        ],
+    ];
+    for options in SAME {
+        let (writer, sql) = refusals(options).await;
+        assert_eq!(writer, sql, "with {options:?}");
+    }
+    let (writer, _) = refusals(&[("checkpoint", "c"), ("bootstrap.servers", "b:1")]).await;
+    assert!(
+        writer.contains("needs option('topic', '<topic>')"),
+        "{writer}"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// examples/kafka_word_count.rs, run against a real broker
+
+#[path = "../examples/kafka_word_count.rs"]
+#[allow(dead_code)]
+mod kafka_word_count;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_word_count_example_writes_each_runs_changed_counts_keyed_by_word() {
+    use common::kafka::{Broker, BrokerKind};
+    use common::topic::{create_topic, produce, read_topic};
+
+    let broker = Arc::new(Broker::start(BrokerKind::Nisshi));
+    let tmp = common::temp_dir();
+    let bootstrap = broker.bootstrap.clone();
+    tokio::task::spawn_blocking(move || create_topic(&bootstrap, "lines", 2))
+        .await
+        .unwrap();
+    // Words as the example defines them: runs of a-z, 0-9 and `'`, lower-cased.
+    let words = |line: &str| -> Vec<String> {
+        line.to_lowercase()
+            .split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '\''))
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let runs: [&[&str]; 2] = [
+        &[
+            "The quick brown fox",
+            "jumps over the lazy dog.",
+            "",
+            "Don't  panic, the DOG said",
+        ],
+        &["the dog sleeps", "fox-trot 2026"],
+    ];
+    let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+    for (run, lines) in runs.iter().enumerate() {
+        let bootstrap = broker.bootstrap.clone();
+        let to_send: Vec<&'static str> = lines.to_vec();
+        tokio::task::spawn_blocking(move || produce(&bootstrap, "lines", &to_send))
+            .await
+            .unwrap();
+        let settings = kafka_word_count::Settings {
+            bootstrap: broker.bootstrap.clone(),
+            input: "lines".to_string(),
+            output: "word_counts".to_string(),
+            checkpoint: tmp.path().join("ckpt").display().to_string(),
+            delivery: "at_least_once".to_string(),
+            available_now: true,
+        };
+        kafka_word_count::run(settings).await.unwrap();
+
+        // This run's records: one per word of its lines, with the count over all runs.
+        let mut changed = BTreeMap::new();
+        for word in lines.iter().flat_map(|l| words(l)) {
+            *totals.entry(word.clone()).or_default() += 1;
+            changed.insert(word.clone(), totals[&word]);
+        }
+        let bootstrap = broker.bootstrap.clone();
+        let records =
+            tokio::task::spawn_blocking(move || read_topic(&bootstrap, "word_counts", false))
+                .await
+                .unwrap();
+        let written_before: usize = runs[..run]
+            .iter()
+            .map(|lines| {
+                lines
+                    .iter()
+                    .flat_map(|l| words(l))
+                    .collect::<BTreeSet<_>>()
+                    .len()
+            })
+            .sum();
+        let mut this_run: Vec<(String, i64)> = records[written_before..]
+            .iter()
+            .map(|r| {
+                let key = r.key.clone().expect("a key");
+                let value: serde_json::Value =
+                    serde_json::from_str(r.value.as_deref().expect("a value")).unwrap();
+                assert_eq!(value["word"].as_str(), Some(key.as_str()), "{r:?}");
+                (key, value["n"].as_i64().expect("a count"))
+            })
+            .collect();
+        this_run.sort();
+        assert_eq!(
+            this_run,
+            changed.into_iter().collect::<Vec<_>>(),
+            "run {run}: every changed word once, with its count so far; all records: {records:?}"
+        );
+    }
+    assert_eq!(totals["the"], 4);
+    assert_eq!(totals["dog"], 3);
+    assert_eq!(totals["don't"], 1);
 }

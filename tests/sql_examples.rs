@@ -5,15 +5,24 @@
 //! `parquet` crate — is checked against the same computation done here in plain Rust
 //! from the input files: windows, watermark and word splitting included.
 //!
-//! The input is random (seed printed; rerun with `MILLRACE_TEST_SEED`), the scripts use
-//! `'trigger' 'available_now'` and one file per batch, so what each batch reads is
-//! known and nothing depends on timing.
+//! The input is random (seed printed; rerun with `MILLRACE_TEST_SEED`), the file-based
+//! scripts use `'trigger' 'available_now'` and one file per batch, so what each batch
+//! reads is known and nothing depends on timing. `socket_word_count.sql` reads from a
+//! TCP server run here (its address substituted for the script's `localhost:9999`);
+//! its batches cut the lines wherever they happen to, so each table it prints is
+//! checked against the counts after *some* number of lines, never fewer than the
+//! table before. `kafka_wordcount.sql` runs against a nisshi broker started here (its
+//! address substituted for `127.0.0.1:9092`), its output topic read back.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use common::*;
@@ -500,6 +509,25 @@ fn words(line: &str) -> Vec<String> {
         .collect()
 }
 
+/// The 20 most frequent words of `counts` as the scripts show them: by count, most
+/// first, then by word.
+fn top_words(counts: &BTreeMap<String, i64>) -> Vec<(String, i64)> {
+    let mut top: Vec<(String, i64)> = counts.clone().into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    top.truncate(20);
+    top
+}
+
+/// The `(word, count)` rows a console batch printed.
+fn printed_counts(batch: &ConsoleBatch) -> Vec<(String, i64)> {
+    batch
+        .column("word")
+        .into_iter()
+        .zip(batch.column("count"))
+        .map(|(word, n)| (word.to_string(), n.parse().expect("a count")))
+        .collect()
+}
+
 #[test]
 fn word_count_shows_the_top_words_of_everything_read_after_every_batch() {
     let seed = test_seed("word_count");
@@ -523,18 +551,287 @@ fn word_count_shows_the_top_words_of_everything_read_after_every_batch() {
         for word in text.lines().flat_map(words) {
             *counts.entry(word).or_default() += 1;
         }
-        let mut top: Vec<(String, i64)> = counts.clone().into_iter().collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        top.truncate(20);
-        let printed: Vec<(String, i64)> = batch
-            .column("word")
-            .into_iter()
-            .zip(batch.column("count"))
-            .map(|(word, n)| (word.to_string(), n.parse().expect("a count")))
-            .collect();
-        assert_eq!(printed, top, "batch {}: the top 20 words so far", batch.id);
+        assert_eq!(
+            printed_counts(batch),
+            top_words(&counts),
+            "batch {}: the top 20 words so far",
+            batch.id
+        );
     }
     assert!(counts.len() > 20, "the top 20 chose nothing");
+}
+
+// ---------------------------------------------------------------------------------
+// socket_word_count.sql, against a TCP server run here
+
+/// A `millrace` process, killed if the test ends before it does.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl Running {
+    /// Fails the test (with the process's standard error) if the process has ended.
+    fn assert_running(&mut self, stderr: &Path, context: &str) {
+        if let Some(status) = self.0.try_wait().expect("poll the millrace process") {
+            panic!(
+                "millrace ended ({status}) while {context}; stderr:\n{}",
+                fs::read_to_string(stderr).unwrap_or_default()
+            );
+        }
+    }
+}
+
+#[test]
+fn socket_word_count_shows_the_top_words_of_the_lines_received_so_far() {
+    let seed = test_seed("socket_word_count");
+    let mut rng = XorShift::new(seed);
+    let dir = temp_dir();
+    // The server (`nc -lk 9999` in the script's comment) on a free loopback port,
+    // substituted for the script's address.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let address = listener.local_addr().unwrap().to_string();
+    let script = read(Path::new(&example("socket_word_count.sql")));
+    assert!(script.contains("LOCATION 'localhost:9999'"), "{script}");
+    let job = dir.path().join("socket_word_count.sql");
+    fs::write(
+        &job,
+        script.replace("'localhost:9999'", &format!("'{address}'")),
+    )
+    .unwrap();
+    let (mut run, stdout, stderr) = spawn_script(dir.path(), &job);
+    listener.set_nonblocking(true).unwrap();
+    let mut connection = None;
+    wait_until("millrace to connect", DEADLINE, || {
+        run.assert_running(&stderr, "waiting for it to connect");
+        match listener.accept() {
+            Ok((stream, _)) => connection = Some(stream),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("accept: {e}"),
+        }
+        connection.is_some()
+    });
+    let mut connection = connection.unwrap();
+    connection.set_nonblocking(false).unwrap();
+
+    // Bursts of lines; after each, wait until a table shows everything sent so far, so
+    // every burst is in a later batch than the one before.
+    let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+    // The top 20 after each number of lines sent (0, 1, 2, ...).
+    let mut tops = vec![top_words(&counts)];
+    let bursts = 4;
+    for burst in 0..bursts {
+        let lines: Vec<String> = (0..15).map(|_| text_line(&mut rng)).collect();
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        connection.write_all(text.as_bytes()).expect("send lines");
+        for line in &lines {
+            for word in words(line) {
+                *counts.entry(word).or_default() += 1;
+            }
+            tops.push(top_words(&counts));
+        }
+        let expected = top_words(&counts);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            run.assert_running(&stderr, "counting");
+            let out = fs::read_to_string(&stdout).unwrap_or_default();
+            let last = console_batches(&out).last().map(printed_counts);
+            if last.as_ref() == Some(&expected) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "burst {burst} was not counted within {DEADLINE:?} (seed {seed}): expected \
+                 {expected:?}, last table {last:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    drop(connection);
+
+    // Ctrl-C (SIGTERM here) stops the query after its current batch.
+    stop_gracefully(&mut run, &stderr);
+
+    // Every table is the top 20 after some number of lines, a number that never goes
+    // down from one batch to the next; the last one is after all of them.
+    let out = read(&stdout);
+    let batches = console_batches(&out);
+    let ids: Vec<u64> = batches.iter().map(|b| b.id).collect();
+    assert_eq!(ids, (0..batches.len() as u64).collect::<Vec<_>>(), "{out}");
+    assert!(
+        batches.len() >= bursts,
+        "each burst was counted before the next was sent: {out}"
+    );
+    let mut lines_in = 0;
+    for batch in &batches {
+        assert!(
+            !batch.truncated,
+            "batch {}: LIMIT 20 fits num_rows",
+            batch.id
+        );
+        let printed = printed_counts(batch);
+        lines_in = (lines_in..tops.len())
+            .find(|&k| tops[k] == printed)
+            .unwrap_or_else(|| {
+                panic!(
+                    "batch {}: {printed:?} is not the top 20 after {lines_in} or more lines \
+                     (seed {seed}); stdout:\n{out}",
+                    batch.id
+                )
+            });
+    }
+    assert_eq!(
+        printed_counts(batches.last().unwrap()),
+        top_words(&counts),
+        "the last table counts every line"
+    );
+    assert!(counts.len() > 20, "the top 20 chose nothing");
+}
+
+/// Stops `run` as Ctrl-C does (SIGTERM) and asserts it exits 0.
+fn stop_gracefully(run: &mut Running, stderr: &Path) {
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(run.0.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = run.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "millrace did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status.success(),
+        "millrace failed ({status}); stderr:\n{}",
+        read(stderr)
+    );
+}
+
+/// Starts `millrace -f job` in `dir`, standard output and error to files there.
+fn spawn_script(dir: &Path, job: &Path) -> (Running, PathBuf, PathBuf) {
+    let (stdout, stderr) = (dir.join("stdout"), dir.join("stderr"));
+    let run = Running(
+        Command::new(MILLRACE)
+            .arg("-f")
+            .arg(job)
+            .current_dir(dir)
+            .env_remove("MILLRACE_CRASH_AT")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start the millrace binary"),
+    );
+    (run, stdout, stderr)
+}
+
+// ---------------------------------------------------------------------------------
+// kafka_wordcount.sql, against a broker run here
+
+/// The latest count of each word in records of the script's output topic (what a
+/// compacted topic keeps), checking that each value names its key.
+fn latest_counts(records: &[common::topic::Record]) -> BTreeMap<String, i64> {
+    let mut latest = BTreeMap::new();
+    for record in records {
+        let key = record.key.clone().expect("a key");
+        let value: serde_json::Value =
+            serde_json::from_str(record.value.as_deref().expect("a value")).unwrap();
+        assert_eq!(value["word"].as_str(), Some(key.as_str()), "{record:?}");
+        latest.insert(key, value["n"].as_i64().expect("a count"));
+    }
+    latest
+}
+
+#[test]
+fn kafka_wordcount_writes_the_changed_counts_keyed_by_word() {
+    use common::kafka::{Broker, BrokerKind};
+    use common::topic::{create_topic, partition_count, produce, read_topic};
+
+    let seed = test_seed("kafka_wordcount");
+    let mut rng = XorShift::new(seed);
+    let broker = Broker::start(BrokerKind::Nisshi);
+    // The script splits lines at single spaces and reads them as one CSV column:
+    // words of the vocabulary in random case, one space apart.
+    let lines: Vec<String> = (0..40)
+        .map(|_| {
+            (0..rng.range(1, 8))
+                .map(|_| {
+                    let word = VOCABULARY[rng.range(0, VOCABULARY.len() as u64 - 1) as usize];
+                    if rng.range(0, 1) == 0 {
+                        word.to_string()
+                    } else {
+                        word.to_uppercase()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for word in lines.iter().flat_map(|l| l.split(' ')) {
+        *expected.entry(word.to_lowercase()).or_default() += 1;
+    }
+    // As the script's comment says: the lines first, then the script.
+    create_topic(&broker.bootstrap, "lines", 2);
+    produce(
+        &broker.bootstrap,
+        "lines",
+        &lines.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+
+    let dir = temp_dir();
+    let script = read(Path::new(&example("kafka_wordcount.sql")));
+    assert!(script.contains("'127.0.0.1:9092'"), "{script}");
+    let job = dir.path().join("kafka_wordcount.sql");
+    fs::write(
+        &job,
+        script.replace("'127.0.0.1:9092'", &format!("'{}'", broker.bootstrap)),
+    )
+    .unwrap();
+    let (mut run, _stdout, stderr) = spawn_script(dir.path(), &job);
+
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        run.assert_running(&stderr, "counting");
+        if partition_count(&broker.bootstrap, "word_counts") > 0
+            && latest_counts(&read_topic(&broker.bootstrap, "word_counts", false)) == expected
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "word_counts did not reach the counts of the lines (seed {seed}); stderr:\n{}",
+            read(&stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop_gracefully(&mut run, &stderr);
+
+    // Each record is a count that went up: no word is written twice with one count.
+    let records = read_topic(&broker.bootstrap, "word_counts", false);
+    let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+    for record in &records {
+        let (word, n) = latest_counts(std::slice::from_ref(record))
+            .pop_first()
+            .unwrap();
+        let before = seen.insert(word.clone(), n).unwrap_or(0);
+        assert!(
+            n > before,
+            "{word}: {n} after {before}; records: {records:?}"
+        );
+    }
+    assert_eq!(latest_counts(&records), expected);
+    assert!(expected.len() > 20, "few distinct words");
 }
 
 // ---------------------------------------------------------------------------------

@@ -14,10 +14,14 @@
 -- without the Kafka source by reading text files instead:
 --   CREATE UNBOUNDED EXTERNAL TABLE lines (line VARCHAR) STORED AS TEXT LOCATION 'in/';
 
--- The stream: one row per record of topic `lines`, the record's value as `line`.
+-- The stream: one row per record of topic `lines`, the record's value as `line`,
+-- from the topic's first record on the query's first run (the default, 'latest',
+-- would skip the lines produced before it started); a restart resumes from the
+-- checkpoint.
 CREATE UNBOUNDED EXTERNAL TABLE lines (line VARCHAR)
 STORED AS KAFKA LOCATION 'lines'
-OPTIONS ('bootstrap.servers' '127.0.0.1:9092', 'format' 'csv');
+OPTIONS ('bootstrap.servers' '127.0.0.1:9092', 'format' 'csv',
+         'starting_offsets' 'earliest');
 
 -- One record per changed word: key `the`, value {"word":"the","n":2}.
 CREATE SINK word_counts STORED AS KAFKA LOCATION 'word_counts'

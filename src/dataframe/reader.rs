@@ -28,7 +28,7 @@ impl DataStreamReader {
     }
 
     /// The source format: `csv`, `json`, `parquet`, `text` (files in a directory),
-    /// `rate` or `socket`. Default `parquet`, as in Spark.
+    /// `rate`, `socket` or `kafka` (a topic). Default `parquet`, as in Spark.
     pub fn format(mut self, format: &str) -> Self {
         self.format = format.to_string();
         self
@@ -50,7 +50,7 @@ impl DataStreamReader {
     }
 
     /// Declares the stream over `path` (a directory for files, `host:port` for a
-    /// socket, ignored by `rate`) and returns it as a frame.
+    /// socket, a topic for Kafka, ignored by `rate`) and returns it as a frame.
     pub async fn load(self, path: &str) -> Result<StreamFrame> {
         let name = self.ctx.next_stream_name();
         let format = self.format.to_ascii_uppercase();

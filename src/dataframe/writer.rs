@@ -11,7 +11,9 @@ use super::StreamingContext;
 use crate::error::{Error, Result};
 use crate::execution::{StreamingQuery, Trigger};
 use crate::sink::foreach_batch::ForeachBatchFn;
+use crate::sink::kafka::{KAFKA_SINK_OPTIONS, KafkaSinkOptions};
 use crate::sink::{FileSinkFormat, OutputMode, SinkSpec};
+use crate::source::options::Options;
 
 /// Describes the sink of a stream frame, then [`start`](Self::start)s the query.
 pub struct DataStreamWriter {
@@ -40,15 +42,20 @@ impl DataStreamWriter {
     }
 
     /// The sink: `console` (default), `memory` (a session table named after the
-    /// query), `parquet`, `csv` or `json` (files under the `path` option), or `noop`
-    /// (rows dropped, for measuring).
+    /// query), `parquet`, `csv` or `json` (files under the `path` option), `kafka`
+    /// (records of the topic named by the `topic` option, with the options of
+    /// `CREATE SINK ... STORED AS KAFKA`), or `noop` (rows dropped, for measuring).
     pub fn format(mut self, format: &str) -> Self {
         self.format = format.to_ascii_lowercase();
         self
     }
 
     /// One sink option: `path` (file sinks), `checkpoint` (also `checkpointLocation`),
-    /// `num_rows` (console).
+    /// `num_rows` (console). A `kafka` sink takes `topic` (required, as Spark's Kafka
+    /// writer does: the SQL sink's `LOCATION`), `checkpoint`, and the Kafka options
+    /// of the SQL sink (`bootstrap.servers`, `format`, `key`, `delivery`,
+    /// `create_topic`, `create_topic_partitions`, `timeout`, `kafka.<setting>`),
+    /// checked by the same code with the same messages.
     pub fn option(mut self, key: &str, value: &str) -> Self {
         self.options.push((key.to_string(), value.to_string()));
         self
@@ -91,6 +98,78 @@ impl DataStreamWriter {
     /// Starts the query; errors (options, unsupported query shapes, a checkpoint of
     /// another query) are returned before anything runs.
     pub async fn start(self) -> Result<StreamingQuery> {
+        let name = match &self.name {
+            Some(name) => name.clone(),
+            None if self.format == "memory" => {
+                return Err(Error::Option(
+                    "a memory sink's table is named after the query: call query_name(...)"
+                        .to_string(),
+                ));
+            }
+            None => format!("query_{}", self.ctx.queries().len() + 1),
+        };
+        let (sink, checkpoint) = if self.format == "kafka" {
+            self.kafka_sink(&name)?
+        } else {
+            self.other_sink()?
+        };
+        if !sink.supports(self.output_mode) {
+            return Err(Error::Unsupported(format!(
+                "a {} sink only appends: use OutputMode::Append",
+                self.format
+            )));
+        }
+        self.ctx
+            .session()
+            .start_plan(
+                &name,
+                self.plan,
+                sink,
+                self.output_mode,
+                self.trigger,
+                checkpoint,
+            )
+            .await
+    }
+
+    /// A Kafka sink: the options go through the SQL sink's parser
+    /// ([`KafkaSinkOptions::parse`] and the strict [`Options`]), so they are checked,
+    /// and refused, with the same messages as in `CREATE SINK ... STORED AS KAFKA`;
+    /// `topic` stands for the statement's `LOCATION`.
+    fn kafka_sink(&self, name: &str) -> Result<(SinkSpec, Option<PathBuf>)> {
+        let what = format!("KAFKA sink '{name}'");
+        let pairs = self
+            .options
+            .iter()
+            .map(|(key, value)| {
+                let key = if key.eq_ignore_ascii_case("checkpointLocation") {
+                    "checkpoint".to_string()
+                } else {
+                    key.clone()
+                };
+                (key, value.clone())
+            })
+            .collect();
+        let mut options = Options::new(what.clone(), pairs)?;
+        let topic = options.take("topic").ok_or_else(|| {
+            Error::Option(format!(
+                "{what} needs option('topic', '<topic>'): the Kafka topic to write to"
+            ))
+        })?;
+        let checkpoint = options
+            .take("checkpoint")
+            .map(|c| std::path::absolute(&c).map_err(Error::io(&c)))
+            .transpose()?;
+        let kafka =
+            KafkaSinkOptions::parse(&mut options, Some(&topic), checkpoint.is_some(), &what)?;
+        let mut allowed = vec!["topic", "checkpoint"];
+        allowed.extend_from_slice(KAFKA_SINK_OPTIONS);
+        options.finish(&allowed)?;
+        Ok((SinkSpec::Kafka(Box::new(kafka)), checkpoint))
+    }
+
+    /// Every other sink, from the options `path`, `checkpoint` and `num_rows`.
+    fn other_sink(&self) -> Result<(SinkSpec, Option<PathBuf>)> {
         let mut path = None;
         let mut checkpoint = None;
         let mut num_rows = 20;
@@ -144,37 +223,11 @@ impl DataStreamWriter {
             ),
             other => {
                 return Err(Error::Option(format!(
-                    "unknown sink format '{other}': use console, memory, parquet, csv, json or \
-                     noop, or foreach_batch(...)"
+                    "unknown sink format '{other}': use console, memory, parquet, csv, json, \
+                     kafka or noop, or foreach_batch(...)"
                 )));
             }
         };
-        if !sink.supports(self.output_mode) {
-            return Err(Error::Unsupported(format!(
-                "a {} sink only appends: use OutputMode::Append",
-                self.format
-            )));
-        }
-        let name = match &self.name {
-            Some(name) => name.clone(),
-            None if self.format == "memory" => {
-                return Err(Error::Option(
-                    "a memory sink's table is named after the query: call query_name(...)"
-                        .to_string(),
-                ));
-            }
-            None => format!("query_{}", self.ctx.queries().len() + 1),
-        };
-        self.ctx
-            .session()
-            .start_plan(
-                &name,
-                self.plan,
-                sink,
-                self.output_mode,
-                self.trigger,
-                checkpoint,
-            )
-            .await
+        Ok((sink, checkpoint))
     }
 }
