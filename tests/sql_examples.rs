@@ -760,18 +760,21 @@ fn kafka_wordcount_writes_the_changed_counts_keyed_by_word() {
     let seed = test_seed("kafka_wordcount");
     let mut rng = XorShift::new(seed);
     let broker = Broker::start(BrokerKind::Nisshi);
-    // The script splits lines at single spaces and reads them as one CSV column:
-    // words of the vocabulary in random case, one space apart.
+    // The script splits lines at single spaces: words of the vocabulary in random
+    // case, one space apart, some with a comma or a quote (the value is raw text, not
+    // a CSV line).
     let lines: Vec<String> = (0..40)
         .map(|_| {
             (0..rng.range(1, 8))
                 .map(|_| {
                     let word = VOCABULARY[rng.range(0, VOCABULARY.len() as u64 - 1) as usize];
-                    if rng.range(0, 1) == 0 {
-                        word.to_string()
-                    } else {
-                        word.to_uppercase()
-                    }
+                    let word = match rng.range(0, 3) {
+                        0 => word.to_string(),
+                        1 => word.to_uppercase(),
+                        2 => format!("{word},"),
+                        _ => format!("\"{word}"),
+                    };
+                    word
                 })
                 .collect::<Vec<_>>()
                 .join(" ")
