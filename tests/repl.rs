@@ -310,3 +310,54 @@ fn background_sinks_are_listed_described_stopped_and_their_failures_reported() {
     expect(&mut shell, "stopping 1 streaming query");
     assert_eq!(exit_code(&mut shell), 0);
 }
+
+#[test]
+fn sigterm_stops_the_queries_after_their_batch_and_exits_with_143() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    fs::create_dir(&input).unwrap();
+    land(&input, "1.csv", "p1,2026-01-01T10:00:00,3.5\n");
+    let mut shell = shell(tmp.path());
+    type_line(&mut shell, READINGS);
+    expect(&mut shell, "table 'readings' declared");
+    type_line(
+        &mut shell,
+        "CREATE SINK copy STORED AS CSV LOCATION 'out/' OPTIONS ('checkpoint' 'ckpt') AS \
+         SELECT pump, psi FROM readings;",
+    );
+    expect(
+        &mut shell,
+        "streaming query 'copy' started in the background",
+    );
+    let commits = tmp.path().join("ckpt/commits");
+    let deadline = Instant::now() + Duration::from_millis(TIMEOUT_MS);
+    while !commits.join("0").exists() {
+        assert!(Instant::now() < deadline, "batch 0 never committed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The shell waits at its prompt, inside the line editor.
+    shell
+        .process_mut()
+        .signal(rexpect::process::Signal::SIGTERM)
+        .expect("send SIGTERM");
+    expect(
+        &mut shell,
+        "terminated (SIGTERM); stopping 1 streaming query after the current batch",
+    );
+    shell.exp_eof().expect("the shell ends");
+    match shell.process().wait().expect("wait for the shell") {
+        WaitStatus::Exited(_, code) => assert_eq!(code, 143),
+        other => panic!("the shell did not exit by itself: {other:?}"),
+    }
+    // Stopped after a batch, not in the middle of one: every planned batch committed.
+    let ids = |dir: &str| -> Vec<String> {
+        let mut ids: Vec<String> = fs::read_dir(tmp.path().join("ckpt").join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.chars().all(|c| c.is_ascii_digit()))
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids("offsets"), ids("commits"));
+}

@@ -768,13 +768,12 @@ fn kafka_wordcount_writes_the_changed_counts_keyed_by_word() {
             (0..rng.range(1, 8))
                 .map(|_| {
                     let word = VOCABULARY[rng.range(0, VOCABULARY.len() as u64 - 1) as usize];
-                    let word = match rng.range(0, 3) {
+                    match rng.range(0, 3) {
                         0 => word.to_string(),
                         1 => word.to_uppercase(),
                         2 => format!("{word},"),
                         _ => format!("\"{word}"),
-                    };
-                    word
+                    }
                 })
                 .collect::<Vec<_>>()
                 .join(" ")

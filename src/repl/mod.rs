@@ -15,6 +15,7 @@ mod commands;
 mod completion;
 mod live;
 mod output;
+mod terminate;
 
 use std::collections::HashSet;
 use std::io::{BufRead, IsTerminal, Write};
@@ -85,7 +86,8 @@ impl ShellOptions {
 }
 
 /// Runs the shell until `\q`, end of input, or a second Ctrl-C at an empty prompt;
-/// then stops every query after its current batch and waits for them.
+/// then stops every query after its current batch and waits for them. SIGTERM does
+/// the same and exits with status 143 (see `terminate.rs`).
 ///
 /// On a terminal the shell exits successfully once the queries have stopped (their
 /// failures were reported at the prompt). Reading a pipe, it returns the first
@@ -106,11 +108,18 @@ pub fn run(session: &Session, runtime: &Runtime, options: &ShellOptions) -> Resu
         depth: 0,
         screen_rows: None,
     };
-    if interactive {
-        shell.run_editor(options)
-    } else {
-        shell.run_plain()
-    }
+    let watch = terminate::Watch::listen(runtime);
+    let finished = watch.finisher();
+    std::thread::scope(|scope| {
+        scope.spawn(|| watch.wait(session, runtime));
+        let outcome = if interactive {
+            shell.run_editor(options)
+        } else {
+            shell.run_plain()
+        };
+        finished.notify_one();
+        outcome
+    })
 }
 
 const BANNER: &str = "statements end with ';'; \\? lists the commands, \\q quits";
