@@ -1,8 +1,11 @@
 //! How the shell prints rows: `\pset format table|csv|json` and `\pset limit N`, the
 //! same for static results, `\d` listings and live queries.
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 
 use crate::error::{Error, Result};
@@ -126,10 +129,10 @@ pub fn render(
                 .with_header(header)
                 .build(Vec::new());
             if batches.is_empty() && header {
-                writer.write(&RecordBatch::new_empty(schema.clone()))?;
+                writer.write(&csv_ready(&RecordBatch::new_empty(schema.clone()))?)?;
             }
             for batch in batches {
-                writer.write(batch)?;
+                writer.write(&csv_ready(batch)?)?;
             }
             text.push_str(&String::from_utf8_lossy(&writer.into_inner()));
         }
@@ -145,12 +148,61 @@ pub fn render(
     Ok(Rendered { text, total, shown })
 }
 
+/// The batch with every column the CSV writer cannot write (structs such as
+/// `window`, lists such as Kafka `headers`, maps, binary such as Kafka `key` and
+/// `value`) turned into text as the table format shows it, so `\pset format csv`
+/// prints any result.
+fn csv_ready(batch: &RecordBatch) -> Result<RecordBatch> {
+    let needs_text = |t: &DataType| {
+        t.is_nested()
+            || matches!(
+                t,
+                DataType::Binary
+                    | DataType::LargeBinary
+                    | DataType::BinaryView
+                    | DataType::FixedSizeBinary(_)
+            )
+    };
+    if !batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| needs_text(f.data_type()))
+    {
+        return Ok(batch.clone());
+    }
+    let options = FormatOptions::default();
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if !needs_text(field.data_type()) {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+            continue;
+        }
+        let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
+        let text: StringArray = (0..column.len())
+            .map(|i| column.is_valid(i).then(|| formatter.value(i).to_string()))
+            .collect();
+        fields.push(Field::new(
+            field.name(),
+            DataType::Utf8,
+            field.is_nullable(),
+        ));
+        columns.push(Arc::new(text));
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use datafusion::arrow::array::{Int64Array, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::TimeUnit;
 
     use super::*;
 
@@ -184,6 +236,55 @@ mod tests {
         assert!(!out.text.contains("v2"), "{}", out.text);
         assert_eq!((out.total, out.shown), (5, 2));
         assert!(out.summary().starts_with("5 rows (first 2 shown"));
+    }
+
+    #[test]
+    fn csv_prints_structs_and_binary_as_the_table_shows_them() {
+        use datafusion::arrow::array::{BinaryArray, StructArray, TimestampSecondArray};
+        let window = StructArray::from(vec![
+            (
+                Arc::new(Field::new(
+                    "start",
+                    DataType::Timestamp(TimeUnit::Second, None),
+                    false,
+                )),
+                Arc::new(TimestampSecondArray::from(vec![0, 10])) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new(
+                    "end",
+                    DataType::Timestamp(TimeUnit::Second, None),
+                    false,
+                )),
+                Arc::new(TimestampSecondArray::from(vec![10, 20])) as ArrayRef,
+            ),
+        ]);
+        let key = BinaryArray::from_opt_vec(vec![Some(b"k1".as_slice()), None]);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("window", window.data_type().clone(), false),
+            Field::new("key", DataType::Binary, true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(window),
+                Arc::new(key),
+                Arc::new(Int64Array::from(vec![3, 4])),
+            ],
+        )
+        .unwrap();
+        let csv = OutputSettings {
+            format: OutputFormat::Csv,
+            limit: 0,
+        };
+        let out = render(&schema, &[batch], &csv, true).unwrap();
+        assert_eq!(
+            out.text,
+            "window,key,n\n\
+             \"{start: 1970-01-01T00:00:00, end: 1970-01-01T00:00:10}\",6b31,3\n\
+             \"{start: 1970-01-01T00:00:10, end: 1970-01-01T00:00:20}\",,4\n"
+        );
     }
 
     #[test]
