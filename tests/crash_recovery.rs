@@ -12,7 +12,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,16 +106,12 @@ fn kill_minus_nine_at_random_instants_loses_and_duplicates_nothing() {
             assert_crashed_at(status, &stderr, point);
             crashed += 1;
         } else {
-            let mut process = Millrace::spawn(&continuous, &[], &stderr_path);
-            let delay = rng.range(20, 400);
-            std::thread::sleep(Duration::from_millis(delay));
-            process.assert_running(&format!("run {run} (kill after {delay} ms)"));
-            let status = process.kill9();
-            assert_eq!(
-                status.signal(),
-                Some(SIGKILL),
-                "run {run}: the process was not ended by the kill ({status}); stderr:\n{}",
-                process.stderr()
+            kill9_after_random_delay(
+                &continuous,
+                &stderr_path,
+                &mut rng,
+                (20, 400),
+                &format!("run {run}"),
             );
             killed += 1;
         }

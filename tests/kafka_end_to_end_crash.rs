@@ -28,7 +28,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -266,16 +265,12 @@ fn kill_minus_nine_anywhere_keeps_the_counts_exact_and_never_rewrites_a_committe
             // (after-offsets, after-state-commit: the batch may be a replay of one an
             // earlier, killed run had already committed to Kafka; nothing to assert.)
         } else {
-            let mut process = Millrace::spawn(&continuous, &[], &stderr_path);
-            let delay = rng.range(100, 1500);
-            std::thread::sleep(Duration::from_millis(delay));
-            process.assert_running(&format!("run {run} (kill after {delay} ms)"));
-            let status = process.kill9();
-            assert_eq!(
-                status.signal(),
-                Some(SIGKILL),
-                "run {run}: not ended by the kill ({status}); stderr:\n{}",
-                process.stderr()
+            kill9_after_random_delay(
+                &continuous,
+                &stderr_path,
+                &mut rng,
+                (100, 1500),
+                &format!("run {run}"),
             );
             killed += 1;
         }

@@ -244,6 +244,29 @@ impl Drop for Millrace {
     }
 }
 
+/// Runs `millrace -f job` for a random time within `delay_ms` (from `rng`), checks that it is still
+/// running, then kills it with `kill -9`, as a crash would; panics if it ended some
+/// other way. The crash tests' main move.
+pub fn kill9_after_random_delay(
+    job: &Path,
+    stderr_path: &Path,
+    rng: &mut XorShift,
+    delay_ms: (u64, u64),
+    what: &str,
+) {
+    let mut process = Millrace::spawn(job, &[], stderr_path);
+    let delay = rng.range(delay_ms.0, delay_ms.1);
+    std::thread::sleep(Duration::from_millis(delay));
+    process.assert_running(&format!("{what} (kill after {delay} ms)"));
+    let status = process.kill9();
+    assert_eq!(
+        status.signal(),
+        Some(SIGKILL),
+        "{what}: not ended by the kill ({status}); stderr:\n{}",
+        process.stderr()
+    );
+}
+
 /// What a finished `millrace` process printed.
 pub struct Finished {
     /// Everything written on standard output.
