@@ -361,3 +361,34 @@ fn sigterm_stops_the_queries_after_their_batch_and_exits_with_143() {
     };
     assert_eq!(ids("offsets"), ids("commits"));
 }
+
+#[test]
+fn a_background_console_query_prints_above_the_line_being_typed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    fs::create_dir(&input).unwrap();
+    let mut shell = shell(tmp.path());
+    type_line(&mut shell, READINGS);
+    expect(&mut shell, "table 'readings' declared");
+    type_line(
+        &mut shell,
+        "CREATE SINK echo STORED AS CONSOLE AS SELECT pump, psi FROM readings;",
+    );
+    expect(
+        &mut shell,
+        "streaming query 'echo' started in the background",
+    );
+    // Half a statement typed, then a batch arrives.
+    shell.send("SELECT 40 + ").unwrap();
+    shell.flush().unwrap();
+    expect(&mut shell, "SELECT 40 + ");
+    land(&input, "1.csv", "p7,2026-01-01T10:00:00,3.5\n");
+    expect(&mut shell, "| p7   | 3.5 |");
+    // The line editor draws the prompt and the half-typed line again below the batch,
+    // and the statement goes on from there.
+    expect(&mut shell, "millrace> SELECT 40 + ");
+    type_line(&mut shell, "2 AS answer;");
+    expect(&mut shell, "| 42     |");
+    type_line(&mut shell, "\\q");
+    assert_eq!(exit_code(&mut shell), 0);
+}

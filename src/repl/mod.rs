@@ -27,7 +27,7 @@ use std::time::Instant;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
-use rustyline::{CompletionType, Config, Editor, EventHandler, KeyEvent};
+use rustyline::{CompletionType, Config, Editor, EventHandler, ExternalPrinter, KeyEvent};
 use tokio::runtime::Runtime;
 
 use crate::error::{Error, Result};
@@ -113,7 +113,9 @@ pub fn run(session: &Session, runtime: &Runtime, options: &ShellOptions) -> Resu
     std::thread::scope(|scope| {
         scope.spawn(|| watch.wait(session, runtime));
         let outcome = if interactive {
-            shell.run_editor(options)
+            let outcome = shell.run_editor(options);
+            crate::sink::console::set_console_printer(None);
+            outcome
         } else {
             shell.run_plain()
         };
@@ -165,6 +167,12 @@ impl Shell<'_> {
             KeyEvent::ctrl('C'),
             EventHandler::Conditional(Box::new(InterruptHandler(empty_line.clone()))),
         );
+        // Background console sinks print above the prompt, not into the typed line.
+        if let Ok(mut printer) = editor.create_external_printer() {
+            crate::sink::console::set_console_printer(Some(Box::new(move |text: String| {
+                let _ = printer.print(text);
+            })));
+        }
         let history = options.history_file.as_deref();
         if let Some(path) = history.filter(|p| p.exists())
             && let Err(e) = editor.load_history(path)

@@ -2,6 +2,7 @@
 //! Spark's console sink prints it. Meant for development and the REPL.
 
 use std::io::Write;
+use std::sync::{Mutex, PoisonError};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -9,6 +10,24 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 
 use super::Sink;
 use crate::error::{Error, Result};
+
+/// Prints a console sink's text somewhere other than its writer; see
+/// [`set_console_printer`].
+pub type ConsolePrinter = Box<dyn FnMut(String) + Send>;
+
+/// Where every console sink of the process prints while set (instead of standard
+/// output).
+static CONSOLE_PRINTER: Mutex<Option<ConsolePrinter>> = Mutex::new(None);
+
+/// Sends the text of every console sink to `printer` from now on (`None`: back to
+/// standard output). The shell sets its line editor's printer here, so that the
+/// batches of a background query appear above the prompt instead of inside the line
+/// being typed.
+pub fn set_console_printer(printer: Option<ConsolePrinter>) {
+    *CONSOLE_PRINTER
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = printer;
+}
 
 /// Prints batches to a writer (standard output by default).
 pub struct ConsoleSink {
@@ -65,6 +84,14 @@ impl Sink for ConsoleSink {
         batches: &[RecordBatch],
     ) -> Result<()> {
         let text = format_batch(batch_id, schema, batches, self.num_rows)?;
+        if let Some(printer) = CONSOLE_PRINTER
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            printer(text);
+            return Ok(());
+        }
         self.out
             .write_all(text.as_bytes())
             .and_then(|_| self.out.flush())
