@@ -11,6 +11,7 @@ use millrace::bench::{self, AggregationWorkload, BenchFormat, Workload};
 use millrace::demo::SensorDataOptions;
 use millrace::repl::{self, print_result};
 use millrace::sensor_events::EventDataOptions;
+use millrace::sink::kafka::KafkaDelivery;
 use millrace::{Error, Result, Session, SessionSettings};
 use tokio::runtime::Runtime;
 
@@ -89,8 +90,10 @@ enum Action {
     /// Measure rows/s and per-batch latency of a workload through the engine (use --release).
     Bench {
         /// filter (files → filter/project → Parquet, JSON then CSV), tumbling (windowed
-        /// count/sum per key, append mode to Parquet) or groupby (count/sum per key,
-        /// update mode to a NOOP sink).
+        /// count/sum per key, append mode to Parquet), groupby (count/sum per key,
+        /// update mode to a NOOP sink), kafka-filter (Kafka → filter/project → Kafka) or
+        /// kafka-window (Kafka → count/avg per sensor and 1-minute window → Kafka); the
+        /// kafka workloads need --bootstrap.
         #[arg(long, default_value = "filter")]
         workload: Workload,
         /// Input rows (per format for filter).
@@ -105,6 +108,20 @@ enum Action {
         /// Distinct keys of tumbling and groupby [default: 1000 for tumbling, 1000000 for groupby].
         #[arg(long)]
         keys: Option<usize>,
+        /// The Kafka broker of kafka-filter and kafka-window (source and sink), HOST:PORT;
+        /// start one with scripts/kafka-broker.sh start.
+        #[arg(long, value_name = "HOST:PORT")]
+        bootstrap: Option<String>,
+        /// The Kafka sink's delivery: exactly_once (one transaction per batch; needs a
+        /// broker with transactions, e.g. tansu) or at_least_once (e.g. nisshi).
+        #[arg(long, default_value = "exactly_once", value_parser = bench::kafka::parse_delivery)]
+        delivery: KafkaDelivery,
+        /// Partitions of the kafka workloads' input and output topics.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Records per batch of the kafka workloads [default: a tenth of --rows].
+        #[arg(long, value_name = "N")]
+        max_offsets_per_trigger: Option<u64>,
     },
     /// Small Kafka helpers for the examples: lines to a topic, a topic to lines.
     Kafka {
@@ -230,7 +247,35 @@ fn run(cli: Cli, runtime: &Runtime) -> Result<()> {
             files,
             files_per_trigger,
             keys,
+            bootstrap,
+            delivery,
+            partitions,
+            max_offsets_per_trigger,
         }) => {
+            if let Some(kafka) = bench::KafkaWorkload::of(workload) {
+                let Some(bootstrap) = bootstrap else {
+                    return Err(Error::Option(format!(
+                        "--workload {} needs --bootstrap HOST:PORT, a running Kafka broker \
+                         (scripts/kafka-broker.sh start tansu 9093)",
+                        workload.name()
+                    )));
+                };
+                let options = KafkaBench {
+                    bootstrap,
+                    delivery,
+                    partitions,
+                    max_offsets_per_trigger: max_offsets_per_trigger
+                        .unwrap_or((rows as u64).div_ceil(10)),
+                };
+                return run_kafka_bench(runtime, kafka, rows as u64, &options);
+            }
+            if bootstrap.is_some() || max_offsets_per_trigger.is_some() {
+                return Err(Error::Option(
+                    "--bootstrap and --max-offsets-per-trigger apply to the kafka-filter and \
+                     kafka-window workloads"
+                        .into(),
+                ));
+            }
             let size = BenchSize {
                 rows,
                 files: files.max(1),
@@ -475,5 +520,57 @@ fn run_bench(
         });
     let _ = std::fs::remove_dir_all(&dir);
     println!("{} ({keys} keys)", report?);
+    Ok(())
+}
+
+/// The options of a `millrace bench --workload kafka-*` run.
+struct KafkaBench {
+    bootstrap: String,
+    delivery: KafkaDelivery,
+    partitions: i32,
+    max_offsets_per_trigger: u64,
+}
+
+/// Produces `rows` readings to a fresh input topic (untimed), runs the Kafka → Kafka
+/// query to its end into a fresh output topic, prints the report; the topics are left
+/// on the broker (the brokers here keep them in memory until stopped).
+fn run_kafka_bench(
+    runtime: &Runtime,
+    workload: bench::KafkaWorkload,
+    rows: u64,
+    options: &KafkaBench,
+) -> Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "note: this is a debug build; run `cargo run --release -- bench` for real figures"
+        );
+    }
+    if options.partitions < 1 {
+        return Err(Error::Option("--partitions must be at least 1".into()));
+    }
+    bench::check_reachable(&options.bootstrap)?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (input, output) = (format!("bench-in-{id}"), format!("bench-out-{id}"));
+    let produced = std::time::Instant::now();
+    bench::produce_readings(&options.bootstrap, &input, options.partitions, rows)?;
+    eprintln!(
+        "produced {rows} records to '{input}' ({} partitions) in {:.1} s",
+        options.partitions,
+        produced.elapsed().as_secs_f64()
+    );
+    let dir = std::env::temp_dir().join(format!("millrace-bench-{id}"));
+    let run = bench::KafkaRun {
+        bootstrap: &options.bootstrap,
+        workload,
+        input_topic: &input,
+        output_topic: &output,
+        partitions: options.partitions,
+        delivery: options.delivery,
+        max_offsets_per_trigger: options.max_offsets_per_trigger,
+        checkpoint: &dir.join("checkpoint"),
+    };
+    let report = run.run(runtime, rows);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{} (to '{output}')", report?);
     Ok(())
 }

@@ -38,7 +38,7 @@ impl AggregationWorkload {
     /// The stateful workload a [`Workload`] names, if it is one.
     pub fn of(workload: Workload) -> Option<Self> {
         match workload {
-            Workload::Filter => None,
+            Workload::Filter | Workload::KafkaFilter | Workload::KafkaWindow => None,
             Workload::Tumbling => Some(AggregationWorkload::Tumbling),
             Workload::Groupby => Some(AggregationWorkload::Groupby),
         }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 
+use chrono::{NaiveDate, TimeDelta};
 use tokio::runtime::Runtime;
 
 use super::{BenchReport, run_to_end};
@@ -30,6 +31,49 @@ impl BenchFormat {
     }
 }
 
+/// Reading `n` of the sensor-readings workloads (file and Kafka alike), so that every
+/// benchmark's input is the same data whatever carries it.
+///
+/// `sensor` is `s{n % 97}`, 10 readings per second of event time starting at
+/// 2026-01-01 00:00:00 (in order, so a watermark drops nothing), `temp` cycles through
+/// 15.0–34.9 and `pressure` through 0–99: `WHERE pressure < 50` keeps exactly the
+/// readings with `n % 100 < 50`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SensorReading {
+    /// The sensor's name, one of 97.
+    pub sensor: String,
+    /// Event time, `YYYY-MM-DDTHH:MM:SS`.
+    pub ts: String,
+    /// Temperature.
+    pub temp: f64,
+    /// Pressure, `n % 100`.
+    pub pressure: f64,
+}
+
+impl SensorReading {
+    /// Reading number `n` (see the type's doc).
+    pub fn new(n: usize) -> Self {
+        let start = NaiveDate::from_ymd_opt(2026, 1, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .expect("a valid date");
+        let ts = start + TimeDelta::seconds((n / 10) as i64);
+        SensorReading {
+            sensor: format!("s{}", n % 97),
+            ts: ts.format("%Y-%m-%dT%H:%M:%S").to_string(),
+            temp: 15.0 + (n % 200) as f64 / 10.0,
+            pressure: (n % 100) as f64,
+        }
+    }
+
+    /// The reading as one JSON object (a JSON-lines line or a Kafka record value).
+    pub fn json(&self) -> String {
+        format!(
+            r#"{{"sensor":"{}","ts":"{}","temp":{},"pressure":{}}}"#,
+            self.sensor, self.ts, self.temp, self.pressure
+        )
+    }
+}
+
 /// Writes `files` input files of `rows_per_file` sensor readings into `dir/in/`.
 pub fn write_input(
     dir: &Path,
@@ -43,21 +87,14 @@ pub fn write_input(
     for file in 0..files {
         text.clear();
         for row in 0..rows_per_file {
-            let n = file * rows_per_file + row;
-            let (sensor, second) = (n % 97, n / 10);
-            let (temp, pressure) = (15.0 + (n % 200) as f64 / 10.0, (n % 100) as f64);
-            let ts = format!(
-                "2026-01-01T{:02}:{:02}:{:02}",
-                (second / 3600) % 24,
-                (second / 60) % 60,
-                second % 60
-            );
+            let reading = SensorReading::new(file * rows_per_file + row);
             let _ = match format {
-                BenchFormat::Json => writeln!(
+                BenchFormat::Json => writeln!(text, "{}", reading.json()),
+                BenchFormat::Csv => writeln!(
                     text,
-                    r#"{{"sensor":"s{sensor}","ts":"{ts}","temp":{temp},"pressure":{pressure}}}"#
+                    "{},{},{},{}",
+                    reading.sensor, reading.ts, reading.temp, reading.pressure
                 ),
-                BenchFormat::Csv => writeln!(text, "s{sensor},{ts},{temp},{pressure}"),
             };
         }
         let path = input.join(format!("part-{file:05}.{}", format.name().to_lowercase()));

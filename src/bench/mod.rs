@@ -3,12 +3,15 @@
 //! per-batch latency from the query's own progress reports.
 //!
 //! - [`filter`]: files (JSON lines, CSV) → filter/project → Parquet, stateless;
-//! - [`aggregation`]: a tumbling event-time window and a plain `GROUP BY`, stateful.
+//! - [`aggregation`]: a tumbling event-time window and a plain `GROUP BY`, stateful;
+//! - [`kafka`]: Kafka → filter → Kafka and Kafka → window aggregation → Kafka, on a
+//!   broker given with `--bootstrap`.
 //!
 //! Figures and how they were taken: `docs/benchmarks.md`.
 
 pub mod aggregation;
 pub mod filter;
+pub mod kafka;
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,7 +20,8 @@ use std::time::Instant;
 use tokio::runtime::Runtime;
 
 pub use aggregation::{AggregationWorkload, run_aggregation, write_keyed_input};
-pub use filter::{BenchFormat, run_pipeline, write_input};
+pub use filter::{BenchFormat, SensorReading, run_pipeline, write_input};
+pub use kafka::{KafkaRun, KafkaWorkload, check_reachable, produce_readings};
 
 use crate::error::{Error, Result};
 use crate::execution::QueryProgress;
@@ -35,6 +39,10 @@ pub enum Workload {
     Tumbling,
     /// `count(*), sum(x)` per key without a window, update mode to a `NOOP` sink.
     Groupby,
+    /// Kafka → `WHERE`/projection → Kafka, on one broker (`--bootstrap`).
+    KafkaFilter,
+    /// Kafka → count/avg per sensor and 1-minute tumbling window → Kafka, append mode.
+    KafkaWindow,
 }
 
 impl Workload {
@@ -44,6 +52,8 @@ impl Workload {
             Workload::Filter => "filter",
             Workload::Tumbling => "tumbling",
             Workload::Groupby => "groupby",
+            Workload::KafkaFilter => "kafka-filter",
+            Workload::KafkaWindow => "kafka-window",
         }
     }
 }
@@ -56,8 +66,11 @@ impl FromStr for Workload {
             "filter" => Ok(Workload::Filter),
             "tumbling" => Ok(Workload::Tumbling),
             "groupby" | "group_by" | "group-by" => Ok(Workload::Groupby),
+            "kafka-filter" | "kafka_filter" => Ok(Workload::KafkaFilter),
+            "kafka-window" | "kafka_window" => Ok(Workload::KafkaWindow),
             _ => Err(Error::Option(format!(
-                "unknown workload '{value}': use filter, tumbling or groupby"
+                "unknown workload '{value}': use filter, tumbling, groupby, kafka-filter or \
+                 kafka-window"
             ))),
         }
     }
@@ -217,11 +230,27 @@ mod tests {
 
     #[test]
     fn workloads_parse_by_name() {
-        for workload in [Workload::Filter, Workload::Tumbling, Workload::Groupby] {
+        for workload in [
+            Workload::Filter,
+            Workload::Tumbling,
+            Workload::Groupby,
+            Workload::KafkaFilter,
+            Workload::KafkaWindow,
+        ] {
             assert_eq!(workload.name().parse::<Workload>().unwrap(), workload);
         }
         assert_eq!("GROUP-BY".parse::<Workload>().unwrap(), Workload::Groupby);
         let error = "join".parse::<Workload>().unwrap_err().to_string();
-        assert!(error.contains("filter, tumbling or groupby"), "{error}");
+        assert!(error.contains("kafka-filter or kafka-window"), "{error}");
+        assert_eq!(
+            "KAFKA_WINDOW".parse::<Workload>().unwrap(),
+            Workload::KafkaWindow
+        );
+        assert_eq!(
+            KafkaWorkload::of(Workload::KafkaFilter),
+            Some(KafkaWorkload::Filter)
+        );
+        assert_eq!(KafkaWorkload::of(Workload::Tumbling), None);
+        assert_eq!(AggregationWorkload::of(Workload::KafkaWindow), None);
     }
 }
