@@ -23,8 +23,6 @@
 //! in a debug build, whatever its size). A broker that is not installed
 //! (`scripts/kafka-broker.sh install`) is skipped with a note.
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -46,19 +44,6 @@ const INPUT: &str = "readings";
 const PARTITIONS: i32 = 4;
 const DEFAULT_ROWS: usize = 50_000;
 const TEST_MODE_ROWS: usize = 2_000;
-
-/// Whether `scripts/kafka-broker.sh` finds the broker's binary (never installs it:
-/// installing nisshi takes minutes).
-fn installed(name: &str) -> bool {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-broker.sh");
-    Command::new(script)
-        .args(["path", name])
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        .is_some_and(|path| Path::new(&path).is_file())
-}
 
 /// Checks the output topic against the run's report: as many records as the sink
 /// reported writing, each a JSON object; the filter's exactly the records it keeps;
@@ -121,7 +106,7 @@ fn bench_kafka_pipeline(c: &mut Criterion) {
         (BrokerKind::Nisshi, "nisshi", KafkaDelivery::AtLeastOnce),
     ] {
         let delivery_name = millrace::bench::kafka::delivery_option(delivery);
-        if !installed(name) {
+        if !kind.installed() {
             eprintln!(
                 "kafka_pipeline/*/{delivery_name}/{name}: skipped, {name} is not installed \
                  (scripts/kafka-broker.sh install)"

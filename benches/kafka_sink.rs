@@ -12,7 +12,6 @@
 //! on machines without them.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -37,18 +36,6 @@ fn rows() -> usize {
         .and_then(|v| v.trim().replace('_', "").parse().ok())
         .filter(|&rows| rows > 0)
         .unwrap_or(DEFAULT_ROWS)
-}
-
-/// Whether `scripts/kafka-broker.sh` finds the broker's binary (never installs it).
-fn installed(name: &str) -> bool {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-broker.sh");
-    Command::new(script)
-        .args(["path", name])
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        .is_some_and(|path| Path::new(&path).is_file())
 }
 
 /// Runs the query once to its end (`available_now`) into topic `topic`; returns the
@@ -100,7 +87,7 @@ fn bench_kafka_sink(c: &mut Criterion) {
         (BrokerKind::Tansu, "tansu", "exactly_once"),
         (BrokerKind::Nisshi, "nisshi", "at_least_once"),
     ] {
-        if !installed(name) {
+        if !kind.installed() {
             eprintln!(
                 "kafka_sink/{delivery}/{name}: skipped, {name} is not installed \
                  (scripts/kafka-broker.sh install)"

@@ -17,6 +17,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
+use crate::sink::kafka::send_when_room;
 
 /// How long a broker call may take before the tool gives up.
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -157,19 +158,9 @@ pub fn produce(
     let mut sent = 0u64;
     for line in input.lines() {
         let line = line.map_err(|e| Error::Network(format!("reading standard input: {e}")))?;
-        let mut record = BaseRecord::<(), str, ()>::to(topic).payload(line.as_str());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => {
-                    return Err(Error::Network(format!("cannot send to '{topic}': {e}")));
-                }
-            }
-        }
+        let record = BaseRecord::<(), str, ()>::to(topic).payload(line.as_str());
+        send_when_room(&producer, record, TIMEOUT)
+            .map_err(|e| Error::Network(format!("cannot send to '{topic}': {e}")))?;
         sent += 1;
     }
     producer

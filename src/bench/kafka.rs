@@ -28,14 +28,14 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use tokio::runtime::Runtime;
 
 use super::filter::SensorReading;
 use super::{BenchReport, Workload, run_to_end};
 use crate::error::{Error, Result};
-use crate::sink::kafka::KafkaDelivery;
+use crate::sink::kafka::{KafkaDelivery, send_when_room};
 
 /// How long connecting to the broker and each broker call may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -200,26 +200,12 @@ pub fn produce_readings(bootstrap: &str, topic: &str, partitions: i32, rows: u64
         }
         let reading = SensorReading::new(n as usize);
         let value = reading.json();
-        let mut record = BaseRecord::<str, str>::to(topic)
+        let record = BaseRecord::<str, str>::to(topic)
             .partition((n % partitions as u64) as i32)
             .key(reading.sensor.as_str())
             .payload(value.as_str());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => {
-                    return Err(client_error(
-                        &format!("producing to '{topic}'"),
-                        bootstrap,
-                        e,
-                    ));
-                }
-            }
-        }
+        send_when_room(&producer, record, TIMEOUT)
+            .map_err(|e| client_error(&format!("producing to '{topic}'"), bootstrap, e))?;
     }
     flush_all(&producer, bootstrap, topic, rows)
 }

@@ -19,11 +19,24 @@ pub enum BrokerKind {
 }
 
 impl BrokerKind {
-    fn name(self) -> &'static str {
+    /// The broker's name in `scripts/kafka-broker.sh`.
+    pub fn name(self) -> &'static str {
         match self {
             BrokerKind::Nisshi => "nisshi",
             BrokerKind::Tansu => "tansu",
         }
+    }
+
+    /// Whether `scripts/kafka-broker.sh` finds the broker's binary (never installs it:
+    /// installing nisshi takes minutes), so benchmarks can skip a missing broker.
+    pub fn installed(self) -> bool {
+        Command::new(script())
+            .args(["path", self.name()])
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .is_some_and(|path| Path::new(&path).is_file())
     }
 }
 
