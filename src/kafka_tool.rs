@@ -82,12 +82,52 @@ fn unreachable(bootstrap: &str, doing: &str, error: KafkaError, context: &ToolCo
     ))
 }
 
-fn config(bootstrap: &str) -> ClientConfig {
+/// Client settings of millrace's own helper clients (this tool, `millrace bench`):
+/// the brokers, and no topic created behind the user's back by a metadata request.
+pub(crate) fn config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
         .set("allow.auto.create.topics", "false");
     config
+}
+
+/// Why [`create_topic`] did not create the topic.
+pub(crate) enum TopicNotCreated {
+    /// The admin client could not be made (a setting is wrong).
+    Config(KafkaError),
+    /// The request did not get an answer (brokers unreachable, timeout).
+    Client(KafkaError),
+    /// The broker answered with an error (the topic exists, an invalid name, ...).
+    Refused(RDKafkaErrorCode),
+}
+
+/// Creates `topic` with `partitions` partitions and `replication` replicas (-1: the
+/// broker's default), waiting up to `timeout` for the broker's answer; shared by `millrace kafka
+/// produce` and the Kafka benchmarks, which word their errors differently.
+pub(crate) fn create_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    timeout: Duration,
+) -> std::result::Result<(), TopicNotCreated> {
+    let admin: AdminClient<DefaultClientContext> = config(bootstrap)
+        .create()
+        .map_err(TopicNotCreated::Config)?;
+    let created = futures::executor::block_on(admin.create_topics(
+        [&NewTopic::new(
+            topic,
+            partitions,
+            TopicReplication::Fixed(replication),
+        )],
+        &AdminOptions::new().operation_timeout(Some(timeout)),
+    ))
+    .map_err(TopicNotCreated::Client)?;
+    for result in created {
+        result.map_err(|(_, code)| TopicNotCreated::Refused(code))?;
+    }
+    Ok(())
 }
 
 fn client_error(e: KafkaError) -> Error {
@@ -119,21 +159,18 @@ pub fn produce(
         .create_with_context(ToolContext::default())
         .map_err(client_error)?;
     if partitions(&consumer, bootstrap, topic)? == 0 {
-        let admin: AdminClient<DefaultClientContext> =
-            config(bootstrap).create().map_err(client_error)?;
-        let created = futures::executor::block_on(admin.create_topics(
-            [&NewTopic::new(
-                topic,
-                partitions_if_new,
-                TopicReplication::Fixed(-1),
-            )],
-            &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
-        ))
-        .map_err(|e| unreachable(bootstrap, "creating the topic", e, consumer.context()))?;
-        for result in created {
-            if let Err((_, code)) = result
-                && code != RDKafkaErrorCode::TopicAlreadyExists
-            {
+        match create_topic(bootstrap, topic, partitions_if_new, -1, TIMEOUT) {
+            Ok(()) | Err(TopicNotCreated::Refused(RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err(TopicNotCreated::Config(e)) => return Err(client_error(e)),
+            Err(TopicNotCreated::Client(e)) => {
+                return Err(unreachable(
+                    bootstrap,
+                    "creating the topic",
+                    e,
+                    consumer.context(),
+                ));
+            }
+            Err(TopicNotCreated::Refused(code)) => {
                 return Err(Error::Network(format!(
                     "cannot create topic '{topic}': {code}"
                 )));

@@ -25,9 +25,6 @@
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use tokio::runtime::Runtime;
@@ -35,6 +32,7 @@ use tokio::runtime::Runtime;
 use super::filter::SensorReading;
 use super::{BenchReport, Workload, run_to_end};
 use crate::error::{Error, Result};
+use crate::kafka_tool::{TopicNotCreated, config, create_topic};
 use crate::sink::kafka::{KafkaDelivery, send_when_room};
 
 /// How long connecting to the broker and each broker call may take.
@@ -144,14 +142,6 @@ pub fn check_reachable(bootstrap: &str) -> Result<()> {
     )))
 }
 
-fn config(bootstrap: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("allow.auto.create.topics", "false");
-    config
-}
-
 fn client_error(doing: &str, bootstrap: &str, e: KafkaError) -> Error {
     Error::Network(format!("{doing} on the broker at '{bootstrap}': {e}"))
 }
@@ -166,25 +156,15 @@ pub fn produce_readings(bootstrap: &str, topic: &str, partitions: i32, rows: u64
             "the input topic needs at least 1 partition".into(),
         ));
     }
-    let admin: AdminClient<DefaultClientContext> = config(bootstrap)
-        .create()
-        .map_err(|e| client_error("creating an admin client", bootstrap, e))?;
-    let created = futures::executor::block_on(admin.create_topics(
-        [&NewTopic::new(
-            topic,
-            partitions,
-            TopicReplication::Fixed(1),
-        )],
-        &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
-    ))
-    .map_err(|e| client_error(&format!("creating topic '{topic}'"), bootstrap, e))?;
-    for result in created {
-        result.map_err(|(_, code)| {
-            Error::Network(format!(
-                "cannot create topic '{topic}' at '{bootstrap}': {code}"
-            ))
-        })?;
-    }
+    create_topic(bootstrap, topic, partitions, 1, TIMEOUT).map_err(|e| match e {
+        TopicNotCreated::Config(e) => client_error("creating an admin client", bootstrap, e),
+        TopicNotCreated::Client(e) => {
+            client_error(&format!("creating topic '{topic}'"), bootstrap, e)
+        }
+        TopicNotCreated::Refused(code) => Error::Network(format!(
+            "cannot create topic '{topic}' at '{bootstrap}': {code}"
+        )),
+    })?;
     let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = config(bootstrap)
         .set("batch.num.messages", "10000")
         .set("linger.ms", "5")
