@@ -207,25 +207,31 @@ fn sliding_window_starts(at: i64) -> impl Iterator<Item = i64> {
     (0..PRESSURE_SIZE_MS / PRESSURE_SLIDE_MS).map(move |k| last - k * PRESSURE_SLIDE_MS)
 }
 
-#[test]
-fn pump_pressure_windows_prints_the_changed_windows_with_their_values_so_far() {
-    let seed = test_seed("pump_pressure_windows");
-    let dir = temp_dir();
+/// `millrace generate-sensors data` in `dir`: `files` CSV files of `minutes` of
+/// readings each, `per_minute` readings per pump and minute.
+fn generate_sensors(dir: &Path, files: u32, minutes: u32, per_minute: u32, seed: u64) {
     run_in(
-        dir.path(),
+        dir,
         &[
             "generate-sensors",
             "data",
             "--files",
-            "3",
+            &files.to_string(),
             "--minutes",
-            "2",
+            &minutes.to_string(),
             "--readings-per-minute",
-            "4",
+            &per_minute.to_string(),
             "--seed",
             &seed.to_string(),
         ],
     );
+}
+
+#[test]
+fn pump_pressure_windows_prints_the_changed_windows_with_their_values_so_far() {
+    let seed = test_seed("pump_pressure_windows");
+    let dir = temp_dir();
+    generate_sensors(dir.path(), 3, 2, 4, seed);
     let files = files_in(&dir.path().join("data/sensors"), "csv");
     assert_eq!(files.len(), 3);
 
@@ -843,21 +849,7 @@ fn kafka_wordcount_writes_the_changed_counts_keyed_by_word() {
 fn sensor_alerts_writes_every_low_pressure_reading_once_also_with_seconds_in_time() {
     let seed = test_seed("sensor_alerts");
     let dir = temp_dir();
-    run_in(
-        dir.path(),
-        &[
-            "generate-sensors",
-            "data",
-            "--files",
-            "3",
-            "--minutes",
-            "10",
-            "--readings-per-minute",
-            "3",
-            "--seed",
-            &seed.to_string(),
-        ],
-    );
+    generate_sensors(dir.path(), 3, 10, 3, seed);
     let expected: Vec<(String, i64)> = files_in(&dir.path().join("data/sensors"), "csv")
         .iter()
         .flat_map(|file| sensor_readings(file))
