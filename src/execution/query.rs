@@ -22,12 +22,7 @@ use super::{Trigger, WatermarkPolicy, crash_point};
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry};
 use crate::error::{Error, Result};
 use crate::planning::{BatchTable, StreamingPlan};
-use crate::sink::console::ConsoleSink;
-use crate::sink::file::FileSink;
-use crate::sink::kafka::KafkaSink;
-use crate::sink::memory::{MemorySink, MemoryWrite};
-use crate::sink::noop::NoopSink;
-use crate::sink::{OutputMode, Sink, SinkSpec};
+use crate::sink::{OutputMode, Sink, SinkContext, SinkSpec};
 use crate::source::{StreamDef, StreamSource};
 use crate::state::{StateStore, StateStoreConfig};
 
@@ -161,28 +156,13 @@ impl StreamingQuery {
             });
         }
         let aggregation = StreamingAggregation::find(&config.plan.plan)?;
-        let sink: Box<dyn Sink> = match &config.sink {
-            SinkSpec::Console { num_rows } => Box::new(ConsoleSink::stdout(*num_rows)),
-            SinkSpec::Memory => Box::new(MemorySink::new(
-                config
-                    .memory_table
-                    .clone()
-                    .expect("a memory sink comes with its table"),
-                memory_write(&config, aggregation.as_ref())?,
-            )),
-            SinkSpec::Noop => Box::new(NoopSink),
-            SinkSpec::Files { format, path } => {
-                Box::new(FileSink::open(*format, path, checkpoint.query_id())?)
-            }
-            SinkSpec::ForeachBatch(function) => Box::new(
-                crate::sink::foreach_batch::ForeachBatchSink::new(function.clone()),
-            ),
-            SinkSpec::Kafka(options) => Box::new(KafkaSink::open(
-                options.as_ref().clone(),
-                &config.plan.schema,
-                checkpoint.query_id(),
-            )?),
-        };
+        let sink = config.sink.open(&SinkContext {
+            query_id: checkpoint.query_id(),
+            schema: &config.plan.schema,
+            output_mode: config.output_mode,
+            upsert_keys: upsert_keys(&config, aggregation.as_ref()),
+            memory_table: config.memory_table.clone(),
+        })?;
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             id: checkpoint.query_id().to_string(),
@@ -895,32 +875,20 @@ impl Runner {
     }
 }
 
-/// How a memory sink writes each batch: the result table in complete mode, upserts
-/// by the GROUP BY columns in update mode with an aggregation, appends otherwise.
-fn memory_write(
+/// In update mode over an aggregation that is not a deduplication (which emits each key
+/// once, so there is nothing to update): the output columns holding the GROUP BY keys,
+/// and the group names, for sinks that upsert (memory, PostgreSQL).
+fn upsert_keys(
     config: &QueryConfig,
     aggregation: Option<&StreamingAggregation>,
-) -> Result<MemoryWrite> {
-    Ok(match (config.output_mode, aggregation) {
-        (OutputMode::Complete, _) => MemoryWrite::Replace,
-        // A deduplication emits each key once: nothing to update.
-        (OutputMode::Update, Some(aggregation)) if aggregation.deduplicates() => {
-            MemoryWrite::Append
-        }
-        (OutputMode::Update, Some(aggregation)) => {
+) -> Option<(Vec<usize>, Vec<String>)> {
+    match (config.output_mode, aggregation) {
+        (OutputMode::Update, Some(aggregation)) if !aggregation.deduplicates() => {
             let groups = aggregation.group_names();
-            let keys = output_keys(&config.plan.plan, &groups);
-            if keys.len() < groups.len() {
-                return Err(Error::Unsupported(format!(
-                    "a memory sink in update mode upserts rows by the GROUP BY columns, so the \
-                     SELECT list must include them (renamed or not): {}",
-                    groups.join(", ")
-                )));
-            }
-            MemoryWrite::Upsert(keys)
+            Some((output_keys(&config.plan.plan, &groups), groups))
         }
-        _ => MemoryWrite::Append,
-    })
+        _ => None,
+    }
 }
 
 /// Positions of the output columns that carry the GROUP BY columns `groups`, as
