@@ -4,11 +4,15 @@
 # benchmarks still run (each benchmark once, in test mode). Ends with one line
 # totalling the tests that ran. The Kafka tests start real brokers on loopback
 # through scripts/kafka-broker.sh; they are installed first (once per machine, into
-# ~/.cache/millrace/brokers: about 8 minutes the first time).
+# ~/.cache/millrace/brokers: about 8 minutes the first time). The PostgreSQL tests
+# start a real server the same way through scripts/postgres.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/millrace/target}"
 scripts/kafka-broker.sh install
+# Debian's postgresql for the PostgreSQL sink's tests (tests/postgres_sink.rs starts
+# its own throwaway server on a free loopback port through scripts/postgres.sh).
+scripts/postgres.sh install
 cargo test --benches
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -30,6 +30,15 @@ fn set(items: impl IntoIterator<Item = impl ToString>) -> BTreeSet<String> {
     items.into_iter().map(|s| s.to_string()).collect()
 }
 
+/// A valid location of a sink connector.
+fn sink_location(name: &str, dir: &str) -> String {
+    match name {
+        "KAFKA" => "topic".to_string(),
+        "POSTGRES" => "readings".to_string(),
+        _ => format!("{dir}/out"),
+    }
+}
+
 /// Options a connector needs before it gets to refusing an unknown one.
 fn required(name: &str) -> &'static str {
     match name {
@@ -88,7 +97,7 @@ async fn sql_dataframe_and_completion_agree_with_the_registry() {
     for c in CONNECTORS.iter().filter(|c| c.role == Role::Sink && c.sql) {
         let location = match c.location {
             Location::None => String::new(),
-            _ => format!("LOCATION '{dir}/out'"),
+            _ => format!("LOCATION '{}'", sink_location(c.name, &dir)),
         };
         let sql = format!(
             "CREATE SINK s_{} STORED AS {} {location} OPTIONS ('checkpoint' '{dir}/ckpt', {}\
@@ -128,7 +137,7 @@ async fn sql_dataframe_and_completion_agree_with_the_registry() {
             .option("checkpoint", &format!("{dir}/ckpt"))
             .option("zz_unknown", "1");
         if let Some(key) = c.location_option {
-            writer = writer.option(key, &format!("{dir}/out"));
+            writer = writer.option(key, &sink_location(c.name, &dir));
         }
         if c.name == "KAFKA" {
             writer = writer.option("bootstrap.servers", "localhost:1");

@@ -257,9 +257,10 @@ fn a_table_of_another_shape_is_refused_before_the_query_runs() {
     let job = write_job(
         root,
         "bad.sql",
-        &std::fs::read_to_string(&job)
-            .unwrap()
-            .replace(&pg.dir.join("password").display().to_string(), &bad.display().to_string()),
+        &std::fs::read_to_string(&job).unwrap().replace(
+            &pg.dir.join("password").display().to_string(),
+            &bad.display().to_string(),
+        ),
     );
     let (status, stderr) = run_to_end(&job, &[], &root.join("bad.err"));
     assert!(!status.success());
@@ -271,7 +272,13 @@ fn a_table_of_another_shape_is_refused_before_the_query_runs() {
 
 /// Windowed counts per pump in append mode: each window is emitted once, so a batch
 /// written twice would show as duplicate rows (the table has no unique key).
-fn windowed_job(root: &Path, name: &str, input: &Path, table: &str, db: &str) -> std::path::PathBuf {
+fn windowed_job(
+    root: &Path,
+    name: &str,
+    input: &Path,
+    table: &str,
+    db: &str,
+) -> std::path::PathBuf {
     let pg = PgServer::shared();
     write_job(
         root,
@@ -366,4 +373,100 @@ fn kill_9_during_files_to_aggregation_to_postgres_changes_nothing_in_the_table()
          HAVING count(*) > 1) d",
     );
     assert_eq!(duplicates, ["0"], "seed {seed}: a window was written twice");
+}
+
+/// `(pump, day as YYYY-MM-DD, time, psi)` of every reading in the generated CSV files.
+fn sensor_readings(dir: &Path) -> Vec<(String, String, String, f64)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .collect();
+    files.sort();
+    let mut rows = Vec::new();
+    for file in files {
+        for line in std::fs::read_to_string(&file).unwrap().lines() {
+            let fields: Vec<&str> = line.split(',').collect();
+            assert_eq!(fields.len(), 9, "{line}");
+            let date: Vec<u32> = fields[1].split('/').map(|n| n.parse().unwrap()).collect();
+            let day = format!("{:04}-{:02}-{:02}", 2000 + date[2], date[0], date[1]);
+            rows.push((
+                fields[0].to_string(),
+                day,
+                fields[2].to_string(),
+                fields[7].parse().unwrap(),
+            ));
+        }
+    }
+    rows
+}
+
+#[test]
+fn the_sensor_alerts_postgres_example_writes_alerts_and_daily_statistics() {
+    let pg = PgServer::shared();
+    let db = pg.create_database("example");
+    let tmp = temp_dir();
+    let root = tmp.path();
+    run_in(
+        root,
+        &[
+            "generate-sensors",
+            "data",
+            "--files",
+            "3",
+            "--minutes",
+            "30",
+        ],
+    );
+    let readings = sensor_readings(&root.join("data/sensors"));
+    // The example as shipped, pointed at the test server and database.
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/sql/examples/sensor_alerts_postgres.sql"
+    ))
+    .unwrap()
+    .replace(
+        "'port' '5433'",
+        &format!("'port' '{}', 'database' '{db}'", pg.port),
+    )
+    .replace("'data/", &format!("'{}/data/", root.display()))
+    .replace(
+        "'checkpoints/",
+        &format!("'{}/checkpoints/", root.display()),
+    );
+    let job = write_job(root, "example.sql", &example);
+    let mut run = Millrace::spawn(
+        &job,
+        &[("PGPASSWORD", pg.password.as_str())],
+        &root.join("example.err"),
+    );
+    run.wait_success(DEADLINE);
+
+    let mut expected_alerts: Vec<String> = readings
+        .iter()
+        .filter(|r| r.3 < 5.0)
+        .map(|r| format!("{}|{}|{}", r.0, r.1, r.3))
+        .collect();
+    expected_alerts.sort();
+    assert!(!expected_alerts.is_empty());
+    let alerts = pg.psql(&db, "SELECT pump, ts::date, psi FROM pump_alerts");
+    let mut alerts_sorted = alerts.clone();
+    alerts_sorted.sort();
+    assert_eq!(alerts_sorted, expected_alerts);
+
+    let mut daily: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    for r in &readings {
+        let entry = daily.entry((r.0.clone(), r.1.clone())).or_default();
+        entry.0 += 1;
+        entry.1 += i64::from(r.3 < 5.0);
+    }
+    let expected_daily: Vec<String> = daily
+        .iter()
+        .map(|((pump, day), (n, low))| format!("{pump}|{day}|{n}|{low}"))
+        .collect();
+    let actual_daily = pg.psql(
+        &db,
+        "SELECT pump, day, readings, low_readings FROM pump_daily ORDER BY pump, day",
+    );
+    assert_eq!(actual_daily, expected_daily);
 }

@@ -8,10 +8,10 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::DataFrame;
 
 use super::StreamingContext;
+use crate::connector::registry::{self, Location, Role};
 use crate::error::{Error, Result};
 use crate::execution::{StreamingQuery, Trigger};
 use crate::sink::foreach_batch::ForeachBatchFn;
-use crate::connector::registry::{self, Location, Role};
 use crate::sink::{OutputMode, SinkRequest, SinkSpec};
 use crate::source::options::Options;
 

@@ -119,7 +119,10 @@ pub fn connectors_text() -> String {
     use crate::connector::registry::{CONNECTORS, Location, Role, SINK_COMMON_OPTIONS};
     let mut text = String::new();
     for (role, title) in [
-        (Role::Source, "Unbounded tables (CREATE UNBOUNDED EXTERNAL TABLE ... STORED AS)"),
+        (
+            Role::Source,
+            "Unbounded tables (CREATE UNBOUNDED EXTERNAL TABLE ... STORED AS)",
+        ),
         (Role::Sink, "Sinks (CREATE SINK ... STORED AS)"),
     ] {
         text.push_str(title);

@@ -13,9 +13,9 @@ use datafusion::execution::SessionState;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::parser::{CreateExternalTable, Statement as DFStatement};
 
+use crate::connector::registry::{self, Location, Role};
 use crate::error::{Error, Result};
 use crate::execution::Trigger;
-use crate::connector::registry::{self, Location, Role};
 use crate::sink::{OutputMode, SinkRequest, SinkSpec};
 use crate::source::file::{FileSourceOptions, compile_glob, list_files};
 use crate::source::format::{CORRUPT_RECORD_COLUMN, Encoding, FileFormat, MalformedMode};
@@ -89,7 +89,13 @@ pub async fn declare_stream(state: &SessionState, statement: CreateStream) -> Re
             let location = kafka.location();
             (SourceKind::Kafka(kafka), schema, location)
         }
-        _ => return Err(registry::unknown_sql_format(Role::Source, &statement.format, &what)),
+        _ => {
+            return Err(registry::unknown_sql_format(
+                Role::Source,
+                &statement.format,
+                &what,
+            ));
+        }
     };
     let max_future = options
         .take("watermark_max_future")

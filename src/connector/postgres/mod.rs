@@ -29,9 +29,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use datafusion::arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Float32Array,
-    Float64Array, Int16Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Float32Array, Float64Array,
+    Int16Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
@@ -374,6 +373,15 @@ fn block_on<T: Send>(
     })
 }
 
+/// The server's message and SQLSTATE for a database error (tokio-postgres's own
+/// `Display` says only "db error"), the client's text otherwise.
+fn error_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
 fn db_error(
     context: &str,
     options: &PostgresSinkOptions,
@@ -381,10 +389,7 @@ fn db_error(
     let place = options.describe();
     let context = context.to_string();
     move |e| {
-        let detail = match e.as_db_error() {
-            Some(db) => format!("{} ({})", db.message(), db.code().code()),
-            None => e.to_string(),
-        };
+        let detail = error_detail(&e);
         Error::Network(format!("PostgreSQL sink ({place}): {context}: {detail}"))
     }
 }
@@ -438,7 +443,9 @@ impl PostgresSink {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Error::Network(format!("PostgreSQL sink: cannot start its runtime: {e}")))?;
+            .map_err(|e| {
+                Error::Network(format!("PostgreSQL sink: cannot start its runtime: {e}"))
+            })?;
         let mut sink = PostgresSink {
             options,
             query_id: query_id.to_string(),
@@ -470,7 +477,10 @@ impl PostgresSink {
         let runtime = self.runtime()?;
         let client = block_on(runtime, async {
             let (client, connection) = config.connect(NoTls).await.map_err(|e| {
-                Error::Network(format!("PostgreSQL sink: cannot connect to {place}: {e}"))
+                Error::Network(format!(
+                    "PostgreSQL sink: cannot connect to {place}: {}",
+                    error_detail(&e)
+                ))
             })?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
@@ -695,7 +705,8 @@ impl Sink for PostgresSink {
                     keys = keys.join(", ")
                 );
                 if let Err(e) = tx.execute(&upsert, &[]).await {
-                    if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_COLUMN_REFERENCE) {
+                    if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_COLUMN_REFERENCE)
+                    {
                         return Err(Error::Sql(format!(
                             "table {} needs a unique constraint on the GROUP BY columns ({}) \
                              for update mode: ALTER TABLE {} ADD UNIQUE NULLS NOT DISTINCT ({})",
