@@ -470,3 +470,56 @@ fn the_sensor_alerts_postgres_example_writes_alerts_and_daily_statistics() {
     );
     assert_eq!(actual_daily, expected_daily);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dataframe_api_writes_to_postgres_in_update_mode() {
+    use millrace::prelude::*;
+    let pg = PgServer::shared();
+    let db = pg.create_database("dataframe");
+    let tmp = temp_dir();
+    let root = tmp.path();
+    let input = make_dir(root, "in");
+    sensor_file(
+        &input,
+        "a.json",
+        &[
+            ("p1", "2026-01-01T10:00:00", 1, 4.5),
+            ("p1", "2026-01-01T10:00:01", 2, 2.5),
+        ],
+    );
+    sensor_file(&input, "b.json", &[("p2", "2026-01-01T10:00:02", 3, 9.0)]);
+    sensor_file(&input, "c.json", &[("p1", "2026-01-01T10:00:03", 4, 1.0)]);
+    let ctx = StreamingContext::new();
+    ctx.sql(&readings(&input)).await.unwrap();
+    let query = ctx
+        .table("readings")
+        .await
+        .unwrap()
+        .group_by(vec![col("pump")])
+        .agg(vec![
+            count(col("seq")).alias("n"),
+            min(col("pressure")).alias("lowest"),
+        ])
+        .unwrap()
+        .write_stream()
+        .format("postgres")
+        .option("table", "df_stats")
+        .option("port", &pg.port.to_string())
+        .option("database", &db)
+        .option(
+            "password_file",
+            &pg.dir.join("password").display().to_string(),
+        )
+        .option("checkpoint", &root.join("ckpt").display().to_string())
+        .output_mode(OutputMode::Update)
+        .trigger(Trigger::AvailableNow)
+        .query_name("df_stats")
+        .start()
+        .await
+        .unwrap();
+    query.await_termination().await.unwrap();
+    assert_eq!(
+        pg.psql(&db, "SELECT pump, n, lowest FROM df_stats ORDER BY pump"),
+        ["p1|3|1", "p2|1|9"]
+    );
+}

@@ -187,7 +187,7 @@ impl PostgresSinkOptions {
             }
             Password::File(path) => {
                 let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-                config.password(text.lines().next().unwrap_or_default().to_string());
+                config.password(text.lines().next().unwrap_or_default());
             }
         }
         Ok(config)
