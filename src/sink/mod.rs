@@ -213,7 +213,7 @@ impl SinkSpec {
         } = request;
         match (connector.location, &location) {
             (Location::None, Some(l)) => {
-                return Err(Error::Sql(format!("{what} takes no location (got '{l}')")));
+                return Err(Error::Sql(format!("{what} takes no LOCATION (got '{l}')")));
             }
             (Location::Required(_), None) => {
                 return Err(Error::Sql(format!("{what} needs {location_hint}")));
@@ -223,7 +223,8 @@ impl SinkSpec {
         let files = |format| -> Result<SinkSpec> {
             if !has_checkpoint {
                 return Err(Error::Option(format!(
-                    "{what} needs a checkpoint ('checkpoint' option) for exactly-once output"
+                    "{what} needs a checkpoint for exactly-once output: add OPTIONS ('checkpoint' \
+                     '<directory>') (DataFrame API: option('checkpoint', '<directory>'))"
                 )));
             }
             let path = PathBuf::from(location.clone().unwrap_or_default());
