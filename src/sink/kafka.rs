@@ -45,7 +45,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::Sink;
 use crate::error::{Error, Result};
-use crate::execution::crash_point;
+use crate::crash_point::crash_point;
 use crate::source::options::Options;
 
 /// The partition of the output topic whose committed offset (in the query's consumer
