@@ -405,10 +405,12 @@ fn sensor_counts_writes_every_final_window_once_without_the_events_the_watermark
             "data",
             "--files",
             "8",
+            // 5 seconds per file: late events (up to 30 s early) then reach behind
+            // the previous batch's watermark, where they are dropped.
             "--seconds",
-            "20",
+            "5",
             "--events-per-second",
-            "10",
+            "20",
             "--sensors",
             "4",
             "--seed",
