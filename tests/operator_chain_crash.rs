@@ -98,7 +98,10 @@ fn kill_9_during_a_chain_of_two_stateful_operators_changes_nothing_in_the_output
     );
     run_success(&reference, &root.join("reference.err"));
     let expected = rows(&root.join("out-ref"));
-    assert!(expected.len() > 4, "the reference emitted only {expected:?}");
+    assert!(
+        expected.len() > 4,
+        "the reference emitted only {expected:?}"
+    );
 
     // Each operator reports itself, with its id, and keeps its state in its directory.
     let reports = progress_reports(&root.join("ckpt-ref"));

@@ -206,9 +206,7 @@ impl StreamingAggregation {
         let late_events = watermarks
             .late_events
             .filter(|_| mode != OutputMode::Complete || self.session_key.is_some());
-        let watermark = watermarks
-            .eviction
-            .filter(|_| mode != OutputMode::Complete);
+        let watermark = watermarks.eviction.filter(|_| mode != OutputMode::Complete);
         let time_key = self.time_column(&state_schema);
         let mut dropped_late = 0;
         if let (Some(w), Some(key)) = (late_events, time_key) {

@@ -16,13 +16,11 @@ use datafusion::physical_plan::collect;
 use serde_json::Value;
 use tokio::runtime::Handle;
 
-use super::operator::{
-    OperatorBatch, StatefulOperator, Watermarks, check_chain, find_operators,
-};
+use super::operator::{OperatorBatch, StatefulOperator, Watermarks, check_chain, find_operators};
 use super::progress::{DurationMs, EventTime, QueryProgress, SinkProgress, SourceProgress};
 use super::{Trigger, WatermarkPolicy};
-use crate::crash_point::crash_point;
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry};
+use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::planning::{BatchTable, StreamingPlan};
 use crate::sink::console::ConsoleSink;
@@ -913,10 +911,7 @@ impl Runner {
 /// How a memory sink writes each batch: the result table in complete mode, upserts
 /// by the GROUP BY columns of the topmost stateful operator in update mode, appends
 /// otherwise.
-fn memory_write(
-    config: &QueryConfig,
-    top: Option<&dyn StatefulOperator>,
-) -> Result<MemoryWrite> {
+fn memory_write(config: &QueryConfig, top: Option<&dyn StatefulOperator>) -> Result<MemoryWrite> {
     Ok(match (config.output_mode, top) {
         (OutputMode::Complete, _) => MemoryWrite::Replace,
         (OutputMode::Update, Some(operator)) => match operator.update_keys() {

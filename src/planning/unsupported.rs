@@ -169,7 +169,9 @@ fn check_global_watermark(aggregate: &datafusion::logical_expr::Aggregate) -> Re
     for expr in &aggregate.group_expr {
         if let Expr::ScalarFunction(f) = expr
             && f.name() == "window"
-            && f.args.first().is_some_and(|a| is_window_start(a, &aggregate.input))
+            && f.args
+                .first()
+                .is_some_and(|a| is_window_start(a, &aggregate.input))
         {
             return Err(unsupported(
                 "this aggregation groups the output of another streaming aggregation by \
