@@ -49,6 +49,11 @@ const EXPECTED_DIFFERENCES: &[(&str, &str)] = &[
         "late rows between the previous and the current batch's watermark (issue 10, difference 1)",
     ),
     (
+        "sliding_between_watermarks_append",
+        "late rows between the previous and the current batch's watermark, sliding windows \
+         (issue 10, difference 1)",
+    ),
+    (
         "session_between_watermarks_append",
         "late rows between the previous and the current batch's watermark, sessions \
          (issue 10, difference 1)",

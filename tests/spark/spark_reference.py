@@ -107,6 +107,35 @@ SESSION_BETWEEN = [
     [("a", 12, 10, 10.0), ("d", 45, 11, 11.0)],
 ]
 
+# Sliding windows (10 s every 5 s) with rows between the two watermarks in batch 2
+# (late <= 2, evict <= 15): (a, 3) falls in [-5, 5) and [0, 10), both ending between
+# the two; (a, -4) falls in [-10, 0), ended at 0 <= 2 (late in both engines), and in
+# [-5, 5), between.
+SLIDE_BETWEEN = [
+    [("a", 1, 1, 1.0), ("a", 7, 2, 2.0), ("b", 12, 3, 3.0)],
+    [("a", 13, 4, 4.0), ("b", 25, 5, 5.0)],
+    [("b", 31, 7, 7.0), ("a", 3, 8, 8.0), ("a", -4, 9, 9.0)],
+    [("b", 40, 11, 11.0)],
+]
+
+# Rows exactly at the watermark, watermark 10 s. Batch 1 does not move the maximum, so
+# batch 2 runs with the previous and the current watermark both at 10:00:20 and the
+# two engines must agree on every row of it:
+#   batch 0: max 30 -> watermark 20
+#   batch 1: late <= none, evict <= 20; (a, 22), (c, 25): max stays 30 -> 20
+#   batch 2: late <= 20, evict <= 20: (a, 15) window [10, 20) / session [15, 20) / ts
+#            ended exactly at 20: late; (a, 16): window [10, 20) late, session [16, 21)
+#            not; (a, 20), (d, 20): ts 20 <= 20 late for deduplication, window
+#            [20, 30) not; (a, 21) in time everywhere
+#   batch 3: (e, 45) -> 35;  batch 4: no data, evict <= 35
+BOUNDARY = [
+    [("a", 5, 1, 1.0), ("b", 30, 2, 2.0)],
+    [("c", 25, 3, 3.0), ("a", 22, 4, 4.0)],
+    [("a", 15, 5, 5.0), ("a", 16, 6, 6.0), ("a", 20, 7, 7.0), ("d", 20, 8, 8.0),
+     ("a", 21, 9, 9.0)],
+    [("e", 45, 10, 10.0)],
+]
+
 # Deduplication: duplicates within a batch and across batches, NULL keys.
 DEDUP = [
     [("a", 1, 1, 1.0), ("b", 2, 2, 2.0), ("a", 1, 1, 1.0), (None, 3, 3, 3.0)],
@@ -235,6 +264,25 @@ for mode in ("append", "update"):
     scenario(f"sliding_{mode}",
              f"10 s windows every 5 s per key, watermark 10 s, late rows, {mode} mode",
              SLIDE, mode, q, sql(q), watermark=WM10)
+q = (f"SELECT k, window(ts, '10 seconds', '5 seconds') AS window, {WIN_SQL} FROM events "
+     f"GROUP BY k, window(ts, '10 seconds', '5 seconds')")
+scenario("sliding_between_watermarks_append",
+         "10 s windows every 5 s, rows whose windows end between the two watermarks, append mode",
+         SLIDE_BETWEEN, "append", q, sql(q), watermark=WM10)
+q = (f"SELECT k, window(ts, '10 seconds') AS window, {WIN_SQL} FROM events "
+     f"GROUP BY k, window(ts, '10 seconds')")
+scenario("tumbling_watermark_boundary_append",
+         "10 s tumbling windows, windows ending exactly at the watermark, append mode",
+         BOUNDARY, "append", q, sql(q), watermark=WM10)
+q = (f"SELECT k, session_window(ts, '5 seconds') AS session_window, {WIN_SQL} FROM events "
+     f"GROUP BY k, session_window(ts, '5 seconds')")
+scenario("session_watermark_boundary_append",
+         "5 s-gap sessions, a row's session ending exactly at the watermark, append mode",
+         BOUNDARY, "append", q, sql(q), watermark=WM10)
+scenario("drop_duplicates_watermark_boundary",
+         "dropDuplicates(['k', 'ts']), event times exactly at the watermark",
+         BOUNDARY, "append", "SELECT DISTINCT ON (k, ts) k, ts, v FROM events",
+         'return events.select("k", "ts", "v").dropDuplicates(["k", "ts"])', watermark=WM10)
 q = ("SELECT window(ts, '10 seconds') AS window, count(*) AS n FROM events "
      "GROUP BY window(ts, '10 seconds')")
 scenario("tumbling_global_no_watermark_complete",
