@@ -21,6 +21,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod crash_point;
 pub mod dataframe;
 pub mod demo;
 pub mod duration;

@@ -19,7 +19,8 @@ use crate::execution::{
 };
 use crate::planning::{
     BatchTable, DistinctOnMode, StreamTable, StreamingPlan, aggregates_stream, deduplicates_stream,
-    expand_sliding_windows, plan_streaming_query, reads_stream, reads_stream_anywhere,
+    expand_sliding_windows, is_distinct_on, plan_streaming_query, reads_stream,
+    reads_stream_anywhere,
 };
 use crate::sink::{OutputMode, SinkSpec};
 use crate::sql::ddl::{self, StatementKind};
@@ -605,7 +606,7 @@ fn check_output_mode(streaming: &StreamingPlan, mode: OutputMode) -> Result<()> 
     let aggregates = aggregates_stream(plan);
     match (aggregates, mode) {
         // Deduplication emits each distinct row once, when first seen: every mode works.
-        (true, OutputMode::Append | OutputMode::Update) if deduplicates_stream(plan) => {
+        (true, OutputMode::Append | OutputMode::Update) if only_deduplicates(plan) => {
             if sorts_or_limits(plan) {
                 return Err(Error::Unsupported(
                     "ORDER BY or LIMIT after a streaming aggregation needs output_mode 'complete'"
@@ -644,8 +645,31 @@ fn check_output_mode(streaming: &StreamingPlan, mode: OutputMode) -> Result<()> 
     }
 }
 
-/// Whether the streaming aggregation groups by event time of a watermarked stream: a
-/// `window()` call or the watermarked column itself (Spark's condition for append mode).
+/// Whether every streaming aggregation of the plan is a deduplication (`SELECT
+/// DISTINCT`, `DISTINCT ON`), which emits each row once in any mode.
+fn only_deduplicates(plan: &LogicalPlan) -> bool {
+    deduplicates_stream(plan) && streaming_aggregates(plan).iter().all(|a| is_distinct_on(a))
+}
+
+/// The streaming plan's `Aggregate` nodes that read a stream (deduplications by
+/// `DISTINCT ON` included, `SELECT DISTINCT` not: it is no `Aggregate` node).
+fn streaming_aggregates(plan: &LogicalPlan) -> Vec<&datafusion::logical_expr::Aggregate> {
+    let mut found = Vec::new();
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::Aggregate(aggregate) = node
+            && reads_stream(node)
+        {
+            found.push(aggregate);
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Whether every streaming aggregation that is not a deduplication groups by event
+/// time of a watermarked stream: a `window()` call or the watermarked column itself
+/// (Spark's condition for append mode; in a chain, e.g. a window of windows, each
+/// aggregation must close its groups by the watermark).
 fn groups_by_event_time(streaming: &StreamingPlan) -> bool {
     let watermarks: Vec<&str> = streaming
         .inputs
@@ -655,28 +679,25 @@ fn groups_by_event_time(streaming: &StreamingPlan) -> bool {
     if watermarks.is_empty() {
         return false;
     }
-    streaming
-        .plan
-        .exists(|node| {
-            Ok(match node {
-                LogicalPlan::Aggregate(aggregate) if reads_stream(node) => {
-                    aggregate.group_expr.iter().any(|e| match e {
-                        Expr::ScalarFunction(f) => {
-                            f.name() == "window" || f.name() == crate::functions::SESSION_WINDOW
-                        }
-                        Expr::Column(c) => watermarks.contains(&c.name.as_str()),
-                        // A sliding window(), expanded (see planning::sliding_windows).
-                        Expr::Alias(alias) => matches!(
-                            alias.expr.as_ref(),
-                            Expr::Column(c) if c.name == crate::functions::WINDOW_LIST
-                        ),
-                        _ => false,
-                    })
+    let aggregations: Vec<_> = streaming_aggregates(&streaming.plan)
+        .into_iter()
+        .filter(|a| !is_distinct_on(a))
+        .collect();
+    !aggregations.is_empty()
+        && aggregations.iter().all(|aggregate| {
+            aggregate.group_expr.iter().any(|e| match e {
+                Expr::ScalarFunction(f) => {
+                    f.name() == "window" || f.name() == crate::functions::SESSION_WINDOW
                 }
+                Expr::Column(c) => watermarks.contains(&c.name.as_str()),
+                // A sliding window(), expanded (see planning::sliding_windows).
+                Expr::Alias(alias) => matches!(
+                    alias.expr.as_ref(),
+                    Expr::Column(c) if c.name == crate::functions::WINDOW_LIST
+                ),
                 _ => false,
             })
         })
-        .unwrap_or(false)
 }
 
 fn sorts_or_limits(plan: &LogicalPlan) -> bool {

@@ -39,36 +39,6 @@ use serde_json::{Map, Value};
 /// must still differ: remove it when the difference is fixed.
 const EXPECTED_DIFFERENCES: &[(&str, &str)] = &[
     (
-        "tumbling_between_watermarks_append",
-        "late rows: Spark drops a row only when its window ended at or before the PREVIOUS \
-         batch's watermark; millrace uses the current batch's, so rows between the two are \
-         dropped (issue 10, difference 1)",
-    ),
-    (
-        "tumbling_between_watermarks_update",
-        "late rows between the previous and the current batch's watermark (issue 10, difference 1)",
-    ),
-    (
-        "sliding_between_watermarks_append",
-        "late rows between the previous and the current batch's watermark, sliding windows \
-         (issue 10, difference 1)",
-    ),
-    (
-        "session_between_watermarks_append",
-        "late rows between the previous and the current batch's watermark, sessions \
-         (issue 10, difference 1)",
-    ),
-    (
-        "drop_duplicates_between_watermarks",
-        "late rows between the previous and the current batch's watermark, deduplication \
-         (issue 10, difference 1)",
-    ),
-    (
-        "session_complete",
-        "session_window() in complete mode: Spark drops rows whose session ended before the \
-         watermark; millrace switches the watermark off in complete mode (issue 10, difference 2)",
-    ),
-    (
         "session_update",
         "Spark 4.3 refuses update mode for session windows ([STREAMING_OUTPUT_MODE.\
          UNSUPPORTED_OPERATION] \"This output mode is not supported for session window \
@@ -82,15 +52,6 @@ const EXPECTED_DIFFERENCES: &[(&str, &str)] = &[
          emits nothing for k; millrace's single aggregation was touched by the row and re-emits \
          k with its unchanged count, as update mode does for every group a batch touched \
          (kept: same rule, different plan)",
-    ),
-    (
-        "window_null_ts_update",
-        "window() over a NULL event time: Spark forms no group for such rows; millrace forms a \
-         group with a NULL window (issue 10, difference 3)",
-    ),
-    (
-        "window_null_ts_complete_no_watermark",
-        "window() over a NULL event time (issue 10, difference 3)",
     ),
 ];
 
