@@ -328,11 +328,7 @@ fn run_action(cli: Cli, session: &Session, runtime: &Runtime) -> Result<()> {
         (Some(path), _) => std::fs::read_to_string(path).map_err(Error::io(path))?,
         (None, Some(sql)) => sql.clone(),
         (None, None) => {
-            return repl::run(
-                session,
-                runtime,
-                &repl::ShellOptions::new(cli.history_file),
-            );
+            return repl::run(session, runtime, &repl::ShellOptions::new(cli.history_file));
         }
     };
     run_script(session, runtime, &script)

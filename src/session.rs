@@ -14,7 +14,6 @@ use sqlparser::ast::Statement as SQLStatement;
 use tokio::runtime::Handle;
 
 use crate::error::{Error, Result};
-use crate::ui::{QueryList, UiServer};
 use crate::execution::{
     QueryConfig, StreamingQuery, StreamingQueryListener, Trigger, WatermarkPolicy,
 };
@@ -26,6 +25,7 @@ use crate::sink::{OutputMode, SinkSpec};
 use crate::sql::ddl::{self, StatementKind};
 use crate::sql::split::split_statements;
 use crate::sql::{declare_stream, sink_options};
+use crate::ui::{QueryList, UiServer};
 
 /// What running one statement produced.
 #[derive(Clone)]

@@ -11,7 +11,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::{DEADLINE, MILLRACE, temp_dir, wait_until};
 use serde_json::Value;
@@ -110,7 +109,9 @@ fn http(address: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, 
         })
         .unwrap_or_default();
     assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "expected a sized body: {head}"
     );
     Ok((status, content_type, body.to_string()))
@@ -119,7 +120,10 @@ fn http(address: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, 
 fn get_json(address: SocketAddr, path: &str) -> Value {
     let (status, content_type, body) = http(address, "GET", path).expect("GET");
     assert_eq!(status, 200, "GET {path}: {body}");
-    assert!(content_type.starts_with("application/json"), "{content_type}");
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }
 
@@ -129,14 +133,20 @@ fn sample(metrics: &str, name: &str, query: &str, extra: Option<&str>) -> Option
     metrics.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?.strip_prefix('{')?;
         let (labels, value) = rest.split_once("} ")?;
-        (labels.contains(&format!("query=\"{query}\""))
-            && extra.is_none_or(|e| labels.contains(e)))
-        .then(|| value.trim().parse().ok())?
+        (labels.contains(&format!("query=\"{query}\"")) && extra.is_none_or(|e| labels.contains(e)))
+            .then(|| value.trim().parse().ok())?
     })
 }
 
+/// The query's last batch id; `None` before its first batch (or before the script
+/// has started it: 404).
 fn last_batch(address: SocketAddr) -> Option<u64> {
-    get_json(address, "/api/queries/per_second")["lastProgress"]["batchId"].as_u64()
+    let (status, _, body) = http(address, "GET", "/api/queries/per_second").ok()?;
+    if status == 404 {
+        return None;
+    }
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<Value>(&body).ok()?["lastProgress"]["batchId"].as_u64()
 }
 
 #[test]
@@ -219,11 +229,20 @@ fn rest_api_and_metrics_follow_a_running_query() {
         "{metrics_before}"
     );
     assert!(metrics_before.contains("# TYPE millrace_query_batch_duration_seconds histogram"));
-    let batches_before = sample(&metrics_before, "millrace_query_batches_total", "per_second", None)
-        .expect("batches counter");
-    let rows_before =
-        sample(&metrics_before, "millrace_query_input_rows_total", "per_second", None)
-            .expect("input rows counter");
+    let batches_before = sample(
+        &metrics_before,
+        "millrace_query_batches_total",
+        "per_second",
+        None,
+    )
+    .expect("batches counter");
+    let rows_before = sample(
+        &metrics_before,
+        "millrace_query_input_rows_total",
+        "per_second",
+        None,
+    )
+    .expect("input rows counter");
     assert!(
         metrics_before.contains(&format!("id=\"{id}\"")),
         "labelled by query id: {metrics_before}"
@@ -233,10 +252,20 @@ fn rest_api_and_metrics_follow_a_running_query() {
         last_batch(address).is_some_and(|b| b >= batch_before + 3)
     });
     let (_, _, metrics_after) = http(address, "GET", "/metrics").unwrap();
-    let batches_after =
-        sample(&metrics_after, "millrace_query_batches_total", "per_second", None).unwrap();
-    let rows_after =
-        sample(&metrics_after, "millrace_query_input_rows_total", "per_second", None).unwrap();
+    let batches_after = sample(
+        &metrics_after,
+        "millrace_query_batches_total",
+        "per_second",
+        None,
+    )
+    .unwrap();
+    let rows_after = sample(
+        &metrics_after,
+        "millrace_query_input_rows_total",
+        "per_second",
+        None,
+    )
+    .unwrap();
     assert!(
         batches_after >= batches_before + 3.0,
         "{batches_before} → {batches_after}"
@@ -244,13 +273,23 @@ fn rest_api_and_metrics_follow_a_running_query() {
     assert!(rows_after > rows_before, "{rows_before} → {rows_after}");
     let operator = Some("operator=\"stateStoreSave\"");
     assert!(
-        sample(&metrics_after, "millrace_state_operator_rows", "per_second", operator)
-            .is_some_and(|rows| rows >= 1.0),
+        sample(
+            &metrics_after,
+            "millrace_state_operator_rows",
+            "per_second",
+            operator
+        )
+        .is_some_and(|rows| rows >= 1.0),
         "{metrics_after}"
     );
     assert!(
-        sample(&metrics_after, "millrace_state_operator_memory_bytes", "per_second", operator)
-            .is_some_and(|bytes| bytes > 0.0)
+        sample(
+            &metrics_after,
+            "millrace_state_operator_memory_bytes",
+            "per_second",
+            operator
+        )
+        .is_some_and(|bytes| bytes > 0.0)
     );
     assert!(
         sample(
@@ -262,8 +301,13 @@ fn rest_api_and_metrics_follow_a_running_query() {
         .is_some()
     );
     assert!(
-        sample(&metrics_after, "millrace_query_watermark_timestamp_seconds", "per_second", None)
-            .is_some_and(|w| w > 1.7e9),
+        sample(
+            &metrics_after,
+            "millrace_query_watermark_timestamp_seconds",
+            "per_second",
+            None
+        )
+        .is_some_and(|w| w > 1.7e9),
         "a watermark as Unix seconds: {metrics_after}"
     );
     assert_eq!(
@@ -287,7 +331,8 @@ fn rest_api_and_metrics_follow_a_running_query() {
     let (status, _, body) = http(address, "GET", "/api/queries/nope").unwrap();
     assert_eq!(status, 404);
     assert!(body.contains("no streaming query 'nope'"), "{body}");
-    let (status, _, body) = http(address, "GET", "/api/queries/per_second/progress?limit=x").unwrap();
+    let (status, _, body) =
+        http(address, "GET", "/api/queries/per_second/progress?limit=x").unwrap();
     assert_eq!(status, 400, "{body}");
 
     // The pages and the vendored chart library are served from the binary.
@@ -313,7 +358,10 @@ fn rest_api_and_metrics_follow_a_running_query() {
         Some(0.0)
     );
     let (status, _, _) = http(address, "GET", "/api/queries").unwrap();
-    assert_eq!(status, 200, "the UI stays up after the script's queries end");
+    assert_eq!(
+        status, 200,
+        "the UI stays up after the script's queries end"
+    );
     wait_until("the note that the UI stays up", DEADLINE, || {
         ui.stderr_text().contains("the web UI stays up")
     });
@@ -363,7 +411,10 @@ fn rust_log_shows_query_and_batch_spans() {
     };
     let quiet = run(None);
     assert!(!quiet.contains("batch committed"), "{quiet}");
-    assert!(quiet.contains("streaming query 'copied' started"), "{quiet}");
+    assert!(
+        quiet.contains("streaming query 'copied' started"),
+        "{quiet}"
+    );
     let logged = run(Some("info"));
     let line = logged
         .lines()
@@ -376,9 +427,15 @@ fn rust_log_shows_query_and_batch_spans() {
             && line.contains("num_input_rows=10"),
         "{line}"
     );
-    assert!(logged.contains("query started") && logged.contains("query stopped"), "{logged}");
+    assert!(
+        logged.contains("query started") && logged.contains("query stopped"),
+        "{logged}"
+    );
     let bad = run(Some("millrace=nonsense"));
-    assert!(bad.contains("RUST_LOG='millrace=nonsense' is not a valid filter"), "{bad}");
+    assert!(
+        bad.contains("RUST_LOG='millrace=nonsense' is not a valid filter"),
+        "{bad}"
+    );
 }
 
 #[test]
@@ -447,11 +504,11 @@ fn the_query_page_draws_live_charts_in_headless_chromium() {
     let missing: Vec<&str> = [
         (!Path::new("/usr/bin/chromium").exists()).then_some("/usr/bin/chromium"),
         (!playwright.join("package.json").exists()).then_some("playwright-core"),
-        Command::new("node")
+        (!Command::new("node")
             .arg("--version")
             .output()
-            .map_or(true, |o| !o.status.success())
-            .then_some("node"),
+            .is_ok_and(|o| o.status.success()))
+        .then_some("node"),
     ]
     .into_iter()
     .flatten()
@@ -495,7 +552,11 @@ fn the_query_page_draws_live_charts_in_headless_chromium() {
         });
     assert!(output.status.success(), "browser script failed: {report}");
     assert_eq!(report["errors"], serde_json::json!([]), "page errors");
-    assert_eq!(report["offsite"], serde_json::json!([]), "requests off loopback");
+    assert_eq!(
+        report["offsite"],
+        serde_json::json!([]),
+        "requests off loopback"
+    );
     let (first, later) = (&report["first"], &report["later"]);
     for snapshot in [first, later] {
         let charts = snapshot["charts"].as_array().unwrap();
@@ -513,7 +574,12 @@ fn the_query_page_draws_live_charts_in_headless_chromium() {
     let points = |s: &Value| s["charts"][1]["points"].as_u64().unwrap();
     assert!(points(later) > points(first), "{report}");
     assert_eq!(later["state"], "active");
-    assert!(later["sql"].as_str().unwrap().contains("CREATE SINK per_second"));
+    assert!(
+        later["sql"]
+            .as_str()
+            .unwrap()
+            .contains("CREATE SINK per_second")
+    );
     assert!(later["plan"].as_str().unwrap().contains("Aggregate"));
     assert!(later["progressRows"].as_u64().unwrap() >= 2);
     let png = std::fs::read(&screenshot).expect("the screenshot was saved");

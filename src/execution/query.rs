@@ -565,7 +565,10 @@ impl Runner {
                 s.is_trigger_active = true;
                 s.message = "Getting offsets from the sources".to_string();
             });
-            let batch_id = self.pending.as_ref().map_or(self.next_batch, |e| e.batch_id);
+            let batch_id = self
+                .pending
+                .as_ref()
+                .map_or(self.next_batch, |e| e.batch_id);
             let span = tracing::info_span!("batch", batch_id);
             let ran = self
                 .run_batch(trigger_start)

@@ -38,8 +38,16 @@ pub(super) fn router(queries: QueryList) -> Router {
     Router::new()
         .route("/", get(|| async { page(INDEX_HTML) }))
         .route("/queries/{query}", get(|| async { page(QUERY_HTML) }))
-        .route("/assets/app.js", get(|| async { asset(APP_JS, "text/javascript") }))
-        .route("/assets/style.css", get(|| async { asset(STYLE_CSS, "text/css") }))
+        // No icon: answer the browser's request without a 404 in its console.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route(
+            "/assets/app.js",
+            get(|| async { asset(APP_JS, "text/javascript") }),
+        )
+        .route(
+            "/assets/style.css",
+            get(|| async { asset(STYLE_CSS, "text/css") }),
+        )
         .route(
             "/assets/uPlot.iife.min.js",
             get(|| async { asset(UPLOT_JS, "text/javascript") }),
@@ -179,7 +187,10 @@ async fn stop(State(queries): State<QueryList>, Path(key): Path<String>) -> Resp
         )
             .into_response();
     }
-    tracing::info!(query = tracked.query.name(), "stop requested over the REST API");
+    tracing::info!(
+        query = tracked.query.name(),
+        "stop requested over the REST API"
+    );
     tracked.query.stop();
     // A failure that ended the query is in the document's `exception`.
     let _ = tracked.query.await_termination().await;
@@ -189,7 +200,10 @@ async fn stop(State(queries): State<QueryList>, Path(key): Path<String>) -> Resp
 async fn metrics(State(queries): State<QueryList>) -> Response {
     let text = queries.metrics().render(&queries.tracked());
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()
