@@ -201,6 +201,21 @@ fn run(cli: Cli, runtime: &Runtime) -> Result<()> {
     };
     let session = Session::new(runtime.handle().clone(), settings);
     if let Some(addr) = &cli.ui {
+        // `--ui` takes an optional value, so `millrace --ui demo` reads `demo` as the address.
+        if [
+            "demo",
+            "generate-sensors",
+            "generate-events",
+            "bench",
+            "kafka",
+        ]
+        .contains(&addr.as_str())
+        {
+            return Err(Error::Option(format!(
+                "--ui took '{addr}' as its address; put --ui after the command \
+                 (`millrace {addr} --ui`) or give the address (`--ui 127.0.0.1:4040`)"
+            )));
+        }
         if !matches!(cli.action, None | Some(Action::Demo { .. })) {
             return Err(Error::Option(
                 "--ui serves the queries of a script (-f, -c), the shell or `demo`".into(),
