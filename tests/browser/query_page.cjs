@@ -26,6 +26,7 @@ function snapshot(page) {
         id,
         canvas: !!canvas && canvas.width > 0 && canvas.height > 0,
         points: Number(el.dataset.points || 0),
+        lastBatch: el.dataset.lastBatch === undefined || el.dataset.lastBatch === "" ? null : Number(el.dataset.lastBatch),
         series: Number(el.dataset.series || 0),
       };
     }),
@@ -57,8 +58,8 @@ function snapshot(page) {
       const now = document.getElementById("batch-id").textContent;
       return /^\d+$/.test(now) && Number(now) >= Number(b) + 2;
     }, first.batch, { timeout: 120000 });
-    await page.waitForFunction((n) => Number(document.getElementById("chart-input").dataset.points) > n,
-      first.charts[1].points, { timeout: 120000 });
+    await page.waitForFunction((n) => Number(document.getElementById("chart-input").dataset.lastBatch) > n,
+      first.charts[1].lastBatch, { timeout: 120000 });
     const later = await snapshot(page);
     await page.screenshot({ path: screenshot, fullPage: false });
     console.log(JSON.stringify({ first, later, errors, offsite }));

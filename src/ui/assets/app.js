@@ -147,6 +147,7 @@ function drawChart(id, series, reports) {
     if (Math.abs(chart.plot.width - width) > 4) chart.plot.setSize({ width, height: 200 });
   }
   container.dataset.points = String(reports.length);
+  container.dataset.lastBatch = reports.length ? String(reports[reports.length - 1].batchId) : "";
   container.dataset.series = String(series.length);
 }
 
