@@ -39,8 +39,8 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls};
 
+use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
-use crate::execution::crash_point;
 use crate::sink::{Sink, TableWrite};
 use crate::source::options::Options;
 
