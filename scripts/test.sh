@@ -5,11 +5,15 @@
 # totalling the tests that ran. The Kafka tests start real brokers on loopback
 # through scripts/kafka-broker.sh; they are installed first (once per machine, into
 # ~/.cache/millrace/brokers: about 8 minutes the first time). The web UI test drives
-# a real headless chromium, installed by scripts/browser.sh (apt-get, npm).
+# a real headless chromium, installed by scripts/browser.sh (apt-get, npm). The
+# PostgreSQL tests start a real server the same way through scripts/postgres.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/millrace/target}"
 scripts/kafka-broker.sh install
+# Debian's postgresql for the PostgreSQL sink's tests (tests/postgres_sink.rs starts
+# its own throwaway server on a free loopback port through scripts/postgres.sh).
+scripts/postgres.sh install
 # The web UI test's headless browser (Debian's chromium, playwright-core from npm);
 # without them that test prints SKIPPED and why.
 scripts/browser.sh install

@@ -24,12 +24,7 @@ use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry};
 use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::planning::{BatchTable, StreamingPlan};
-use crate::sink::console::ConsoleSink;
-use crate::sink::file::FileSink;
-use crate::sink::kafka::KafkaSink;
-use crate::sink::memory::{MemorySink, MemoryWrite};
-use crate::sink::noop::NoopSink;
-use crate::sink::{OutputMode, Sink, SinkSpec};
+use crate::sink::{OutputMode, Sink, SinkContext, SinkSpec};
 use crate::source::{StreamDef, StreamSource};
 use crate::state::StateStoreConfig;
 
@@ -165,28 +160,13 @@ impl StreamingQuery {
         // The query's stateful operators, bottom-up; the position is the operator id.
         let operators = find_operators(&config.plan.plan);
         check_chain(&operators, config.output_mode)?;
-        let sink: Box<dyn Sink> = match &config.sink {
-            SinkSpec::Console { num_rows } => Box::new(ConsoleSink::stdout(*num_rows)),
-            SinkSpec::Memory => Box::new(MemorySink::new(
-                config
-                    .memory_table
-                    .clone()
-                    .expect("a memory sink comes with its table"),
-                memory_write(&config, operators.last().map(|o| o.as_ref()))?,
-            )),
-            SinkSpec::Noop => Box::new(NoopSink),
-            SinkSpec::Files { format, path } => {
-                Box::new(FileSink::open(*format, path, checkpoint.query_id())?)
-            }
-            SinkSpec::ForeachBatch(function) => Box::new(
-                crate::sink::foreach_batch::ForeachBatchSink::new(function.clone()),
-            ),
-            SinkSpec::Kafka(options) => Box::new(KafkaSink::open(
-                options.as_ref().clone(),
-                &config.plan.schema,
-                checkpoint.query_id(),
-            )?),
-        };
+        let sink = config.sink.open(&SinkContext {
+            query_id: checkpoint.query_id(),
+            schema: &config.plan.schema,
+            output_mode: config.output_mode,
+            upsert_keys: upsert_keys(&config, operators.last().map(|o| o.as_ref())),
+            memory_table: config.memory_table.clone(),
+        })?;
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             id: checkpoint.query_id().to_string(),
@@ -949,29 +929,21 @@ impl Runner {
     }
 }
 
-/// How a memory sink writes each batch: the result table in complete mode, upserts
-/// by the GROUP BY columns of the topmost stateful operator in update mode, appends
-/// otherwise.
-fn memory_write(config: &QueryConfig, top: Option<&dyn StatefulOperator>) -> Result<MemoryWrite> {
-    Ok(match (config.output_mode, top) {
-        (OutputMode::Complete, _) => MemoryWrite::Replace,
-        (OutputMode::Update, Some(operator)) => match operator.update_keys() {
-            // A deduplication emits each key once: nothing to update.
-            None => MemoryWrite::Append,
-            Some(groups) => {
-                let keys = output_keys(&config.plan.plan, &groups);
-                if keys.len() < groups.len() {
-                    return Err(Error::Unsupported(format!(
-                        "a memory sink in update mode upserts rows by the GROUP BY columns, so \
-                         the SELECT list must include them (renamed or not): {}",
-                        groups.join(", ")
-                    )));
-                }
-                MemoryWrite::Upsert(keys)
-            }
-        },
-        _ => MemoryWrite::Append,
-    })
+/// In update mode, the topmost stateful operator's update keys (none for a
+/// deduplication, which emits each key once, so there is nothing to update): the output
+/// columns holding the GROUP BY keys, and the group names, for sinks that upsert
+/// (memory, PostgreSQL).
+fn upsert_keys(
+    config: &QueryConfig,
+    top: Option<&dyn StatefulOperator>,
+) -> Option<(Vec<usize>, Vec<String>)> {
+    match (config.output_mode, top) {
+        (OutputMode::Update, Some(operator)) => {
+            let groups = operator.update_keys()?;
+            Some((output_keys(&config.plan.plan, &groups), groups))
+        }
+        _ => None,
+    }
 }
 
 /// Positions of the output columns that carry the GROUP BY columns `groups`, as

@@ -1,0 +1,10 @@
+//! Connectors: the sources and sinks millrace reads from and writes to, and the one
+//! [`registry`] that names them.
+//!
+//! Every front end (SQL's `STORED AS`, the DataFrame API's `format(...)`, the shell's
+//! completion and `\d`, the error messages listing formats and options) reads the
+//! registry, so adding a connector is its module plus one entry there. The older
+//! connectors still live in `source/` and `sink/`; new ones get a directory here.
+
+pub mod postgres;
+pub mod registry;
