@@ -821,9 +821,9 @@ impl KafkaSource {
         if let Some(initial) = &self.initial {
             return Ok(initial.clone());
         }
-        let initial = match std::fs::read(&self.initial_path) {
-            Ok(bytes) => offsets_from_json(&serde_json::from_slice(&bytes)?)?,
-            Err(_) => {
+        let initial = match read_initial_offsets(&self.initial_path)? {
+            Some(initial) => initial,
+            None => {
                 let mut initial = PartitionOffsets::new();
                 if let StartingOffsets::Specific(specific) = &self.options.starting_offsets {
                     for (topic, partitions) in specific {
@@ -1530,9 +1530,59 @@ impl KafkaSource {
     }
 }
 
+/// Reads `initial-offsets.json`: `None` only when the file does not exist (the query's
+/// first start). Any other failure (permissions, an I/O error, a directory in its place,
+/// bad JSON) is an error naming the file: guessing "absent" would resolve
+/// `starting_offsets` again and move batch 0.
+fn read_initial_offsets(path: &std::path::Path) -> Result<Option<PartitionOffsets>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::Checkpoint(format!(
+                "the Kafka source's first offsets ({}) cannot be read: {e}; fix the file's \
+                 permissions or the disk and restart the query (the file is not rewritten, \
+                 so the query keeps the start it had)",
+                path.display()
+            )));
+        }
+    };
+    let json = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Checkpoint(format!(
+            "the Kafka source's first offsets ({}) are not valid JSON: {e}; the checkpoint is \
+             damaged",
+            path.display()
+        ))
+    })?;
+    offsets_from_json(&json).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn initial_offsets_are_absent_only_when_the_file_does_not_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("initial-offsets.json");
+        assert!(read_initial_offsets(&path).unwrap().is_none());
+        std::fs::write(&path, br#"{"clicks":{"0":5}}"#).unwrap();
+        let mut expected = PartitionOffsets::new();
+        expected.insert(("clicks".into(), 0), 5);
+        assert_eq!(read_initial_offsets(&path).unwrap(), Some(expected));
+        // A read that fails for another reason (here: a directory where the file
+        // should be) is an error naming the file, not "absent".
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let error = read_initial_offsets(&path).unwrap_err().to_string();
+        assert!(error.contains("initial-offsets.json"), "{error}");
+        assert!(error.contains("cannot be read"), "{error}");
+        assert!(path.is_dir(), "nothing was written in its place");
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::write(&path, b"{not json").unwrap();
+        let error = read_initial_offsets(&path).unwrap_err().to_string();
+        assert!(error.contains("not valid JSON"), "{error}");
+    }
 
     #[test]
     fn the_limit_is_split_max_min_fairly() {

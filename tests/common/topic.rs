@@ -63,6 +63,21 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
         assert!(Instant::now() < deadline, "topic {topic} did not appear");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The metadata shows a new topic's partitions a moment before their leader serves
+    // them (`NotLeaderForPartition`): wait until each answers.
+    let reader = consumer(bootstrap, "millrace-test-metadata", false);
+    for partition in 0..partitions {
+        while reader
+            .fetch_watermarks(topic, partition, Duration::from_secs(2))
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "partition {partition} of {topic} has no leader"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 fn consumer(bootstrap: &str, group: &str, read_committed: bool) -> BaseConsumer {
