@@ -378,3 +378,24 @@ fn offsets_sent_to_a_transaction_are_committed_with_it_and_only_then() {
     committed(Offset::Offset(7));
     assert_eq!(read_values(bootstrap, &probe, 0, "read_committed"), vec!["y"]);
 }
+
+#[test]
+fn a_tombstone_without_a_key_round_trips() {
+    let (bootstrap, probe) = topic(1);
+    let delivered = produce(
+        bootstrap,
+        &probe,
+        &[
+            Rec::value(0, "a"),
+            Rec {
+                partition: Some(0),
+                ..Rec::default()
+            },
+            Rec::value(0, "b"),
+        ],
+    );
+    assert_eq!(delivered, vec![(0, 0), (0, 1), (0, 2)]);
+    let read = read_partition(bootstrap, &probe, 0, "read_committed");
+    let values: Vec<Option<Vec<u8>>> = read.into_iter().map(|r| r.value).collect();
+    assert_eq!(values, vec![Some(b"a".to_vec()), None, Some(b"b".to_vec())]);
+}

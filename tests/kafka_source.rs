@@ -84,12 +84,13 @@ fn logged_offsets(checkpoint: &Path, batch: u64, table: &str) -> Value {
     read_json(&checkpoint.join("offsets").join(batch.to_string()))["sources"][table].clone()
 }
 
-/// A JSON Kafka table `name` over `topic` (or, with `pattern`, `topic_pattern`).
+/// A JSON Kafka table `name` over `topic` (or, with `pattern`, `topic_pattern`). The
+/// retry timeout outlasts a restart of the test's own broker (several seconds).
 fn json_table(name: &str, broker: &Broker, location: &str, options: &str) -> String {
     format!(
         "CREATE UNBOUNDED EXTERNAL TABLE {name} (user_id BIGINT NOT NULL, url VARCHAR, ts TIMESTAMP)
          STORED AS KAFKA {location}
-         OPTIONS ('bootstrap.servers' '{}', 'format' 'json', 'broker_retry_timeout' '10 seconds'{options});",
+         OPTIONS ('bootstrap.servers' '{}', 'format' 'json', 'broker_retry_timeout' '2 minutes'{options});",
         broker.bootstrap
     )
 }
@@ -592,7 +593,7 @@ fn malformed_json_values_under_each_mode() {
     create_topic(&broker.bootstrap, &clicks, 1);
     produce(
         &broker.bootstrap,
-        "clicks",
+        &clicks,
         &[
             Rec::value(0, click(1)),
             Rec::value(0, "{not json"),
