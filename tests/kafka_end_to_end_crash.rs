@@ -33,7 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::kafka::{Broker, shared, unique};
-use common::topic::{Record, committed_offset, create_topic, read_topic};
+use common::topic::{Record, abort_open_transaction, committed_offset, create_topic, read_topic};
 use common::*;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -141,6 +141,9 @@ fn marker(broker: &Broker, checkpoint: &Path, topic: &str) -> Option<i64> {
         .as_str()
         .expect("query id")
         .to_string();
+    // A killed run may have left a transaction open, whose marker the broker withholds:
+    // abort it first, as the next run would.
+    abort_open_transaction(&broker.bootstrap, &format!("millrace-{id}"));
     committed_offset(&broker.bootstrap, &format!("millrace-{id}"), topic, 0)
 }
 

@@ -206,3 +206,20 @@ pub fn produce(bootstrap: &str, topic: &str, values: &[&str]) {
     }
     producer.flush(TIMEOUT).expect("flush");
 }
+
+/// Does what a restarted Kafka sink does first: `init_transactions` with the query's
+/// transactional id (`millrace-<query id>`), which fences every earlier producer of
+/// that id and aborts its open transaction. Until then the broker will not give out a
+/// group offset sent in that open transaction (`UNSTABLE_OFFSET_COMMIT`), so a test
+/// reads the batch marker after a crash only after this.
+#[allow(dead_code)]
+pub fn abort_open_transaction(bootstrap: &str, transactional_id: &str) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", transactional_id)
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(TIMEOUT)
+        .unwrap_or_else(|e| panic!("init_transactions({transactional_id}): {e}"));
+}
