@@ -104,10 +104,7 @@ fn bench_kafka_pipeline(c: &mut Criterion) {
     for delivery in [KafkaDelivery::ExactlyOnce, KafkaDelivery::AtLeastOnce] {
         let delivery_name = millrace::bench::kafka::delivery_option(delivery);
         for workload in [KafkaWorkload::Filter, KafkaWorkload::Window] {
-            let id = BenchmarkId::new(
-                workload.name().trim_start_matches("kafka-"),
-                delivery_name,
-            );
+            let id = BenchmarkId::new(workload.name().trim_start_matches("kafka-"), delivery_name);
             group.bench_function(id, |b| {
                 b.iter_custom(|iterations| {
                     let mut timed = Duration::ZERO;

@@ -21,6 +21,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod connector;
 pub mod dataframe;
 pub mod demo;
 pub mod duration;

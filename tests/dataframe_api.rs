@@ -516,11 +516,10 @@ async fn format_kafka_writes_each_batchs_changed_counts_keyed_by_sensor() {
         batch.sort();
         expected.push(batch);
     }
-    let records = tokio::task::spawn_blocking(move || {
-        read_topic(&broker.bootstrap, "sensor_counts", false)
-    })
-    .await
-    .unwrap();
+    let records =
+        tokio::task::spawn_blocking(move || read_topic(&broker.bootstrap, "sensor_counts", false))
+            .await
+            .unwrap();
     assert!(records.iter().all(|r| r.partition == 0), "{records:?}");
     let decoded: Vec<(String, String, i64)> = records
         .iter()

@@ -47,7 +47,10 @@ fn transactional_producer(
 ) -> rdkafka::producer::FutureProducer {
     producer(
         bootstrap,
-        &[("transactional.id", id), ("transaction.timeout.ms", timeout_ms)],
+        &[
+            ("transactional.id", id),
+            ("transaction.timeout.ms", timeout_ms),
+        ],
     )
 }
 
@@ -199,7 +202,11 @@ fn aborted_records_are_hidden_from_read_committed_readers() {
     producer.init_transactions(CALL).expect("init_transactions");
 
     producer.begin_transaction().unwrap();
-    send_all(&producer, &probe, &[Rec::value(0, "c1"), Rec::value(0, "c2")]);
+    send_all(
+        &producer,
+        &probe,
+        &[Rec::value(0, "c1"), Rec::value(0, "c2")],
+    );
     producer.commit_transaction(CALL).expect("commit");
 
     producer.begin_transaction().unwrap();
@@ -273,10 +280,7 @@ fn a_zombie_producer_with_the_same_transactional_id_is_fenced() {
         .commit_transaction(CALL)
         .expect_err("the zombie cannot commit");
     assert!(
-        matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::Fenced)
-        ),
+        matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::Fenced)),
         "{error}"
     );
     successor.begin_transaction().unwrap();
@@ -349,10 +353,7 @@ fn offsets_sent_to_a_transaction_are_committed_with_it_and_only_then() {
         let mut ask = TopicPartitionList::new();
         ask.add_partition(&input, 0);
         let got = consumer.committed_offsets(ask, CALL).unwrap();
-        assert_eq!(
-            got.find_partition(&input, 0).unwrap().offset(),
-            offset
-        );
+        assert_eq!(got.find_partition(&input, 0).unwrap().offset(), offset);
     };
     let offsets = |n| {
         let mut list = TopicPartitionList::new();
@@ -376,7 +377,10 @@ fn offsets_sent_to_a_transaction_are_committed_with_it_and_only_then() {
         .expect("send_offsets_to_transaction");
     producer.commit_transaction(CALL).expect("commit");
     committed(Offset::Offset(7));
-    assert_eq!(read_values(bootstrap, &probe, 0, "read_committed"), vec!["y"]);
+    assert_eq!(
+        read_values(bootstrap, &probe, 0, "read_committed"),
+        vec!["y"]
+    );
 }
 
 #[test]

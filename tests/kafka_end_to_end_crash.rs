@@ -231,7 +231,11 @@ fn kill_minus_nine_anywhere_keeps_the_counts_exact_and_never_rewrites_a_committe
         &job(&checkpoint, broker, &topics, "available_now"),
     );
 
-    let generator = Generator::start(broker.bootstrap.clone(), topics.input.clone(), rng.next_u64());
+    let generator = Generator::start(
+        broker.bootstrap.clone(),
+        topics.input.clone(),
+        rng.next_u64(),
+    );
     let mut snapshots: Vec<Snapshot> = Vec::new();
     let mut must_rewrite: BTreeSet<u64> = BTreeSet::new();
     let (mut killed, mut aimed, mut runs_that_committed) = (0, 0, 0);
@@ -427,7 +431,10 @@ fn expected_outputs(broker: &Broker, input: &str, checkpoint: &Path) -> BTreeMap
             }
         }
         for word in changed {
-            expected.entry(word.clone()).or_default().push(totals[&word]);
+            expected
+                .entry(word.clone())
+                .or_default()
+                .push(totals[&word]);
         }
     }
     expected

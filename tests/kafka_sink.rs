@@ -728,3 +728,113 @@ fn the_kafka_helper_commands_send_lines_and_print_records() {
         &["Kafka topic 'nope' does not exist"],
     );
 }
+
+// ---------------------------------------------------------------------------------
+// The batch marker across a long stop (its group offsets expire)
+
+/// Waits until the broker has deleted the marker (`offsets.retention.minutes` after
+/// its last commit; the broker checks every second here).
+fn wait_for_marker_expiry(broker: &Broker, checkpoint: &Path, topic: &str) {
+    wait_until(
+        "the batch marker to expire",
+        Duration::from_secs(240),
+        || marker(broker, checkpoint, topic).is_none(),
+    );
+}
+
+#[test]
+fn a_marker_that_expired_during_a_long_stop_is_never_guessed() {
+    // A broker of the test's own that deletes group offsets 1 minute after their last
+    // commit (the shortest retention Kafka takes; the default is 7 days).
+    let broker = Broker::start_with(&[
+        "offsets.retention.minutes=1",
+        "offsets.retention.check.interval.ms=1000",
+    ]);
+    let root = temp_dir();
+    let input = make_dir(root.path(), "in");
+    create_topic(&broker.bootstrap, "out", 2);
+    let checkpoint = root.path().join("ckpt");
+    let job = write_job(
+        root.path(),
+        "job.sql",
+        &(source(&input)
+            + &kafka_sink(
+                "out",
+                "out",
+                &broker,
+                &checkpoint,
+                ", 'key' 'id', 'timeout' '10 seconds'",
+                "SELECT id, payload FROM events",
+            )),
+    );
+    let ids_in_topic = || ids(&read_topic(&broker.bootstrap, "out", true));
+
+    // Batch 0, then a stop longer than the retention: the marker is gone.
+    write_inputs(&input, &[0..10]);
+    run_success(&job, &root.path().join("run-0.err"));
+    assert_eq!(marker(&broker, &checkpoint, "out"), Some(1));
+    wait_for_marker_expiry(&broker, &checkpoint, "out");
+    // A new batch after the stop: the sink's record says batch 1 never reached its
+    // commit, so it is written (once).
+    write_atomic(&input, "f-001.json", json_rows(10..20).as_bytes());
+    run_success(&job, &root.path().join("run-1.err"));
+    assert_exactly_once("after batch 1", ids_in_topic(), 0..20);
+    assert_eq!(marker(&broker, &checkpoint, "out"), Some(2));
+
+    // Batch 2 commits on the broker, and the process dies before its commit log ...
+    write_atomic(&input, "f-002.json", json_rows(20..30).as_bytes());
+    run_to_crash_point(
+        &job,
+        "kafka-after-txn-commit",
+        &root.path().join("crash.err"),
+    );
+    assert_eq!(marker(&broker, &checkpoint, "out"), Some(3));
+    // ... and stays down until the marker expires: batch 2 may or may not be in the
+    // topic as far as the sink can tell, so it stops and says how to go on.
+    wait_for_marker_expiry(&broker, &checkpoint, "out");
+    let (status, stderr) = run_to_end(&job, &[], &root.path().join("refused.err"));
+    assert!(!status.success(), "the sink must not guess: {stderr}");
+    for expected in [
+        "the batch marker of consumer group 'millrace-",
+        "for topic 'out' is gone",
+        "batch 2 was being committed when the query last stopped",
+        "--reset-offsets --to-offset X",
+        "X = 3 if the batch is in the topic, 2 if it is not",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+    assert!(!checkpoint.join("commits/2").exists());
+    assert_exactly_once("nothing written twice", ids_in_topic(), 0..30);
+
+    // The operator finds batch 2 in the topic and sets the marker to 3 (what
+    // kafka-consumer-groups.sh --reset-offsets does); the restart skips batch 2.
+    set_marker(&broker, &checkpoint, "out", 3);
+    let (status, stderr) = run_to_end(&job, &[], &root.path().join("after-reset.err"));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("batch 2 is already committed to topic 'out'"),
+        "{stderr}"
+    );
+    assert!(checkpoint.join("commits/2").exists());
+    assert_exactly_once("exactly once after the reset", ids_in_topic(), 0..30);
+}
+
+/// Commits `next` as the query's batch marker, as `kafka-consumer-groups.sh
+/// --reset-offsets --to-offset <next>` would.
+fn set_marker(broker: &Broker, checkpoint: &Path, topic: &str, next: i64) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let group = format!("millrace-{}", query_id(checkpoint));
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer of the marker group");
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, 0, rdkafka::Offset::Offset(next))
+        .unwrap();
+    consumer
+        .commit(&offsets, CommitMode::Sync)
+        .expect("commit the marker");
+}

@@ -275,7 +275,11 @@ fn starting_offsets_earliest_latest_and_per_partition_json() {
         vec![3, 4, 100, 101, 102, 103, 104]
     );
     // Partition 0 from its latest (-1); partition 1, not named, from its earliest.
-    run(&session, &rt, &job("mixed", &format!(r#"{{"{clicks}":{{"0":-1}}}}"#)));
+    run(
+        &session,
+        &rt,
+        &job("mixed", &format!(r#"{{"{clicks}":{{"0":-1}}}}"#)),
+    );
     assert_eq!(
         user_ids(&session, &rt, "mixed"),
         vec![100, 101, 102, 103, 104]
@@ -668,7 +672,9 @@ fn malformed_json_values_under_each_mode() {
     let query = start(&session, &rt, &job("fail_fast"));
     let error = query.await_termination_blocking().unwrap_err().to_string();
     assert!(
-        error.contains(&format!("malformed record in topic '{clicks}' partition 0 offset 1:")),
+        error.contains(&format!(
+            "malformed record in topic '{clicks}' partition 0 offset 1:"
+        )),
         "{error}"
     );
     assert!(error.contains("set the table's 'mode' option"), "{error}");

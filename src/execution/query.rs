@@ -181,6 +181,7 @@ impl StreamingQuery {
                 options.as_ref().clone(),
                 &config.plan.schema,
                 checkpoint.query_id(),
+                checkpoint.root(),
             )?),
         };
         let shared = Arc::new(Shared {

@@ -17,7 +17,7 @@
 pub mod console;
 pub mod file;
 pub mod foreach_batch;
-pub mod kafka;
+pub use crate::connector::kafka::sink as kafka;
 pub mod memory;
 pub mod noop;
 

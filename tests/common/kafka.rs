@@ -67,10 +67,7 @@ impl Broker {
             .stderr(Stdio::inherit())
             .output()
             .expect("run scripts/kafka-broker.sh start");
-        assert!(
-            out.status.success(),
-            "scripts/kafka-broker.sh start failed"
-        );
+        assert!(out.status.success(), "scripts/kafka-broker.sh start failed");
         let bootstrap = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let port = bootstrap
             .rsplit(':')

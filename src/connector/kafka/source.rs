@@ -49,11 +49,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use serde_json::{Map, Value, json};
 
-use super::format::{CORRUPT_RECORD_COLUMN, MalformedMode, RecordEncoding, decode_records};
-use super::options::Options;
-use super::{Offset, SourceBatch, StreamSource};
 use crate::checkpoint::write_atomic;
+use crate::connector::kafka::client::check_topic_name;
 use crate::error::{Error, Result};
+use crate::source::format::{CORRUPT_RECORD_COLUMN, MalformedMode, RecordEncoding, decode_records};
+use crate::source::options::Options;
+use crate::source::{Offset, SourceBatch, StreamSource};
 
 /// The metadata columns every Kafka table has (Spark's names), after the declared ones:
 /// `key BINARY`, `value BINARY` (the raw value), `topic VARCHAR`, `partition INT`,
@@ -423,23 +424,6 @@ pub fn declare(
         .map_err(|e| Error::Option(format!("a 'kafka.*' option of {what} is refused: {e}")))?;
     let schema = table_schema(declared, format, what)?;
     Ok((kafka, schema))
-}
-
-/// Refuses names Kafka would refuse (legal: ASCII letters, digits, `.`, `_`, `-`).
-fn check_topic_name(topic: &str, what: &str) -> Result<()> {
-    let legal = !topic.is_empty()
-        && topic.len() <= 249
-        && topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if legal {
-        Ok(())
-    } else {
-        Err(Error::Sql(format!(
-            "LOCATION '{topic}' of {what} is not a Kafka topic name (letters, digits, '.', '_' \
-             and '-'); for several topics use OPTIONS ('topic_pattern' '<regex>')"
-        )))
-    }
 }
 
 /// A pattern matches whole topic names, as Java's `Pattern.matches` does in Spark.
@@ -1559,7 +1543,7 @@ fn read_initial_offsets(path: &std::path::Path) -> Result<Option<PartitionOffset
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::source::*;
 
     #[test]
     fn initial_offsets_are_absent_only_when_the_file_does_not_exist() {
