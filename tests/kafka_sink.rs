@@ -111,7 +111,7 @@ fn at_least_once_writes_every_row_as_json_csv_or_raw_with_its_key() {
         + &kafka_sink(
             "to_json",
             &as_json,
-            &broker,
+            broker,
             &checkpoint("json"),
             &format!("{alo}, 'key' 'id'"),
             "SELECT id, payload, id % 2 = 0 AS even FROM events WHERE id % 7 <> 3",
@@ -119,7 +119,7 @@ fn at_least_once_writes_every_row_as_json_csv_or_raw_with_its_key() {
         + &kafka_sink(
             "to_csv",
             &as_csv,
-            &broker,
+            broker,
             &checkpoint("csv"),
             &format!("{alo}, 'format' 'csv', 'create_topic' 'true'"),
             "SELECT id, concat(payload, ', \"quoted\"') AS text FROM events WHERE id < 5",
@@ -127,7 +127,7 @@ fn at_least_once_writes_every_row_as_json_csv_or_raw_with_its_key() {
         + &kafka_sink(
             "to_raw",
             &as_raw,
-            &broker,
+            broker,
             &checkpoint("raw"),
             &format!("{alo}, 'format' 'raw', 'key' 'payload'"),
             "SELECT payload, CASE WHEN id = 7 THEN NULL ELSE concat('value ', id) END AS v FROM events",
@@ -200,7 +200,7 @@ fn update_mode_with_a_key_writes_one_record_per_changed_group() {
         + &kafka_sink(
             "counts",
             &counts,
-            &broker,
+            broker,
             &checkpoint,
             ", 'key' 'word', 'output_mode' 'update'",
             "SELECT payload AS word, count(*) AS n FROM events WHERE payload <> 'skip' GROUP BY payload",
@@ -271,7 +271,7 @@ fn crash_then_restart(point: &str) -> CrashRun {
         + &kafka_sink(
             "out",
             &topic,
-            &broker,
+            broker,
             &checkpoint,
             ", 'key' 'id', 'timeout' '10 seconds'",
             "SELECT id, payload FROM events WHERE id % 7 <> 3",
@@ -641,7 +641,7 @@ fn a_record_the_broker_cannot_take_fails_the_query_at_once_with_the_fix() {
         + &kafka_sink(
             "big",
             &big,
-            &broker,
+            broker,
             &checkpoint,
             ", 'delivery' 'at_least_once', 'format' 'raw'",
             "SELECT CASE WHEN id = 3 THEN repeat('x', 2000000) ELSE payload END AS v FROM events",
@@ -770,7 +770,7 @@ fn a_marker_that_expired_during_a_long_stop_is_never_guessed() {
     let ids_in_topic = || ids(&read_topic(&broker.bootstrap, "out", true));
 
     // Batch 0, then a stop longer than the retention: the marker is gone.
-    write_inputs(&input, &[0..10]);
+    write_atomic(&input, "f-000.json", json_rows(0..10).as_bytes());
     run_success(&job, &root.path().join("run-0.err"));
     assert_eq!(marker(&broker, &checkpoint, "out"), Some(1));
     wait_for_marker_expiry(&broker, &checkpoint, "out");

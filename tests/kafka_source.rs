@@ -138,7 +138,7 @@ fn every_record_of_a_multi_partition_topic_reaches_parquet_once_with_its_metadat
              FROM clicks WHERE user_id % 2 = 0",
             json_table(
                 "clicks",
-                &broker,
+                broker,
                 &format!("LOCATION '{clicks}'"),
                 ", 'starting_offsets' 'earliest'"
             ),
@@ -251,7 +251,7 @@ fn starting_offsets_earliest_latest_and_per_partition_json() {
              SELECT user_id FROM {name}_in",
             json_table(
                 &format!("{name}_in"),
-                &broker,
+                broker,
                 &format!("LOCATION '{clicks}'"),
                 &format!(", 'starting_offsets' '{starting}'")
             ),
@@ -326,7 +326,7 @@ fn max_offsets_per_trigger_splits_the_backlog_fairly_over_partitions_and_batches
              SELECT user_id FROM clicks",
             json_table(
                 "clicks",
-                &broker,
+                broker,
                 &format!("LOCATION '{clicks}'"),
                 ", 'starting_offsets' 'earliest', 'max_offsets_per_trigger' '6'"
             ),
@@ -394,7 +394,7 @@ fn a_topic_written_in_transactions_is_read_to_the_end_past_its_commit_markers() 
          AS SELECT user_id FROM clicks",
         json_table(
             "clicks",
-            &broker,
+            broker,
             &format!("LOCATION '{clicks}'"),
             ", 'starting_offsets' 'earliest'"
         ),
@@ -428,7 +428,7 @@ fn commit_to_group_commits_each_batch_end_for_monitoring_tools() {
              SELECT user_id FROM clicks",
             json_table(
                 "clicks",
-                &broker,
+                broker,
                 &format!("LOCATION '{clicks}'"),
                 ", 'starting_offsets' 'earliest', 'commit_to_group' 'millrace-clicks'"
             )
@@ -474,7 +474,7 @@ fn partitions_that_appear_while_the_query_runs_are_read_from_their_first_record(
              CREATE SINK seen STORED AS MEMORY AS SELECT user_id, topic FROM events",
             json_table(
                 "events",
-                &broker,
+                broker,
                 "",
                 &format!(", 'topic_pattern' '{events}-.*', 'starting_offsets' 'earliest'")
             )
@@ -519,7 +519,7 @@ fn new_partitions_start_at_their_first_record_even_when_the_query_started_at_lat
          OPTIONS ('checkpoint' '{}', 'trigger' 'available_now') AS SELECT user_id FROM events",
         json_table(
             "events",
-            &broker,
+            broker,
             "",
             &format!(", 'topic_pattern' '{events}-.*', 'starting_offsets' 'latest'")
         ),
@@ -550,7 +550,7 @@ fn records_deleted_before_they_were_read_stop_the_query_or_are_skipped_and_count
              OPTIONS ('checkpoint' '{}', 'trigger' 'available_now') AS SELECT user_id FROM clicks",
             json_table(
                 "clicks",
-                &broker,
+                broker,
                 &format!("LOCATION '{clicks}'"),
                 &format!(
                     ", 'starting_offsets' 'earliest', 'fail_on_data_loss' '{fail_on_data_loss}'"
@@ -694,7 +694,7 @@ fn a_restarted_query_reads_no_record_twice_and_misses_none() {
          OPTIONS ('checkpoint' '{}', 'trigger' 'available_now') AS SELECT user_id FROM clicks",
         json_table(
             "clicks",
-            &broker,
+            broker,
             &format!("LOCATION '{clicks}'"),
             ", 'starting_offsets' 'earliest', 'max_offsets_per_trigger' '7'"
         ),
@@ -733,7 +733,7 @@ fn an_abort_at_any_point_of_a_batch_reads_every_record_once_after_the_restart() 
              SELECT user_id FROM clicks WHERE user_id % 7 <> 3;",
             json_table(
                 "clicks",
-                &broker,
+                broker,
                 &format!("LOCATION '{clicks}'"),
                 ", 'starting_offsets' 'earliest', 'max_offsets_per_trigger' '5'"
             ),
@@ -768,7 +768,7 @@ fn a_missing_topic_is_a_clear_error() {
          it first, or fix the table's LOCATION",
         broker.bootstrap
     );
-    let table = json_table("clicks", &broker, "LOCATION 'nope'", "");
+    let table = json_table("clicks", broker, "LOCATION 'nope'", "");
     // available_now fixes its end when the query starts: the statement fails.
     let error = rt
         .block_on(session.execute_script(&format!(

@@ -1370,7 +1370,7 @@ impl Sink for KafkaSink {
 
 #[cfg(test)]
 mod tests {
-    use crate::sink::*;
+    use super::*;
     use datafusion::arrow::array::{BinaryArray, Int64Array, StringArray, StringViewArray};
     use datafusion::arrow::datatypes::{Field, Schema};
     use std::sync::Arc;

@@ -1543,7 +1543,7 @@ fn read_initial_offsets(path: &std::path::Path) -> Result<Option<PartitionOffset
 
 #[cfg(test)]
 mod tests {
-    use crate::source::*;
+    use super::*;
 
     #[test]
     fn initial_offsets_are_absent_only_when_the_file_does_not_exist() {
