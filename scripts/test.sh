@@ -5,11 +5,15 @@
 # totalling the tests that ran. The Kafka tests run against Apache Kafka 4.4, started
 # on free loopback ports by scripts/kafka-broker.sh (one broker per test binary); it
 # is installed first (Maven Central, once per machine, into ~/.cache/millrace/: about
-# 30 seconds the first time; needs Java 17 and Maven).
+# 30 seconds the first time; needs Java 17 and Maven). The web UI test drives
+# a real headless chromium, installed by scripts/browser.sh (apt-get, npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/millrace/target}"
 scripts/kafka-broker.sh install
+# The web UI test's headless browser (Debian's chromium, playwright-core from npm);
+# without them that test prints SKIPPED and why.
+scripts/browser.sh install
 cargo test --benches
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

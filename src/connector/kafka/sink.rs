@@ -52,8 +52,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::checkpoint::write_atomic;
 use crate::connector::kafka::client::{TopicNotCreated, check_topic_name, create_topic};
+use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
-use crate::execution::crash_point;
 use crate::sink::Sink;
 use crate::source::options::Options;
 
@@ -845,7 +845,7 @@ impl KafkaSink {
         let deadline = Instant::now() + self.options.timeout;
         loop {
             if self.topic_partitions().map_err(|f| self.open_error(f))? > 0 {
-                eprintln!("millrace: Kafka sink created topic '{topic}' ({create} partition(s))");
+                tracing::info!("Kafka sink created topic '{topic}' ({create} partition(s))");
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -1182,8 +1182,8 @@ impl KafkaSink {
             match sink.transaction(batch_id, records)? {
                 true => Ok(()),
                 false => {
-                    eprintln!(
-                        "millrace: Kafka sink: batch {batch_id} is already committed to topic '{}' \
+                    tracing::warn!(
+                        "Kafka sink: batch {batch_id} is already committed to topic '{}' \
                      (the last run stopped after the broker's commit, before the commit log); \
                      not writing it again",
                         sink.options.topic
@@ -1262,8 +1262,8 @@ impl KafkaSink {
                     self.options.topic, number
                 )));
             }
-            eprintln!(
-                "millrace: Kafka sink: batch {batch_id}, attempt {number} of {ATTEMPTS} failed: \
+            tracing::warn!(
+                "Kafka sink: batch {batch_id}, attempt {number} of {ATTEMPTS} failed: \
                  {failure}; trying again in {backoff:?}"
             );
             std::thread::sleep(backoff);

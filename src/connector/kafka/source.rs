@@ -1085,9 +1085,9 @@ impl StreamSource for KafkaSource {
             }
         }
         if let Err(e) = self.client.commit(&list, CommitMode::Sync) {
-            eprintln!(
-                "warning: Kafka table '{}': committing offsets to group '{group}' (for \
-                 monitoring only) failed: {e}",
+            tracing::warn!(
+                "Kafka table '{}': committing offsets to group '{group}' (for monitoring \
+                 only) failed: {e}",
                 self.table
             );
         }
@@ -1189,9 +1189,9 @@ impl KafkaSource {
             }
             let from = w.low.min(range.to);
             range.skipped += (from - range.from) as u64;
-            eprintln!(
-                "warning: Kafka table '{}': topic '{topic}' partition {partition}: offsets \
-                 {}..{} were deleted before they were read; skipped (fail_on_data_loss is false)",
+            tracing::warn!(
+                "Kafka table '{}': topic '{topic}' partition {partition}: offsets {}..{} were \
+                 deleted before they were read; skipped (fail_on_data_loss is false)",
                 self.table,
                 range.from,
                 from - 1
