@@ -458,7 +458,12 @@ impl Session {
                 .clone(),
         };
         let plan_text = config.plan.plan.display_indent().to_string();
-        let query = StreamingQuery::start(config, self.runtime.clone())?;
+        // Opening sources and sinks talks to external systems with blocking calls
+        // (librdkafka: metadata, `init_transactions`): off tokio's worker threads.
+        let runtime = self.runtime.clone();
+        let query = tokio::task::spawn_blocking(move || StreamingQuery::start(config, runtime))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         self.queries.push(query.clone(), plan_text);
         Ok(query)
     }

@@ -162,6 +162,7 @@ impl StreamingQuery {
         check_chain(&operators, config.output_mode)?;
         let sink = config.sink.open(&SinkContext {
             query_id: checkpoint.query_id(),
+            checkpoint_dir: checkpoint.root(),
             schema: &config.plan.schema,
             output_mode: config.output_mode,
             upsert_keys: upsert_keys(&config, operators.last().map(|o| o.as_ref())),

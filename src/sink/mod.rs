@@ -25,7 +25,7 @@
 pub mod console;
 pub mod file;
 pub mod foreach_batch;
-pub mod kafka;
+pub use crate::connector::kafka::sink as kafka;
 pub mod memory;
 pub mod noop;
 
@@ -147,6 +147,9 @@ pub enum TableWrite {
 pub struct SinkContext<'a> {
     /// The checkpoint's query id (stable across restarts).
     pub query_id: &'a str,
+    /// The query's checkpoint directory (sinks that keep a record of their own there,
+    /// such as the Kafka sink's marker record).
+    pub checkpoint_dir: &'a std::path::Path,
     /// The schema of the rows the sink receives.
     pub schema: &'a SchemaRef,
     /// The query's output mode.
@@ -292,6 +295,7 @@ impl SinkSpec {
                 options.as_ref().clone(),
                 ctx.schema,
                 ctx.query_id,
+                ctx.checkpoint_dir,
             )?),
             SinkSpec::Postgres(options) => Box::new(PostgresSink::open(
                 options.as_ref().clone(),
