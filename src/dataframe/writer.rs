@@ -216,11 +216,13 @@ impl DataStreamWriter {
             "parquet" => files(FileSinkFormat::Parquet)?,
             "csv" => files(FileSinkFormat::Csv)?,
             "json" => files(FileSinkFormat::Json)?,
-            "foreach_batch" => SinkSpec::ForeachBatch(
-                self.foreach
-                    .clone()
-                    .expect("format foreach_batch is set by foreach_batch()"),
-            ),
+            "foreach_batch" => SinkSpec::ForeachBatch(self.foreach.clone().ok_or_else(|| {
+                Error::Option(
+                    "format('foreach_batch') needs the function: call .foreach_batch(f) \
+                     instead of .format(\"foreach_batch\")"
+                        .to_string(),
+                )
+            })?),
             other => {
                 return Err(Error::Option(format!(
                     "unknown sink format '{other}': use console, memory, parquet, csv, json, \
