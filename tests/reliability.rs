@@ -602,3 +602,46 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+// ---------------------------------------------------------------------------
+// The soak test, short: 60 batches, restarted every 20 (scripts/soak.py runs the
+// long one by hand; its figures are in docs/benchmarks.md).
+
+/// A windowed aggregation from files to Parquet through the real binary, restarted
+/// every 20 batches: every row is counted once, and the file source's log and the
+/// sink's manifest stay bounded (at most one compaction plus 10 entries).
+#[test]
+fn a_short_soak_stays_exactly_once_with_bounded_logs() {
+    let tmp = temp_dir();
+    let done = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/soak.py"))
+        .args(["--bin", env!("CARGO_BIN_EXE_millrace")])
+        .args([
+            "--batches",
+            "60",
+            "--restart-every",
+            "20",
+            "--report-at",
+            "20,60",
+        ])
+        .args(["--dir", tmp.path().to_str().unwrap(), "--json"])
+        .output()
+        .expect("run python3 scripts/soak.py");
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success(),
+        "soak failed: {stdout}\n{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    assert_eq!(result["outputCheck"], true, "{stdout}");
+    let reports = result["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 2, "{stdout}");
+    for report in reports {
+        assert!(report["sourceLogFiles"].as_u64().unwrap() <= 11, "{report}");
+        assert!(
+            report["sinkManifestFiles"].as_u64().unwrap() <= 11,
+            "{report}"
+        );
+    }
+}
