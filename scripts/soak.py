@@ -135,6 +135,8 @@ def main():
                 "peakRssMiB": round(peak_rss / 1024, 1),
                 "elapsedSeconds": round(time.monotonic() - started, 1),
             })
+            # As it happens too, so a long run cut short still leaves its figures.
+            print(json.dumps(reports[-1]), file=sys.stderr, flush=True)
 
     # Every input row counted once: the closed windows' counts add up to the rows of
     # the files whose windows the final watermark closed.
