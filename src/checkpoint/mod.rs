@@ -82,6 +82,10 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(Error::io(dir))
 }
 
+/// Size at which `progress.jsonl` is rotated to `progress.jsonl.1` (about 1,000
+/// reports).
+pub const PROGRESS_ROTATE_BYTES: u64 = 1 << 20;
+
 /// The `metadata` file: which query owns this checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct QueryMetadata {
@@ -219,8 +223,21 @@ impl Checkpoint {
     /// The line goes out in one write. A `kill -9` during an earlier append may have
     /// left a last line without its newline: it is ended first, so that this report
     /// starts on a line of its own instead of being glued to the torn one.
+    ///
+    /// Once the file holds [`PROGRESS_ROTATE_BYTES`] it is renamed to
+    /// `progress.jsonl.1` (replacing the previous one) and a new file is started, so
+    /// the reports of a query running for months take at most twice that much space.
     pub fn append_progress(&self, json: &str) -> Result<()> {
         let path = self.root.join("progress.jsonl");
+        match fs::metadata(&path) {
+            Ok(meta) if meta.len() >= PROGRESS_ROTATE_BYTES => {
+                let older = self.root.join("progress.jsonl.1");
+                fs::rename(&path, &older).map_err(Error::io(&older))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path)(e)),
+        }
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
@@ -297,6 +314,29 @@ mod tests {
         assert!(
             missing.contains("commits/1"),
             "an error, not None: {missing}"
+        );
+    }
+
+    /// 3,000 reports of 1 KiB: the newest are kept, the space stays bounded.
+    #[test]
+    fn progress_reports_are_rotated_not_kept_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = Checkpoint::open(dir.path(), sources()).unwrap();
+        let padding = "x".repeat(1000);
+        for i in 0..3000 {
+            checkpoint
+                .append_progress(&format!("{{\"batchId\": {i}, \"pad\": \"{padding}\"}}"))
+                .unwrap();
+        }
+        let current = fs::read_to_string(dir.path().join("progress.jsonl")).unwrap();
+        let older = fs::metadata(dir.path().join("progress.jsonl.1"))
+            .unwrap()
+            .len();
+        assert!(current.len() as u64 + older <= 2 * PROGRESS_ROTATE_BYTES + 2048);
+        assert!(
+            current
+                .trim_end()
+                .ends_with(&format!("\"batchId\": 2999, \"pad\": \"{padding}\"}}"))
         );
     }
 
