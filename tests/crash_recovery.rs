@@ -201,7 +201,9 @@ fn kill_minus_nine_at_random_instants_loses_and_duplicates_nothing() {
     );
     assert_eq!(
         folded.len() as u64,
-        compaction.as_ref().map_or(0, |c| c["files"].as_u64().expect("files")),
+        compaction
+            .as_ref()
+            .map_or(0, |c| c["files"].as_u64().expect("files")),
         "visible files of compacted batches differ from the compaction's count"
     );
 

@@ -51,20 +51,95 @@ fn cases(default: usize) -> usize {
 /// Tokens the mutator inserts: SQL punctuation, keywords of millrace's own
 /// statements, option names and values, extreme numbers and durations.
 const TOKENS: &[&str] = &[
-    "'", "\"", "(", ")", ",", ";", "--", "/*", "*/", " ", "\n", "''", "\\",
-    "CREATE", "UNBOUNDED", "EXTERNAL", "TABLE", "SINK", "STORED AS", "CSV", "JSON",
-    "TEXT", "PARQUET", "RATE", "MEMORY", "CONSOLE", "NOOP", "LOCATION", "OPTIONS",
-    "WATERMARK FOR", "AS", "SELECT", "FROM", "GROUP BY", "WHERE", "INTERVAL",
-    "SECOND", "DAY", "MONTH", "YEAR", "window(", "session_window(", "ts", "-", "+",
-    "'mode'", "'fail_fast'", "'permissive'", "'drop_malformed'", "'has_header'",
-    "'delimiter'", "'max_files_per_trigger'", "'rows_per_second'",
-    "'max_rows_per_trigger'", "'num_partitions'", "'trigger'", "'output_mode'",
-    "'checkpoint'", "'complete'", "'update'", "'append'", "'once'",
-    "'available_now'", "'99999999999 days'", "'0 seconds'", "'-1 seconds'",
-    "'1e309 ms'", "'NaN'", "'.'", "0", "-1", "18446744073709551616",
-    "9223372036854775807", "-9223372036854775808", "1e309", "NULL", "TIMESTAMP",
-    "BIGINT", "DOUBLE", "VARCHAR", "BOOLEAN", "DECIMAL(38, 10)", "é", "🙂", "\u{0}",
-    "STOP QUERY", "DESCRIBE QUERY", "SHOW QUERIES", "SET",
+    "'",
+    "\"",
+    "(",
+    ")",
+    ",",
+    ";",
+    "--",
+    "/*",
+    "*/",
+    " ",
+    "\n",
+    "''",
+    "\\",
+    "CREATE",
+    "UNBOUNDED",
+    "EXTERNAL",
+    "TABLE",
+    "SINK",
+    "STORED AS",
+    "CSV",
+    "JSON",
+    "TEXT",
+    "PARQUET",
+    "RATE",
+    "MEMORY",
+    "CONSOLE",
+    "NOOP",
+    "LOCATION",
+    "OPTIONS",
+    "WATERMARK FOR",
+    "AS",
+    "SELECT",
+    "FROM",
+    "GROUP BY",
+    "WHERE",
+    "INTERVAL",
+    "SECOND",
+    "DAY",
+    "MONTH",
+    "YEAR",
+    "window(",
+    "session_window(",
+    "ts",
+    "-",
+    "+",
+    "'mode'",
+    "'fail_fast'",
+    "'permissive'",
+    "'drop_malformed'",
+    "'has_header'",
+    "'delimiter'",
+    "'max_files_per_trigger'",
+    "'rows_per_second'",
+    "'max_rows_per_trigger'",
+    "'num_partitions'",
+    "'trigger'",
+    "'output_mode'",
+    "'checkpoint'",
+    "'complete'",
+    "'update'",
+    "'append'",
+    "'once'",
+    "'available_now'",
+    "'99999999999 days'",
+    "'0 seconds'",
+    "'-1 seconds'",
+    "'1e309 ms'",
+    "'NaN'",
+    "'.'",
+    "0",
+    "-1",
+    "18446744073709551616",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "1e309",
+    "NULL",
+    "TIMESTAMP",
+    "BIGINT",
+    "DOUBLE",
+    "VARCHAR",
+    "BOOLEAN",
+    "DECIMAL(38, 10)",
+    "é",
+    "🙂",
+    "\u{0}",
+    "STOP QUERY",
+    "DESCRIBE QUERY",
+    "SHOW QUERIES",
+    "SET",
 ];
 
 /// One random edit of `text` (on character boundaries, so the result stays text).
@@ -77,7 +152,10 @@ fn mutate(rng: &mut Rng, text: &str, corpus: &[String]) -> String {
         chars[at.min(chars.len())..].iter().collect(),
     );
     match rng.below(7) {
-        0 => format!("{before}{}", chars[end.max(at)..].iter().collect::<String>()),
+        0 => format!(
+            "{before}{}",
+            chars[end.max(at)..].iter().collect::<String>()
+        ),
         1 => format!("{before}{}{after}", rng.pick(TOKENS)),
         2 => {
             let piece: String = chars[at..end.max(at)].iter().collect();
@@ -92,11 +170,23 @@ fn mutate(rng: &mut Rng, text: &str, corpus: &[String]) -> String {
         }
         5 => {
             let c = char::from_u32(rng.below(0x250) as u32).unwrap_or('?');
-            format!("{before}{c}{}", chars.get(at + 1..).map_or(String::new(), |r| r.iter().collect()))
+            format!(
+                "{before}{c}{}",
+                chars
+                    .get(at + 1..)
+                    .map_or(String::new(), |r| r.iter().collect())
+            )
         }
         _ => {
             // A number replaced by an extreme one.
-            let n = rng.pick(&["0", "-1", "99999999999", "1e309", "18446744073709551616", ".5"]);
+            let n = rng.pick(&[
+                "0",
+                "-1",
+                "99999999999",
+                "1e309",
+                "18446744073709551616",
+                ".5",
+            ]);
             let digits = text.find(|c: char| c.is_ascii_digit());
             match digits {
                 Some(i) => {
@@ -114,7 +204,11 @@ fn mutate(rng: &mut Rng, text: &str, corpus: &[String]) -> String {
 /// A message a user can act on: not empty, not a panic or an internal invariant.
 fn assert_clear(input: &str, message: &str) {
     assert!(!message.trim().is_empty(), "empty error for {input:?}");
-    for bad in ["panicked", "This was likely caused by a bug", "Internal error"] {
+    for bad in [
+        "panicked",
+        "This was likely caused by a bug",
+        "Internal error",
+    ] {
         assert!(
             !message.contains(bad),
             "not a clear rejection of {input:?}: {message}"
@@ -122,17 +216,24 @@ fn assert_clear(input: &str, message: &str) {
     }
 }
 
-fn sql_corpus(dir: &Path) -> Vec<String> {
-    let d = dir.display();
+/// Whether a mutated statement could name a path outside the test's directory (an
+/// absolute path, `..`): not run, so the fuzzer never writes outside it.
+fn leaves_the_test_dir(input: &str) -> bool {
+    input.contains("..") || input.contains("'/") || input.contains("\"/") || input.contains('~')
+}
+
+/// The seed statements; paths are relative to the test's directory (the working
+/// directory while the statements run).
+fn sql_corpus() -> Vec<String> {
     [
         format!(
             "CREATE UNBOUNDED EXTERNAL TABLE r (ts TIMESTAMP, v DOUBLE, \
-             WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) STORED AS CSV LOCATION '{d}/csv' \
+             WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) STORED AS CSV LOCATION 'csv' \
              OPTIONS ('has_header' 'true', 'mode' 'permissive', 'max_files_per_trigger' '2')"
         ),
         format!(
             "CREATE UNBOUNDED EXTERNAL TABLE j (id BIGINT, s VARCHAR) STORED AS JSON \
-             LOCATION '{d}/json' OPTIONS ('mode' 'drop_malformed', 'delimiter' ';')"
+             LOCATION 'json' OPTIONS ('mode' 'drop_malformed', 'delimiter' ';')"
         ),
         "CREATE UNBOUNDED EXTERNAL TABLE t STORED AS RATE OPTIONS ('rows_per_second' '5', \
          'max_rows_per_trigger' '10', 'num_partitions' '2')"
@@ -142,8 +243,8 @@ fn sql_corpus(dir: &Path) -> Vec<String> {
          GROUP BY window(ts, '10 seconds')"
             .to_string(),
         format!(
-            "CREATE SINK s2 STORED AS PARQUET LOCATION '{d}/out' OPTIONS ('checkpoint' \
-             '{d}/ckpt', 'trigger' 'available_now') AS SELECT id, s FROM jbase WHERE id > 3"
+            "CREATE SINK s2 STORED AS PARQUET LOCATION 'out' OPTIONS ('checkpoint' \
+             'ckpt', 'trigger' 'available_now') AS SELECT id, s FROM jbase WHERE id > 3"
         ),
         "CREATE SINK s3 STORED AS NOOP OPTIONS ('trigger' 'once') AS SELECT value, \
          session_window(timestamp, '5 minutes') AS sw FROM tbase"
@@ -172,30 +273,41 @@ async fn mutated_sql_statements_are_answered_or_refused_clearly() {
         "1.csv",
         b"ts,v\n2026-01-01T00:00:00,1.5\n",
     );
-    common::write_atomic(&tmp.path().join("json"), "1.json", b"{\"id\": 4, \"s\": \"x\"}\n");
-    let corpus = sql_corpus(tmp.path());
+    common::write_atomic(
+        &tmp.path().join("json"),
+        "1.json",
+        b"{\"id\": 4, \"s\": \"x\"}\n",
+    );
+    let corpus = sql_corpus();
+    // Relative paths in statements resolve inside the test's directory.
+    std::env::set_current_dir(tmp.path()).unwrap();
     let session = Arc::new(Session::new(
         tokio::runtime::Handle::current(),
         SessionSettings::default(),
     ));
     // The tables the sink statements read, declared once.
-    let d = tmp.path().display();
     for ddl in [
         format!(
             "CREATE UNBOUNDED EXTERNAL TABLE base (ts TIMESTAMP, v DOUBLE, WATERMARK FOR ts AS \
-             ts - INTERVAL '5' SECOND) STORED AS CSV LOCATION '{d}/csv' OPTIONS ('has_header' 'true')"
+             ts - INTERVAL '5' SECOND) STORED AS CSV LOCATION 'csv' OPTIONS ('has_header' 'true')"
         ),
-        format!("CREATE UNBOUNDED EXTERNAL TABLE jbase (id BIGINT, s VARCHAR) STORED AS JSON LOCATION '{d}/json'"),
+        format!(
+            "CREATE UNBOUNDED EXTERNAL TABLE jbase (id BIGINT, s VARCHAR) STORED AS JSON LOCATION 'json'"
+        ),
         "CREATE UNBOUNDED EXTERNAL TABLE tbase STORED AS RATE".to_string(),
     ] {
         session.execute(&ddl).await.unwrap();
     }
     let total = cases(600);
-    let mut rejected = 0;
+    let (mut rejected, mut skipped) = (0, 0);
     for case in 0..total {
         let mut input = rng.pick(&corpus).clone();
         for _ in 0..1 + rng.below(3) {
             input = mutate(&mut rng, &input, &corpus);
+        }
+        if leaves_the_test_dir(&input) {
+            skipped += 1;
+            continue;
         }
         let run = {
             let session = session.clone();
@@ -221,7 +333,11 @@ async fn mutated_sql_statements_are_answered_or_refused_clearly() {
             .map(|ended| assert!(ended, "a query of case {case} never stopped: {input:?}"))
             .ok();
     }
-    eprintln!("mutated SQL: {total} inputs tried (seed {seed}), {rejected} rejected");
+    eprintln!(
+        "mutated SQL: {total} inputs made (seed {seed}), {} run, {rejected} rejected, {skipped} \
+         skipped (a path outside the test's directory)",
+        total - skipped
+    );
 }
 
 fn decoder_schema(corrupt: bool) -> Arc<Schema> {
@@ -289,11 +405,9 @@ fn mutated_files_are_decoded_or_refused_clearly_in_every_mode() {
                     mode,
                 };
                 let schema = match encoding {
-                    Encoding::Text => Arc::new(Schema::new(vec![Field::new(
-                        "value",
-                        DataType::Utf8,
-                        true,
-                    )])),
+                    Encoding::Text => {
+                        Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)]))
+                    }
                     _ => decoder_schema(mode == MalformedMode::Permissive),
                 };
                 tried += 1;
