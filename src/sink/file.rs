@@ -194,7 +194,7 @@ impl FileSink {
         folded.last_batch_id = last;
         folded.query_id = self.query_id.clone();
         write_atomic(&self.compaction_path(last), &serde_json::to_vec(&folded)?)?;
-        crate::execution::crash_point("after-sink-compaction");
+        crate::crash_point::crash_point("after-sink-compaction");
         self.compacted = Some(folded);
         self.delete_folded(last)
     }
@@ -336,7 +336,7 @@ impl Sink for FileSink {
             num_rows,
         };
         self.manifest.add(batch_id, &entry)?;
-        crate::execution::crash_point("after-sink-manifest");
+        crate::crash_point::crash_point("after-sink-manifest");
         self.publish(&entry)?;
         if batch_id > 0 && batch_id.is_multiple_of(COMPACT_INTERVAL) {
             self.compact(batch_id)?;

@@ -147,7 +147,7 @@ impl FileSource {
             &compaction_path(&self.log_dir, upto),
             &serde_json::to_vec(&kept)?,
         )?;
-        crate::execution::crash_point("after-source-compaction");
+        crate::crash_point::crash_point("after-source-compaction");
         self.compacted = Some(upto);
         self.delete_folded(upto)
     }
