@@ -139,7 +139,7 @@ pub static CONNECTORS: &[Connector] = &[
     source(
         "RATE",
         Location::None,
-        &["rows_per_second", "num_partitions"],
+        &["rows_per_second", "num_partitions", "max_rows_per_trigger"],
         "generated (timestamp, value) rows at a fixed rate",
     ),
     source(

@@ -137,7 +137,11 @@ impl DataStreamWriter {
     fn sink(&self, name: &str) -> Result<(SinkSpec, Option<PathBuf>)> {
         if self.format == "foreach_batch" {
             let function = self.foreach.clone().ok_or_else(|| {
-                Error::Option("use foreach_batch(...) for a foreach_batch sink".to_string())
+                Error::Option(
+                    "format('foreach_batch') needs the function: call .foreach_batch(f) \
+                     instead of .format(\"foreach_batch\")"
+                        .to_string(),
+                )
             })?;
             if let Some((key, _)) = self.options.first() {
                 return Err(Error::Option(format!(

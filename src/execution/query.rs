@@ -116,7 +116,8 @@ struct Shared {
 #[derive(Default)]
 struct RunState {
     stop_requested: bool,
-    outcome: Option<Result<(), String>>,
+    /// How the loop ended; the failure keeps its type (shared: several waiters get it).
+    outcome: Option<Result<(), Arc<Error>>>,
     progress: VecDeque<QueryProgress>,
     status: QueryStatus,
     /// Triggers that found no new data so far: `process_all_available` waits for one
@@ -238,13 +239,13 @@ impl StreamingQuery {
                 if temporary {
                     let _ = std::fs::remove_dir_all(&root);
                 }
-                let outcome = outcome.map_err(|e| e.to_string());
+                let outcome = outcome.map_err(Arc::new);
                 let ended = StreamingQuery {
                     shared: thread_shared.clone(),
                 };
+                let message = outcome.as_ref().err().map(|e| e.to_string());
                 for listener in &thread_shared.listeners {
-                    listener
-                        .on_query_terminated(&ended, outcome.as_ref().err().map(|e| e.as_str()));
+                    listener.on_query_terminated(&ended, message.as_deref());
                 }
                 let mut state = thread_shared.lock();
                 state.status = QueryStatus {
@@ -313,10 +314,16 @@ impl StreamingQuery {
         Self::outcome(&self.shared.name, &state)
     }
 
-    /// The failure that ended the query, if it failed (Spark's `exception()`).
+    /// The failure that ended the query, if it failed (Spark's `exception()`), as text.
     pub fn exception(&self) -> Option<String> {
+        self.error().map(|e| e.to_string())
+    }
+
+    /// The failure that ended the query, if it failed, with its type (e.g.
+    /// [`Error::Checkpoint`], [`Error::Io`]).
+    pub fn error(&self) -> Option<Arc<Error>> {
         match &self.shared.lock().outcome {
-            Some(Err(message)) => Some(message.clone()),
+            Some(Err(error)) => Some(error.clone()),
             _ => None,
         }
     }
@@ -378,9 +385,10 @@ impl StreamingQuery {
 
     fn outcome(name: &str, state: &RunState) -> Result<()> {
         match &state.outcome {
-            Some(Err(message)) => Err(Error::Stopped(format!(
-                "streaming query '{name}' failed: {message}"
-            ))),
+            Some(Err(cause)) => Err(Error::Query {
+                name: name.to_string(),
+                cause: cause.clone(),
+            }),
             _ => Ok(()),
         }
     }
@@ -1011,10 +1019,14 @@ fn max_event_time(batches: &[RecordBatch], column: &str, limit: i64) -> Result<(
             array.as_ref(),
             &DataType::Timestamp(TimeUnit::Millisecond, None),
         )?;
-        let millis = millis
+        let Some(millis) = millis
             .as_any()
             .downcast_ref::<datafusion::arrow::array::PrimitiveArray<TimestampMillisecondType>>()
-            .expect("cast to timestamp(ms)");
+        else {
+            return Err(Error::Data(format!(
+                "watermark column '{column}' did not cast to a timestamp"
+            )));
+        };
         for m in millis.iter().flatten() {
             if m > limit {
                 beyond += 1;

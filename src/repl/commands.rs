@@ -581,6 +581,9 @@ fn stream_details(def: &StreamDef) -> Vec<(&'static str, String)> {
         SourceKind::Rate(rate) => {
             options.push(format!("rows_per_second {}", rate.rows_per_second));
             options.push(format!("num_partitions {}", rate.num_partitions));
+            if let Some(limit) = rate.max_rows_per_trigger {
+                options.push(format!("max_rows_per_trigger {limit}"));
+            }
         }
         SourceKind::Socket => {}
         SourceKind::Kafka(kafka) => kafka_details(kafka, &mut options),

@@ -280,7 +280,11 @@ impl SinkSpec {
             SinkSpec::Console { num_rows } => Box::new(console::ConsoleSink::stdout(*num_rows)),
             SinkSpec::Memory => Box::new(memory::MemorySink::new(
                 ctx.memory_table.clone().ok_or_else(|| {
-                    Error::Unsupported("a memory sink needs its session table".into())
+                    Error::Option(
+                        "a memory sink has no table: set QueryConfig::memory_table (the \
+                         session's start_plan does), or use another sink"
+                            .into(),
+                    )
                 })?,
                 ctx.table_write("memory")?,
             )),

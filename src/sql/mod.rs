@@ -55,14 +55,18 @@ pub async fn declare_stream(state: &SessionState, statement: CreateStream) -> Re
             let num_partitions = options
                 .take_parsed::<usize>("num_partitions", "a positive whole number")?
                 .unwrap_or(1);
-            if rows_per_second == 0 || num_partitions == 0 {
+            let max_rows_per_trigger =
+                options.take_parsed::<u64>("max_rows_per_trigger", "a positive whole number")?;
+            if rows_per_second == 0 || num_partitions == 0 || max_rows_per_trigger == Some(0) {
                 return Err(Error::Option(format!(
-                    "'rows_per_second' and 'num_partitions' of {what} must be at least 1"
+                    "'rows_per_second', 'num_partitions' and 'max_rows_per_trigger' of {what} \
+                     must be at least 1"
                 )));
             }
             let kind = SourceKind::Rate(RateOptions {
                 rows_per_second,
                 num_partitions,
+                max_rows_per_trigger,
             });
             (kind, rate_schema(), String::new())
         }

@@ -489,13 +489,8 @@ impl StateStore {
                 path.display()
             ))
         };
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(damaged("the file is missing".into()));
-            }
-            Err(e) => return Err(Error::io(&path)(e)),
-        };
+        let bytes = crate::checkpoint::read_file(&path)?
+            .ok_or_else(|| damaged("the file is missing".into()))?;
         let reader =
             FileReader::try_new(Cursor::new(bytes), None).map_err(|e| damaged(e.to_string()))?;
         let found = reader.schema();
