@@ -29,7 +29,7 @@ use crate::sink::memory::{MemorySink, MemoryWrite};
 use crate::sink::noop::NoopSink;
 use crate::sink::{OutputMode, Sink, SinkSpec};
 use crate::source::{StreamDef, StreamSource};
-use crate::state::{StateStore, StateStoreConfig};
+use crate::state::{StatePartitions, StateStoreConfig};
 
 /// How long a query with the default trigger waits before looking for new data again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -204,7 +204,6 @@ impl StreamingQuery {
             sink,
             output_mode: config.output_mode,
             aggregation,
-            state_store: None,
             last_committed: None,
             last_watermark: None,
             watermark_policy: config.watermark_policy,
@@ -450,8 +449,6 @@ struct Runner {
     output_mode: OutputMode,
     /// The query's streaming aggregation and its state, if it has one.
     aggregation: Option<StreamingAggregation>,
-    /// Where the aggregation's state is kept (opened before the first batch).
-    state_store: Option<StateStore>,
     /// The last batch whose commit is in the commit log (the state version to restore).
     last_committed: Option<u64>,
     /// The watermark the last batch ran with.
@@ -574,30 +571,31 @@ impl Runner {
         }
     }
 
-    /// Opens the aggregation's state store under `<checkpoint>/state/0/` and restores the
-    /// state of the last committed batch. The state's schema (group columns, then
-    /// DataFusion's accumulator states) is read off the query's physical plan.
+    /// Opens the aggregation's state under `<checkpoint>/state/0/` (partitions below it)
+    /// and restores the state of the last committed batch. The state's schema (group
+    /// columns, then DataFusion's accumulator states) is read off the query's physical
+    /// plan; the number of partitions is `millrace.state_partitions` or the checkpoint's.
     async fn open_state(&mut self) -> Result<()> {
         let Some(aggregation) = &mut self.aggregation else {
             return Ok(());
         };
         let physical = self.state.create_physical_plan(&self.plan.plan).await?;
         aggregation.check_mergeable(&physical)?;
-        let schema = aggregation.state_schema(&physical)?;
-        let mut store = StateStore::open(
+        let partitions = self
+            .state
+            .config()
+            .get_extension::<StatePartitions>()
+            .map(|p| *p);
+        aggregation.open_state(
             &self.checkpoint.root().join("state").join("0"),
-            schema,
-            aggregation.key_columns(),
+            &physical,
+            partitions,
             StateStoreConfig {
                 retain_versions: self.retain_batches,
                 ..StateStoreConfig::default()
             },
+            self.last_committed,
         )?;
-        let restored = store.load(self.last_committed)?;
-        if self.last_committed.is_some() {
-            aggregation.restore(restored);
-        }
-        self.state_store = Some(store);
         Ok(())
     }
 
@@ -727,18 +725,9 @@ impl Runner {
                     .await?;
                 // The state of this batch is saved before the batch can commit; a replay
                 // after a crash restores the previous version and recomputes this one.
-                if let Some(store) = &mut self.state_store {
-                    store.commit(entry.batch_id, &step.updated, &step.removed, &step.state)?;
-                }
+                aggregation.commit(entry.batch_id)?;
                 crash_point("after-state-commit");
-                let operator = serde_json::json!({
-                    "operatorName": "stateStoreSave",
-                    "numRowsTotal": step.state.num_rows(),
-                    "numRowsUpdated": step.updated.num_rows(),
-                    "numRowsRemoved": step.removed.num_rows(),
-                    "memoryUsedBytes": step.state.get_array_memory_size(),
-                    "numRowsDroppedByWatermark": step.dropped_late,
-                });
+                let operator = step.progress();
                 (step.output, vec![operator])
             }
         };
