@@ -332,3 +332,98 @@ pub fn par_map<T: Send, R: Send>(
             .collect()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{AsArray, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use std::sync::Arc;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("n", DataType::Int64, false),
+        ]))
+    }
+
+    fn rows(keys: impl Iterator<Item = i64>) -> RecordBatch {
+        let keys: Vec<i64> = keys.collect();
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(Int64Array::from(keys.clone())),
+                Arc::new(Int64Array::from(vec![1; keys.len()])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn open(dir: &Path, asked: Option<usize>, committed: Option<u64>) -> Result<PartitionedState> {
+        PartitionedState::open(
+            dir,
+            schema(),
+            1,
+            vec![0],
+            asked.map(StatePartitions),
+            StateStoreConfig::default(),
+            committed,
+        )
+    }
+
+    #[test]
+    fn each_key_goes_to_one_partition_and_a_restart_finds_it_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = open(dir.path(), Some(3), None).unwrap();
+        let parts = state.split(&rows(0..1_000)).unwrap();
+        assert_eq!(parts.iter().map(RecordBatch::num_rows).sum::<usize>(), 1_000);
+        for (p, part) in parts.iter().enumerate() {
+            assert!(part.num_rows() > 250, "partition {p}: {}", part.num_rows());
+            // Splitting a partition's own rows again keeps them all there.
+            let again = state.split(part).unwrap();
+            assert_eq!(again[p].num_rows(), part.num_rows());
+        }
+        for (partition, part) in state.partitions.iter_mut().zip(parts) {
+            partition.rows.upsert(part.clone()).unwrap();
+            partition.set_pending(part, rows(0..0));
+        }
+        state.commit(0).unwrap();
+
+        let restarted = open(dir.path(), None, Some(0)).unwrap();
+        assert_eq!(restarted.len(), 3);
+        assert_eq!(restarted.num_rows(), 1_000);
+        let mut keys: Vec<i64> = restarted
+            .live_rows()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        keys.sort();
+        assert_eq!(keys, (0..1_000).collect::<Vec<_>>());
+
+        let Err(Error::Checkpoint(message)) = open(dir.path(), Some(4), Some(0)) else {
+            panic!("another number of partitions must be refused");
+        };
+        assert!(message.contains("3 partitions"), "{message}");
+        // Before anything is committed, the number may change.
+        assert_eq!(open(dir.path(), Some(4), None).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn state_of_the_unpartitioned_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("0.snapshot.arrow"), b"old").unwrap();
+        let Err(Error::Checkpoint(message)) = open(dir.path(), None, Some(0)) else {
+            panic!("the old layout must be refused");
+        };
+        assert!(message.contains("new checkpoint directory"), "{message}");
+    }
+
+    #[test]
+    fn the_setting_takes_a_whole_number_in_range() {
+        assert_eq!(StatePartitions::parse(" 8 ").unwrap(), StatePartitions(8));
+        for bad in ["0", "-1", "two", "1025"] {
+            assert!(StatePartitions::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
