@@ -22,10 +22,10 @@ use crate::planning::{
     expand_sliding_windows, plan_streaming_query, reads_stream, reads_stream_anywhere,
 };
 use crate::sink::{OutputMode, SinkSpec};
-use crate::state::StatePartitions;
 use crate::sql::ddl::{self, StatementKind};
 use crate::sql::split::split_statements;
 use crate::sql::{declare_stream, sink_options};
+use crate::state::StatePartitions;
 
 /// What running one statement produced.
 #[derive(Clone)]

@@ -111,7 +111,11 @@ fn keys_spread_over_partitions_and_a_restart_restores_every_partition() {
     assert_eq!(entries, ["0", "1", "2", "partitions.json"]);
     // Every key is in exactly one partition, and each partition holds some.
     let parts = snapshot_counts(&state, 3);
-    assert!(parts.iter().all(|p| p.len() > 30), "{:?}", parts.iter().map(BTreeMap::len));
+    assert!(
+        parts.iter().all(|p| p.len() > 30),
+        "{:?}",
+        parts.iter().map(BTreeMap::len)
+    );
     let mut all: BTreeMap<i64, i64> = BTreeMap::new();
     for part in &parts {
         for (k, n) in part {
@@ -128,7 +132,10 @@ fn keys_spread_over_partitions_and_a_restart_restores_every_partition() {
     assert_eq!(operator["numShufflePartitions"], 3, "{operator}");
     assert_eq!(operator["numRowsTotal"], 300, "{operator}");
     assert_eq!(operator["numRowsUpdated"], 300, "{operator}");
-    assert_eq!(operator["customMetrics"]["numStateRowsRead"], 300, "{operator}");
+    assert_eq!(
+        operator["customMetrics"]["numStateRowsRead"], 300,
+        "{operator}"
+    );
     assert_eq!(query.recent_progress()[0].sink.num_output_rows, 300);
     // Committed versions 0 and 1 in every partition; counts are now 2 for every key.
     for p in 0..3 {
@@ -185,7 +192,11 @@ fn a_batch_reads_only_the_held_keys_it_touches() {
     fs::create_dir(&input).unwrap();
     land(&input, "a.csv", 0..1_000);
     // 10 rows: 5 keys already held (one of them twice), 4 new ones.
-    land(&input, "b.csv", [3, 500, 999, 7, 7, 1_000, 1_001, 1_002, 1_003, 42].into_iter());
+    land(
+        &input,
+        "b.csv",
+        [3, 500, 999, 7, 7, 1_000, 1_001, 1_002, 1_003, 42].into_iter(),
+    );
     let query = run(&rt, tmp.path(), "").unwrap();
     let first = state_operator(&query, 0);
     assert_eq!(first["numRowsTotal"], 1_000, "{first}");

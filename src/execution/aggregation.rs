@@ -404,12 +404,7 @@ impl StreamingAggregation {
             (None, _) => false,
         };
         let dedup = self.dedup;
-        let work: Vec<_> = state
-            .partitions
-            .iter_mut()
-            .zip(merged)
-            .zip(reads)
-            .collect();
+        let work: Vec<_> = state.partitions.iter_mut().zip(merged).zip(reads).collect();
         let changes = par_map(work, |((partition, merged), read)| {
             let merged = concat_batches(&state_schema, &merged)?;
             let (ended, open) = match (watermark, time_key) {
@@ -641,7 +636,6 @@ impl StreamingAggregation {
             ))),
         }
     }
-
 }
 
 /// The key column that is event time: a `window()` struct (`{start, end}` timestamps)

@@ -331,17 +331,21 @@ impl KeyedRows {
         let keys = match &self.converter {
             Some(_) => {
                 let mut parts = Vec::new();
+                let mut bytes = 0;
                 for chunk in &self.chunks {
                     if let Some(keys) = &chunk.keys {
                         for row in 0..chunk.rows.num_rows() {
                             if chunk.live.get_bit(row) {
-                                parts.push(keys.row(row));
+                                let key = keys.row(row);
+                                bytes += key.data().len();
+                                parts.push(key);
                             }
                         }
                     }
                 }
                 let converter = self.converter.as_ref().expect("key columns");
-                let mut out = converter.empty_rows(parts.len(), 0);
+                // Sized exactly: the index's memory is part of the state's.
+                let mut out = converter.empty_rows(parts.len(), bytes);
                 for row in parts {
                     out.push(row);
                 }
@@ -451,7 +455,11 @@ mod tests {
         assert_eq!(state.len(), 4);
         assert_eq!(state.dead_rows(), 1);
         assert_eq!(
-            to_map(&state.rows_for_keys_of(&rows(&[(2, 0), (9, 0), (2, 0)])).unwrap()),
+            to_map(
+                &state
+                    .rows_for_keys_of(&rows(&[(2, 0), (9, 0), (2, 0)]))
+                    .unwrap()
+            ),
             BTreeMap::from([(2, 5)])
         );
         state.remove(&rows(&[(1, 0), (7, 0)])).unwrap();

@@ -376,7 +376,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut state = open(dir.path(), Some(3), None).unwrap();
         let parts = state.split(&rows(0..1_000)).unwrap();
-        assert_eq!(parts.iter().map(RecordBatch::num_rows).sum::<usize>(), 1_000);
+        assert_eq!(
+            parts.iter().map(RecordBatch::num_rows).sum::<usize>(),
+            1_000
+        );
         for (p, part) in parts.iter().enumerate() {
             assert!(part.num_rows() > 250, "partition {p}: {}", part.num_rows());
             // Splitting a partition's own rows again keeps them all there.
