@@ -123,9 +123,10 @@ fn random_micro_batches_give_the_batch_answer() {
 /// Append mode with event-time windows (tumbling and sliding) and a watermark: what is emitted must be exactly
 /// the one-batch answer over the rows that were not late, for the windows the final
 /// watermark passed. Which rows are late is worked out here from the batch boundaries
-/// (files are read in name order, `per_trigger` at a time): a row is late when its
-/// window ended at or before the watermark of its batch, and the watermark of a batch
-/// is the largest event time of the batches before it minus the delay.
+/// (files are read in name order, `per_trigger` at a time): as in Spark, a row is late
+/// when its window ended at or before the watermark of the batch *before* its batch
+/// (the watermark for late events), and the watermark of a batch is the largest event
+/// time of the batches before it minus the delay.
 #[test]
 fn random_micro_batches_in_append_mode_give_the_batch_answer_over_rows_not_late() {
     const DELAY: i64 = 5;
@@ -140,12 +141,12 @@ fn random_micro_batches_in_append_mode_give_the_batch_answer_over_rows_not_late(
         let files = 1 + rng.range(0, 7) as usize;
         let per_trigger = 1 + rng.range(0, 2) as usize;
         // (file, key, second of the minute..., value); time drifts forward per file,
-        // with rows up to 15 s early.
+        // with rows up to 30 s early (late for the previous batch's watermark often).
         let mut rows: Vec<(usize, String, i64, i64)> = Vec::new();
         for file in 0..files {
             let mut text = String::new();
             for _ in 0..rng.range(0, 9) {
-                let second = (file as i64 * 6 + rng.range(0, 19) as i64 - 15).max(0);
+                let second = (file as i64 * 6 + rng.range(0, 34) as i64 - 30).max(0);
                 let key = format!("k{}", rng.range(0, 2));
                 let v = rng.range(0, 49) as i64;
                 text.push_str(&format!(
@@ -162,6 +163,7 @@ fn random_micro_batches_in_append_mode_give_the_batch_answer_over_rows_not_late(
 
         // The rows that are not late, and the final watermark.
         let mut watermark: Option<i64> = None;
+        let mut late_events: Option<i64> = None;
         let mut max_seen: Option<i64> = None;
         // Even seeds slide by half a window: a row then counts in two windows, each
         // judged late on its own.
@@ -180,7 +182,7 @@ fn random_micro_batches_in_append_mode_give_the_batch_answer_over_rows_not_late(
             let batch_rows: Vec<_> = rows.iter().filter(|r| batch.contains(&r.0)).collect();
             for row in &batch_rows {
                 for start in windows_of(row.2) {
-                    if watermark.is_none_or(|w| start + WINDOW > w) {
+                    if late_events.is_none_or(|w| start + WINDOW > w) {
                         kept.push((row.1.clone(), start, row.3));
                     } else {
                         late_rows += 1;
@@ -190,6 +192,7 @@ fn random_micro_batches_in_append_mode_give_the_batch_answer_over_rows_not_late(
             if let Some(m) = batch_rows.iter().map(|r| r.2).max() {
                 max_seen = Some(max_seen.map_or(m, |s: i64| s.max(m)));
             }
+            late_events = watermark;
             watermark = max_seen.map(|m| m - DELAY);
         }
         let mut expected: std::collections::BTreeMap<(String, i64), (i64, i64)> =

@@ -265,7 +265,12 @@ fn a_noop_sink_runs_the_whole_query_and_prints_nothing() {
         .map(|p| p["sink"]["numOutputRows"].as_u64().unwrap())
         .collect();
     assert_eq!(output, [2, 2]);
-    assert_eq!(progress[1]["stateOperators"][0]["numRowsTotal"], 3);
+    let operator = &progress[1]["stateOperators"][0];
+    assert_eq!(operator["numRowsTotal"], 3);
+    // The one stateful operator is operator 0, named as Spark names an aggregation.
+    assert_eq!(operator["operatorId"], 0, "{operator}");
+    assert_eq!(operator["operatorName"], "stateStoreSave", "{operator}");
+    assert_eq!(operator["numRowsUpdated"], 2, "{operator}");
 }
 
 #[test]

@@ -464,6 +464,7 @@ scripts!(
     file_sources,
     kafka_source_options,
     malformed_records,
+    operator_chains,
     session_windows,
     stateless_select,
     stream_static_join,

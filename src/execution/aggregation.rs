@@ -34,6 +34,7 @@ use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::{ExecutionPlan, collect, collect_partitioned};
 
+use super::operator::Watermarks;
 use super::sessions::merge_sessions;
 use crate::error::{Error, Result};
 use crate::functions::SESSION_WINDOW;
@@ -77,8 +78,9 @@ struct Found {
 /// What one batch did to the state, for the batch's output and its progress report.
 #[derive(Debug)]
 pub struct AggregationStep {
-    /// The batch's output rows.
-    pub output: Vec<RecordBatch>,
+    /// The batch's physical plan with this aggregation's part replaced by its output
+    /// for the batch: running it gives the rows above the aggregation.
+    pub plan: Arc<dyn ExecutionPlan>,
     /// Groups held after the batch.
     pub rows_total: usize,
     /// Groups this batch created or changed.
@@ -101,25 +103,14 @@ pub struct AggregationStep {
 }
 
 impl AggregationStep {
-    /// The batch's `stateOperators` entry of the progress report, with Spark's field
-    /// names; `customMetrics` adds the rows read from the state and the bytes split
-    /// into rows and index.
-    pub fn progress(&self) -> serde_json::Value {
-        serde_json::json!({
-            "operatorName": "stateStoreSave",
-            "numRowsTotal": self.rows_total,
-            "numRowsUpdated": self.rows_updated,
-            "numRowsRemoved": self.rows_removed,
-            "memoryUsedBytes": self.row_bytes + self.index_bytes,
-            "numRowsDroppedByWatermark": self.dropped_late,
-            "numShufflePartitions": self.partitions,
-            "numStateStoreInstances": self.partitions,
-            "customMetrics": {
-                "numStateRowsRead": self.rows_read,
-                "stateRowBytes": self.row_bytes,
-                "stateIndexBytes": self.index_bytes,
-            },
-        })
+    /// The progress report's `customMetrics` of the aggregation: the held state rows
+    /// the batch read to merge, and the state's bytes split into rows and index.
+    pub fn custom_metrics(&self) -> std::collections::BTreeMap<String, u64> {
+        std::collections::BTreeMap::from([
+            ("numStateRowsRead".to_string(), self.rows_read as u64),
+            ("stateRowBytes".to_string(), self.row_bytes as u64),
+            ("stateIndexBytes".to_string(), self.index_bytes as u64),
+        ])
     }
 }
 
@@ -159,65 +150,61 @@ impl Default for PartitionChange {
 }
 
 impl StreamingAggregation {
-    /// The aggregation of a streaming plan, if it has one: the `Aggregate` node that
-    /// reads a stream. More than one is refused (as in Spark).
-    pub fn find(plan: &LogicalPlan) -> Result<Option<Self>> {
-        let mut found: Vec<Found> = Vec::new();
-        plan.apply(|node| {
-            let names = || -> Vec<String> {
-                node.schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().clone())
-                    .collect()
-            };
-            match node {
-                // A `DISTINCT ON` arrives here rewritten into an aggregation.
-                LogicalPlan::Aggregate(aggregate) if reads_stream(node) => {
-                    let session_key = aggregate.group_expr.iter().position(
-                        |e| matches!(e, Expr::ScalarFunction(f) if f.name() == SESSION_WINDOW),
-                    );
-                    found.push(Found {
-                        output_names: names(),
-                        key_columns: aggregate.group_expr.len(),
-                        dedup: is_distinct_on(aggregate),
-                        session_key,
-                        dedup_delay_ms: dedup_delay(aggregate),
-                    });
+    /// The aggregation `node` is, if it is an aggregation (or `SELECT DISTINCT`, or a
+    /// rewritten `DISTINCT ON`) that reads a stream: the operator kind's registration
+    /// (see `execution::operator`) asks this of every node of a streaming plan.
+    pub fn from_node(node: &LogicalPlan) -> Option<Self> {
+        let names = || -> Vec<String> {
+            node.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        };
+        let found = match node {
+            // A `DISTINCT ON` arrives here rewritten into an aggregation.
+            LogicalPlan::Aggregate(aggregate) if reads_stream(node) => {
+                let session_key = aggregate.group_expr.iter().position(
+                    |e| matches!(e, Expr::ScalarFunction(f) if f.name() == SESSION_WINDOW),
+                );
+                Found {
+                    output_names: names(),
+                    key_columns: aggregate.group_expr.len(),
+                    dedup: is_distinct_on(aggregate),
+                    session_key,
+                    dedup_delay_ms: dedup_delay(aggregate),
                 }
-                // SELECT DISTINCT: an aggregation by every column, with no functions.
-                LogicalPlan::Distinct(Distinct::All(_)) if reads_stream(node) => {
-                    found.push(Found {
-                        output_names: names(),
-                        key_columns: node.schema().fields().len(),
-                        dedup: true,
-                        session_key: None,
-                        dedup_delay_ms: None,
-                    });
-                }
-                _ => {}
             }
-            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-        })?;
-        match found.len() {
-            0 => Ok(None),
-            1 => {
-                let found = found.remove(0);
-                Ok(Some(StreamingAggregation {
-                    output_names: found.output_names,
-                    key_columns: found.key_columns,
-                    dedup: found.dedup,
-                    session_key: found.session_key,
-                    dedup_delay_ms: found.dedup_delay_ms,
-                    state: None,
-                    evicted_up_to: None,
-                }))
-            }
-            _ => Err(Error::Unsupported(
-                "more than one aggregation over an unbounded table in one query is not \
-                 supported (as in Spark): aggregate once, or chain two queries through a sink"
-                    .to_string(),
-            )),
+            // SELECT DISTINCT: an aggregation by every column, with no functions.
+            LogicalPlan::Distinct(Distinct::All(_)) if reads_stream(node) => Found {
+                output_names: names(),
+                key_columns: node.schema().fields().len(),
+                dedup: true,
+                session_key: None,
+                dedup_delay_ms: None,
+            },
+            _ => return None,
+        };
+        Some(StreamingAggregation {
+            output_names: found.output_names,
+            key_columns: found.key_columns,
+            dedup: found.dedup,
+            session_key: found.session_key,
+            dedup_delay_ms: found.dedup_delay_ms,
+            state: None,
+            evicted_up_to: None,
+        })
+    }
+
+    /// Spark's name for this operator in progress reports: `stateStoreSave` for an
+    /// aggregation, `dedupe` / `dedupeWithinWatermark` for a deduplication,
+    /// `sessionWindowStateStoreSaveExec` for session windows.
+    pub fn operator_name(&self) -> &'static str {
+        match (self.dedup, self.dedup_delay_ms, self.session_key) {
+            (true, Some(_), _) => "dedupeWithinWatermark",
+            (true, None, _) => "dedupe",
+            (false, _, Some(_)) => "sessionWindowStateStoreSaveExec",
+            (false, _, None) => "stateStoreSave",
         }
     }
 
@@ -302,7 +289,7 @@ impl StreamingAggregation {
         &mut self,
         plan: Arc<dyn ExecutionPlan>,
         mode: OutputMode,
-        watermark: Option<i64>,
+        watermarks: Watermarks,
         task: Arc<TaskContext>,
     ) -> Result<AggregationStep> {
         let Located {
@@ -318,15 +305,19 @@ impl StreamingAggregation {
             .expect("a partial AggregateExec");
         let state_schema = partial.schema();
         let mut batch_states = collect(partial.clone(), task.clone()).await?;
-        let watermark = watermark.filter(|_| mode != OutputMode::Complete);
-        let time_key = match watermark {
-            Some(_) => self.time_column(&state_schema),
-            None => None,
-        };
+        for batch in &mut batch_states {
+            *batch = drop_null_windows(batch, self.key_columns)?;
+        }
+        // Complete mode keeps every group; session windows still drop late rows in it.
+        let late_events = watermarks
+            .late_events
+            .filter(|_| mode != OutputMode::Complete || self.session_key.is_some());
+        let watermark = watermarks.eviction.filter(|_| mode != OutputMode::Complete);
+        let time_key = self.time_column(&state_schema);
         let mut dropped_late = 0;
-        if let (Some(w), Some(key)) = (watermark, time_key) {
-            // A row is late when its event time is at or before the watermark; a
-            // deduplication within the watermark keeps event time + delay instead.
+        if let (Some(w), Some(key)) = (late_events, time_key) {
+            // A row is late when its event time is at or before the late-events
+            // watermark; a deduplication within the watermark keeps event time + delay.
             let late_before = w + self.dedup_delay_ms.unwrap_or(0);
             for batch in &mut batch_states {
                 let (ended, open) = split_ended(batch, key, late_before)?;
@@ -424,13 +415,15 @@ impl StreamingAggregation {
                 rows.replace_all(open)?;
             } else {
                 change.fresh = if dedup {
-                    let held = rows.contains_keys_of(&open)?;
-                    Some(filter_record_batch(&open, &not(&held)?)?)
+                    let all = concat_batches(&state_schema, &[open.clone(), ended.clone()])?;
+                    let held = rows.contains_keys_of(&all)?;
+                    Some(filter_record_batch(&all, &not(&held)?)?)
                 } else {
                     None
                 };
                 rows.upsert(open.clone())?;
                 rows.remove(&ended)?;
+                let touched_ended = (ended.num_rows() > 0).then(|| ended.clone());
                 let mut evicted = vec![ended];
                 if let (true, Some(w), Some(key)) = (evict_held, watermark, time_key) {
                     let passed = rows.live_rows_where(|b| ended_mask(b, key, w))?;
@@ -440,6 +433,12 @@ impl StreamingAggregation {
                 change.evicted = concat_batches(&state_schema, &evicted)?;
                 change.removed = change.evicted.clone();
                 change.updated = open;
+                // A group this batch updated may also be evicted by it (it ended
+                // between the two watermarks): update mode shows it, append emits it.
+                if let Some(touched_ended) = touched_ended {
+                    change.updated =
+                        concat_batches(&state_schema, &[change.updated, touched_ended])?;
+                }
             }
             rows.maybe_compact()?;
             partition.set_pending(change.updated.clone(), change.removed.clone());
@@ -494,9 +493,8 @@ impl StreamingAggregation {
                 })
             })?
             .data;
-        let output = collect(rest, task).await?;
         Ok(AggregationStep {
-            output,
+            plan: rest,
             rows_total: state.num_rows(),
             rows_updated: updated.num_rows(),
             rows_removed: removed_rows,
@@ -514,6 +512,9 @@ impl StreamingAggregation {
     /// `DISTINCT ON` by event time; the expiry time for a `DISTINCT ON` within the
     /// watermark.
     fn time_column(&self, schema: &SchemaRef) -> Option<usize> {
+        if self.session_key.is_some() {
+            return self.session_key;
+        }
         if self.dedup_delay_ms.is_some() {
             return schema.fields().iter().position(|f| {
                 f.name().starts_with(DEDUP_EXPIRES_AT)
@@ -641,16 +642,40 @@ impl StreamingAggregation {
 /// The key column that is event time: a `window()` struct (`{start, end}` timestamps)
 /// or a timestamp, the first of either among the group columns.
 pub fn event_time_key(schema: &SchemaRef, key_columns: usize) -> Option<usize> {
-    (0..key_columns).find(|&i| match schema.field(i).data_type() {
+    (0..key_columns).find(|&i| {
+        let data_type = schema.field(i).data_type();
+        is_window_struct(data_type) || matches!(data_type, DataType::Timestamp(_, _))
+    })
+}
+
+/// Leaves out the rows whose `window()` group column (a `{start, end}` struct) is NULL:
+/// a NULL event time falls in no window, so, as in Spark, it forms no group.
+fn drop_null_windows(batch: &RecordBatch, key_columns: usize) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let windows: Vec<usize> = (0..key_columns)
+        .filter(|&i| is_window_struct(schema.field(i).data_type()))
+        .filter(|&i| batch.column(i).null_count() > 0)
+        .collect();
+    if windows.is_empty() {
+        return Ok(batch.clone());
+    }
+    let keep: BooleanArray = (0..batch.num_rows())
+        .map(|row| Some(windows.iter().all(|&i| batch.column(i).is_valid(row))))
+        .collect();
+    Ok(filter_record_batch(batch, &keep)?)
+}
+
+/// Whether a column type is an event-time window: a `{start, end}` struct of timestamps.
+fn is_window_struct(data_type: &DataType) -> bool {
+    match data_type {
         DataType::Struct(fields) => {
             fields.len() == 2
                 && fields[0].name() == "start"
                 && fields[1].name() == "end"
                 && matches!(fields[1].data_type(), DataType::Timestamp(_, _))
         }
-        DataType::Timestamp(_, _) => true,
         _ => false,
-    })
+    }
 }
 
 /// The rows of `rows` whose key (first `key_columns` columns) is not in `known`.

@@ -15,11 +15,13 @@ use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::collect;
 use serde_json::Value;
 use tokio::runtime::Handle;
+use tracing::Instrument;
 
-use super::aggregation::StreamingAggregation;
+use super::operator::{OperatorBatch, StatefulOperator, Watermarks, check_chain, find_operators};
 use super::progress::{DurationMs, EventTime, QueryProgress, SinkProgress, SourceProgress};
-use super::{Trigger, WatermarkPolicy, crash_point};
+use super::{Trigger, WatermarkPolicy};
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry};
+use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::planning::{BatchTable, StreamingPlan};
 use crate::sink::console::ConsoleSink;
@@ -29,7 +31,7 @@ use crate::sink::memory::{MemorySink, MemoryWrite};
 use crate::sink::noop::NoopSink;
 use crate::sink::{OutputMode, Sink, SinkSpec};
 use crate::source::{StreamDef, StreamSource};
-use crate::state::{StatePartitions, StateStoreConfig};
+use crate::state::StateStoreConfig;
 
 /// How long a query with the default trigger waits before looking for new data again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -160,7 +162,9 @@ impl StreamingQuery {
                 table: table.clone(),
             });
         }
-        let aggregation = StreamingAggregation::find(&config.plan.plan)?;
+        // The query's stateful operators, bottom-up; the position is the operator id.
+        let operators = find_operators(&config.plan.plan);
+        check_chain(&operators, config.output_mode)?;
         let sink: Box<dyn Sink> = match &config.sink {
             SinkSpec::Console { num_rows } => Box::new(ConsoleSink::stdout(*num_rows)),
             SinkSpec::Memory => Box::new(MemorySink::new(
@@ -168,7 +172,7 @@ impl StreamingQuery {
                     .memory_table
                     .clone()
                     .expect("a memory sink comes with its table"),
-                memory_write(&config, aggregation.as_ref())?,
+                memory_write(&config, operators.last().map(|o| o.as_ref()))?,
             )),
             SinkSpec::Noop => Box::new(NoopSink),
             SinkSpec::Files { format, path } => {
@@ -203,7 +207,7 @@ impl StreamingQuery {
             sources,
             sink,
             output_mode: config.output_mode,
-            aggregation,
+            operators,
             last_committed: None,
             last_watermark: None,
             watermark_policy: config.watermark_policy,
@@ -221,6 +225,14 @@ impl StreamingQuery {
             }
         }
         let thread_shared = shared.clone();
+        // Every log event of the query's thread (batches, sources, sinks) is inside
+        // this span, so `RUST_LOG` output says which query it is about.
+        let span = tracing::info_span!(
+            "query",
+            name = %shared.name,
+            id = %shared.id,
+            run_id = %shared.run_id
+        );
         let query = StreamingQuery { shared };
         for listener in &query.shared.listeners {
             listener.on_query_started(&query);
@@ -228,7 +240,20 @@ impl StreamingQuery {
         std::thread::Builder::new()
             .name(format!("stream-{}", config.name))
             .spawn(move || {
-                let outcome = runtime.block_on(runner.run());
+                let outcome = runtime.block_on(
+                    async {
+                        tracing::info!("query started");
+                        let outcome = runner.run().await;
+                        // The failure goes back to the caller (await_termination, the
+                        // shell, SHOW QUERIES); the log only records it.
+                        match &outcome {
+                            Ok(()) => tracing::info!("query stopped"),
+                            Err(e) => tracing::info!(error = %e, "query failed"),
+                        }
+                        outcome
+                    }
+                    .instrument(span),
+                );
                 if temporary {
                     let _ = std::fs::remove_dir_all(&root);
                 }
@@ -447,11 +472,13 @@ struct Runner {
     sources: Vec<OpenSource>,
     sink: Box<dyn Sink>,
     output_mode: OutputMode,
-    /// The query's streaming aggregation and its state, if it has one.
-    aggregation: Option<StreamingAggregation>,
+    /// The query's stateful operators, bottom-up: the index is the operator id, and the
+    /// operator's state is under `<checkpoint>/state/<id>/`.
+    operators: Vec<Box<dyn StatefulOperator>>,
     /// The last batch whose commit is in the commit log (the state version to restore).
     last_committed: Option<u64>,
-    /// The watermark the last batch ran with.
+    /// The watermark the last committed batch ran with: the next batch's late-events
+    /// watermark (Spark's `eventTimeWatermarkForLateEvents`).
     last_watermark: Option<i64>,
     /// How several inputs' watermarks combine.
     watermark_policy: WatermarkPolicy,
@@ -494,7 +521,7 @@ impl Runner {
             return Ok(());
         };
         let previous = match last.checked_sub(1) {
-            Some(id) => self.checkpoint.offsets.get(id)?.map(|e| e.sources),
+            Some(id) => self.checkpoint.offsets.get(id)?,
             None => None,
         };
         self.last_watermark = entry.batch_watermark_ms;
@@ -512,7 +539,9 @@ impl Runner {
                 )));
             }
             self.last_committed = last.checked_sub(1);
-            self.committed = previous.unwrap_or_default();
+            // The replayed batch's late-events watermark is the one before it.
+            self.last_watermark = previous.as_ref().and_then(|e| e.batch_watermark_ms);
+            self.committed = previous.map(|e| e.sources).unwrap_or_default();
             self.max_event_ms = entry.source_max_event_time_ms.clone();
             self.next_batch = last;
             self.pending = Some(entry);
@@ -540,7 +569,15 @@ impl Runner {
                 s.is_trigger_active = true;
                 s.message = "Getting offsets from the sources".to_string();
             });
-            let ran = self.run_batch(trigger_start).await?;
+            let batch_id = self
+                .pending
+                .as_ref()
+                .map_or(self.next_batch, |e| e.batch_id);
+            let span = tracing::info_span!("batch", batch_id);
+            let ran = self
+                .run_batch(trigger_start)
+                .instrument(span.clone())
+                .await?;
             self.shared.set_status(|s| {
                 s.is_trigger_active = false;
                 s.is_data_available = ran.is_some();
@@ -548,7 +585,7 @@ impl Runner {
             });
             match ran {
                 Some(outcome) => {
-                    self.report(outcome, trigger_start)?;
+                    span.in_scope(|| self.report(outcome, trigger_start))?;
                     self.last_trigger_start = Some(trigger_start);
                     self.last_batch_start = Some(trigger_start);
                     if self.trigger == Trigger::Once && !replay {
@@ -571,39 +608,50 @@ impl Runner {
         }
     }
 
-    /// Opens the aggregation's state under `<checkpoint>/state/0/` (partitions below it)
-    /// and restores the state of the last committed batch. The state's schema (group
-    /// columns, then DataFusion's accumulator states) is read off the query's physical
-    /// plan; the number of partitions is `millrace.state_partitions` or the checkpoint's.
+    /// Opens every stateful operator's state under `<checkpoint>/state/<operator id>/`
+    /// and restores the state of the last committed batch. (A checkpoint written before
+    /// state was partitioned, with version files directly in `state/0/`, is refused
+    /// with a message to start a new checkpoint.)
     async fn open_state(&mut self) -> Result<()> {
-        let Some(aggregation) = &mut self.aggregation else {
+        if self.operators.is_empty() {
             return Ok(());
-        };
+        }
         let physical = self.state.create_physical_plan(&self.plan.plan).await?;
-        aggregation.check_mergeable(&physical)?;
-        let partitions = self
-            .state
-            .config()
-            .get_extension::<StatePartitions>()
-            .map(|p| *p);
-        aggregation.open_state(
-            &self.checkpoint.root().join("state").join("0"),
-            &physical,
-            partitions,
-            StateStoreConfig {
-                retain_versions: self.retain_batches,
-                ..StateStoreConfig::default()
-            },
-            self.last_committed,
-        )?;
+        let config = StateStoreConfig {
+            retain_versions: self.retain_batches,
+            state_partitions: self
+                .state
+                .config()
+                .get_extension::<crate::state::StatePartitions>()
+                .map(|p| *p),
+            ..StateStoreConfig::default()
+        };
+        for (id, operator) in self.operators.iter_mut().enumerate() {
+            let dir = self.checkpoint.root().join("state").join(id.to_string());
+            operator
+                .open(&physical, &dir, self.last_committed, config)
+                .await?;
+        }
         Ok(())
+    }
+
+    /// The output mode operator `id` emits in: the query's for the topmost operator;
+    /// append below it, so each row reaches the operator above once, final.
+    fn operator_mode(&self, id: usize) -> OutputMode {
+        if id + 1 == self.operators.len() {
+            self.output_mode
+        } else {
+            OutputMode::Append
+        }
     }
 
     /// Whether a stateful query's watermark has moved past the last batch's, so a
     /// no-data batch must run to evict what it passed (as Spark does).
     fn watermark_advanced(&self) -> bool {
-        self.aggregation.is_some()
-            && self.output_mode != OutputMode::Complete
+        self.operators
+            .iter()
+            .enumerate()
+            .any(|(id, operator)| operator.evicts_by_watermark(self.operator_mode(id)))
             && self
                 .watermark_ms()
                 .is_some_and(|next| self.last_watermark.is_none_or(|last| next > last))
@@ -712,25 +760,36 @@ impl Runner {
         let physical = state.create_physical_plan(&self.plan.plan).await?;
         durations.query_planning = elapsed_ms(started);
         let started = Instant::now();
-        let (results, state_operators) = match &mut self.aggregation {
-            None => (collect(physical, state.task_ctx()).await?, Vec::new()),
-            Some(aggregation) => {
-                let step = aggregation
-                    .step(
-                        physical,
-                        self.output_mode,
-                        entry.batch_watermark_ms,
-                        state.task_ctx(),
-                    )
-                    .await?;
-                // The state of this batch is saved before the batch can commit; a replay
-                // after a crash restores the previous version and recomputes this one.
-                aggregation.commit(entry.batch_id)?;
-                crash_point("after-state-commit");
-                let operator = step.progress();
-                (step.output, vec![operator])
-            }
+        // Each stateful operator, bottom-up, folds the batch into its state and leaves
+        // its output in the plan for the one above; the last plan gives the batch's rows.
+        let mut plan = physical;
+        let mut watermarks = Watermarks {
+            late_events: self.last_watermark,
+            eviction: entry.batch_watermark_ms,
         };
+        for id in 0..self.operators.len() {
+            let batch = OperatorBatch {
+                batch_id: entry.batch_id,
+                mode: self.operator_mode(id),
+                watermarks,
+                task: state.task_ctx(),
+            };
+            let operator = &mut self.operators[id];
+            plan = operator.step(plan, &batch).await?;
+            watermarks = operator.output_watermarks(watermarks);
+        }
+        let results = collect(plan, state.task_ctx()).await?;
+        // The state of this batch is saved before the batch can commit; a replay after a
+        // crash restores the previous version and recomputes this one.
+        let mut state_operators = Vec::with_capacity(self.operators.len());
+        for (id, operator) in self.operators.iter_mut().enumerate() {
+            let mut metrics = operator.commit(entry.batch_id)?;
+            metrics.operator_id = id;
+            state_operators.push(serde_json::to_value(metrics)?);
+        }
+        if !self.operators.is_empty() {
+            crash_point("after-state-commit");
+        }
         let output_rows = results.iter().map(|b| b.num_rows() as u64).sum();
         self.sink
             .add_batch(entry.batch_id, &self.plan.schema, &results)?;
@@ -863,8 +922,19 @@ impl Runner {
         };
         let json = serde_json::to_string(&progress)?;
         self.checkpoint.append_progress(&json)?;
+        tracing::info!(
+            num_input_rows = progress.num_input_rows,
+            num_output_rows = progress.sink.num_output_rows,
+            trigger_execution_ms = progress.duration_ms.trigger_execution,
+            watermark = progress.event_time.watermark.as_deref(),
+            "batch committed"
+        );
+        tracing::debug!(durations = ?progress.duration_ms, "batch phases");
         if self.print_progress {
-            eprintln!("{json}");
+            // `--progress` output the user asked for (not a log line); a closed
+            // stderr must not fail the query.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr().lock(), "{json}");
         }
         if !self.shared.listeners.is_empty() {
             let query = StreamingQuery {
@@ -885,29 +955,26 @@ impl Runner {
 }
 
 /// How a memory sink writes each batch: the result table in complete mode, upserts
-/// by the GROUP BY columns in update mode with an aggregation, appends otherwise.
-fn memory_write(
-    config: &QueryConfig,
-    aggregation: Option<&StreamingAggregation>,
-) -> Result<MemoryWrite> {
-    Ok(match (config.output_mode, aggregation) {
+/// by the GROUP BY columns of the topmost stateful operator in update mode, appends
+/// otherwise.
+fn memory_write(config: &QueryConfig, top: Option<&dyn StatefulOperator>) -> Result<MemoryWrite> {
+    Ok(match (config.output_mode, top) {
         (OutputMode::Complete, _) => MemoryWrite::Replace,
-        // A deduplication emits each key once: nothing to update.
-        (OutputMode::Update, Some(aggregation)) if aggregation.deduplicates() => {
-            MemoryWrite::Append
-        }
-        (OutputMode::Update, Some(aggregation)) => {
-            let groups = aggregation.group_names();
-            let keys = output_keys(&config.plan.plan, &groups);
-            if keys.len() < groups.len() {
-                return Err(Error::Unsupported(format!(
-                    "a memory sink in update mode upserts rows by the GROUP BY columns, so the \
-                     SELECT list must include them (renamed or not): {}",
-                    groups.join(", ")
-                )));
+        (OutputMode::Update, Some(operator)) => match operator.update_keys() {
+            // A deduplication emits each key once: nothing to update.
+            None => MemoryWrite::Append,
+            Some(groups) => {
+                let keys = output_keys(&config.plan.plan, &groups);
+                if keys.len() < groups.len() {
+                    return Err(Error::Unsupported(format!(
+                        "a memory sink in update mode upserts rows by the GROUP BY columns, so \
+                         the SELECT list must include them (renamed or not): {}",
+                        groups.join(", ")
+                    )));
+                }
+                MemoryWrite::Upsert(keys)
             }
-            MemoryWrite::Upsert(keys)
-        }
+        },
         _ => MemoryWrite::Append,
     })
 }

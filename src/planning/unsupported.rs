@@ -62,6 +62,7 @@ pub fn check_supported(plan: &LogicalPlan) -> Result<()> {
         }
         match node {
             LogicalPlan::Aggregate(aggregate) => {
+                check_global_watermark(aggregate)?;
                 if aggregate
                     .group_expr
                     .iter()
@@ -144,4 +145,74 @@ fn calls_session_window(node: &LogicalPlan) -> bool {
         })
         .unwrap_or(false)
     })
+}
+
+/// Spark's global-watermark check for a chain of aggregations: an aggregation above
+/// another one must take its event time from what the lower one emits as final, the
+/// lower window's `window_time()` or `end`. Grouped by `window(w.start, ...)`, the rows
+/// the lower aggregation emits when the watermark closes their window would start
+/// before the watermark for late events, and the upper aggregation would drop them
+/// as late, silently.
+fn check_global_watermark(aggregate: &datafusion::logical_expr::Aggregate) -> Result<()> {
+    let aggregates_below = aggregate
+        .input
+        .exists(|node| {
+            Ok(match node {
+                LogicalPlan::Aggregate(below) => !is_distinct_on(below) && reads_stream(node),
+                _ => false,
+            })
+        })
+        .unwrap_or(false);
+    if !aggregates_below {
+        return Ok(());
+    }
+    for expr in &aggregate.group_expr {
+        if let Expr::ScalarFunction(f) = expr
+            && f.name() == "window"
+            && f.args
+                .first()
+                .is_some_and(|a| is_window_start(a, &aggregate.input))
+        {
+            return Err(unsupported(
+                "this aggregation groups the output of another streaming aggregation by \
+                 window(<the lower window's start>, ...): the lower aggregation emits a window \
+                 when the watermark passes its end, and its start is then behind the watermark, \
+                 so the rows would be late here and dropped (Spark's global-watermark check \
+                 refuses this too); group by window(window_time(w), ...) instead",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `expr`, evaluated over `input`'s output, is the `start` field of a struct (a
+/// window's), looking through aliases, casts and the projections that define columns.
+fn is_window_start(expr: &Expr, input: &LogicalPlan) -> bool {
+    match expr {
+        Expr::Alias(alias) => is_window_start(&alias.expr, input),
+        Expr::Cast(cast) => is_window_start(&cast.expr, input),
+        Expr::TryCast(cast) => is_window_start(&cast.expr, input),
+        Expr::ScalarFunction(f) if f.name() == "get_field" => matches!(
+            f.args.get(1),
+            Some(Expr::Literal(datafusion::common::ScalarValue::Utf8(Some(name)), _))
+                if name == "start"
+        ),
+        Expr::Column(column) => match input {
+            LogicalPlan::Projection(projection) => projection
+                .schema
+                .fields()
+                .iter()
+                .position(|f| f.name() == &column.name)
+                .and_then(|i| projection.expr.get(i))
+                .is_some_and(|defined| is_window_start(defined, &projection.input)),
+            LogicalPlan::SubqueryAlias(_) | LogicalPlan::Filter(_) => {
+                let unqualified = Expr::Column(datafusion::common::Column::new_unqualified(
+                    column.name.clone(),
+                ));
+                is_window_start(&unqualified, input.inputs()[0])
+            }
+            _ => false,
+        },
+        _ => false,
+    }
 }

@@ -185,7 +185,7 @@ impl Sink for FileSink {
             num_rows,
         };
         self.manifest.add(batch_id, &entry)?;
-        crate::execution::crash_point("after-sink-manifest");
+        crate::crash_point::crash_point("after-sink-manifest");
         self.publish(&entry)
     }
 

@@ -44,8 +44,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::Sink;
+use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
-use crate::execution::crash_point;
 use crate::source::options::Options;
 
 /// The partition of the output topic whose committed offset (in the query's consumer

@@ -82,6 +82,9 @@ pub struct StateStoreConfig {
     /// The partitions of one operator get different phases so that they do not all
     /// write their snapshot in the same batch (default 0).
     pub snapshot_phase: u64,
+    /// The `millrace.state_partitions` setting of the query, if set (see
+    /// [`PartitionedState::open`]); a single store ignores it.
+    pub state_partitions: Option<StatePartitions>,
 }
 
 impl Default for StateStoreConfig {
@@ -90,6 +93,7 @@ impl Default for StateStoreConfig {
             snapshot_interval: 10,
             retain_versions: 100,
             snapshot_phase: 0,
+            state_partitions: None,
         }
     }
 }
@@ -665,6 +669,7 @@ mod tests {
             snapshot_interval,
             retain_versions,
             snapshot_phase: 0,
+            state_partitions: None,
         }
     }
 
