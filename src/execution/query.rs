@@ -598,9 +598,9 @@ impl Runner {
     }
 
     /// Opens every stateful operator's state under `<checkpoint>/state/<operator id>/`
-    /// and restores the state of the last committed batch. (A checkpoint written
-    /// before operators had ids kept its one aggregation's state in `state/0/`: the
-    /// same directory as operator 0 now, so it restores as it is.)
+    /// and restores the state of the last committed batch. (A checkpoint written before
+    /// state was partitioned, with version files directly in `state/0/`, is refused
+    /// with a message to start a new checkpoint.)
     async fn open_state(&mut self) -> Result<()> {
         if self.operators.is_empty() {
             return Ok(());
@@ -608,6 +608,11 @@ impl Runner {
         let physical = self.state.create_physical_plan(&self.plan.plan).await?;
         let config = StateStoreConfig {
             retain_versions: self.retain_batches,
+            state_partitions: self
+                .state
+                .config()
+                .get_extension::<crate::state::StatePartitions>()
+                .map(|p| *p),
             ..StateStoreConfig::default()
         };
         for (id, operator) in self.operators.iter_mut().enumerate() {

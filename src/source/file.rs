@@ -320,19 +320,47 @@ impl StreamSource for FileSource {
 
     fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<SourceBatch> {
         let (start, end) = (log_offset(start)?, log_offset(Some(end))?);
-        let mut out = SourceBatch::default();
+        let mut paths = Vec::new();
         for id in (start + 1)..=end {
             let files = self.log.get(id as u64)?.ok_or_else(|| {
                 Error::Checkpoint(format!(
                     "the file source log has no entry {id}: the checkpoint is damaged"
                 ))
             })?;
-            for file in files {
-                let decoded = self.options.format.read_file(&file.path, &self.schema)?;
-                out.malformed_dropped += decoded.malformed_dropped;
-                if decoded.batch.num_rows() > 0 {
-                    out.batches.push(decoded.batch);
-                }
+            paths.extend(files.into_iter().map(|f| f.path));
+        }
+        // Decode the files on as many threads as there are cores, keeping their order.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(paths.len())
+            .max(1);
+        let per_thread = paths.len().div_ceil(threads).max(1);
+        let (format, schema) = (&self.options.format, &self.schema);
+        let decoded = std::thread::scope(|scope| {
+            let handles: Vec<_> = paths
+                .chunks(per_thread)
+                .map(|group| {
+                    scope.spawn(move || {
+                        group
+                            .iter()
+                            .map(|path| format.read_file(path, schema))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| match h.join() {
+                    Ok(result) => result,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let mut out = SourceBatch::default();
+        for decoded in decoded.into_iter().flatten() {
+            out.malformed_dropped += decoded.malformed_dropped;
+            if decoded.batch.num_rows() > 0 {
+                out.batches.push(decoded.batch);
             }
         }
         Ok(out)
