@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -226,15 +225,13 @@ fn leaves_the_test_dir(input: &str) -> bool {
 /// directory while the statements run).
 fn sql_corpus() -> Vec<String> {
     [
-        format!(
-            "CREATE UNBOUNDED EXTERNAL TABLE r (ts TIMESTAMP, v DOUBLE, \
+        "CREATE UNBOUNDED EXTERNAL TABLE r (ts TIMESTAMP, v DOUBLE, \
              WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) STORED AS CSV LOCATION 'csv' \
              OPTIONS ('has_header' 'true', 'mode' 'permissive', 'max_files_per_trigger' '2')"
-        ),
-        format!(
-            "CREATE UNBOUNDED EXTERNAL TABLE j (id BIGINT, s VARCHAR) STORED AS JSON \
+            .to_string(),
+        "CREATE UNBOUNDED EXTERNAL TABLE j (id BIGINT, s VARCHAR) STORED AS JSON \
              LOCATION 'json' OPTIONS ('mode' 'drop_malformed', 'delimiter' ';')"
-        ),
+            .to_string(),
         "CREATE UNBOUNDED EXTERNAL TABLE t STORED AS RATE OPTIONS ('rows_per_second' '5', \
          'max_rows_per_trigger' '10', 'num_partitions' '2')"
             .to_string(),
@@ -242,10 +239,9 @@ fn sql_corpus() -> Vec<String> {
          '2 seconds') AS SELECT window(ts, '10 seconds') AS w, count(*) AS n FROM base \
          GROUP BY window(ts, '10 seconds')"
             .to_string(),
-        format!(
-            "CREATE SINK s2 STORED AS PARQUET LOCATION 'out' OPTIONS ('checkpoint' \
+        "CREATE SINK s2 STORED AS PARQUET LOCATION 'out' OPTIONS ('checkpoint' \
              'ckpt', 'trigger' 'available_now') AS SELECT id, s FROM jbase WHERE id > 3"
-        ),
+            .to_string(),
         "CREATE SINK s3 STORED AS NOOP OPTIONS ('trigger' 'once') AS SELECT value, \
          session_window(timestamp, '5 minutes') AS sw FROM tbase"
             .to_string(),
@@ -287,13 +283,9 @@ async fn mutated_sql_statements_are_answered_or_refused_clearly() {
     ));
     // The tables the sink statements read, declared once.
     for ddl in [
-        format!(
-            "CREATE UNBOUNDED EXTERNAL TABLE base (ts TIMESTAMP, v DOUBLE, WATERMARK FOR ts AS \
-             ts - INTERVAL '5' SECOND) STORED AS CSV LOCATION 'csv' OPTIONS ('has_header' 'true')"
-        ),
-        format!(
-            "CREATE UNBOUNDED EXTERNAL TABLE jbase (id BIGINT, s VARCHAR) STORED AS JSON LOCATION 'json'"
-        ),
+        "CREATE UNBOUNDED EXTERNAL TABLE base (ts TIMESTAMP, v DOUBLE, WATERMARK FOR ts AS \
+             ts - INTERVAL '5' SECOND) STORED AS CSV LOCATION 'csv' OPTIONS ('has_header' 'true')".to_string(),
+        "CREATE UNBOUNDED EXTERNAL TABLE jbase (id BIGINT, s VARCHAR) STORED AS JSON LOCATION 'json'".to_string(),
         "CREATE UNBOUNDED EXTERNAL TABLE tbase STORED AS RATE".to_string(),
     ] {
         session.execute(&ddl).await.unwrap();

@@ -288,8 +288,7 @@ mod tests {
         let meta = dir.path().join("metadata");
         std::os::unix::fs::symlink(&meta, &meta).unwrap();
         let error = Checkpoint::open(dir.path(), sources())
-            .err()
-            .expect("an error")
+            .expect_err("an error")
             .to_string();
         assert!(error.contains("metadata"), "{error}");
         assert!(meta.symlink_metadata().unwrap().file_type().is_symlink());

@@ -461,11 +461,14 @@ mod tests {
             (compaction.batches, compaction.files, compaction.num_rows),
             (30, 30, 60)
         );
-        sink.add_batch(34, &schema, &[rows.clone()]).unwrap();
+        sink.add_batch(34, &schema, std::slice::from_ref(&rows))
+            .unwrap();
         assert_eq!(visible_files(dir.path()).len(), 35);
         drop(sink);
         let mut reopened = FileSink::open(FileSinkFormat::Json, dir.path(), "query-a").unwrap();
-        reopened.add_batch(34, &schema, &[rows.clone()]).unwrap();
+        reopened
+            .add_batch(34, &schema, std::slice::from_ref(&rows))
+            .unwrap();
         reopened.add_batch(35, &schema, &[rows]).unwrap();
         assert_eq!(visible_files(dir.path()).len(), 36);
         // Only compactions left behind by a crash: the owner is still known.
