@@ -87,6 +87,10 @@ pub struct Session {
     /// Set with `SET millrace.state_partitions = N`; applies to the queries started
     /// after it whose checkpoint has no state yet (a checkpoint keeps its number).
     state_partitions: Mutex<Option<StatePartitions>>,
+    /// Set with `SET millrace.min_batches_to_retain = N` (Spark's
+    /// `spark.sql.streaming.minBatchesToRetain`): how many offset and commit log
+    /// entries the queries started after it keep; `None` keeps the session default.
+    retain_batches: Mutex<Option<u64>>,
     /// Told about every query started from this session.
     listeners: Mutex<Vec<Arc<dyn StreamingQueryListener>>>,
 }
@@ -111,6 +115,7 @@ impl Session {
             watermark_policy: Mutex::new(WatermarkPolicy::default()),
             distinct_on: Mutex::new(DistinctOnMode::default()),
             state_partitions: Mutex::new(None),
+            retain_batches: Mutex::new(None),
             listeners: Mutex::new(vec![metrics]),
         }
     }
@@ -308,11 +313,29 @@ impl Session {
                     .unwrap_or_else(|p| p.into_inner()) = Some(StatePartitions::parse(value)?);
                 Ok(StatementResult::Done)
             }
+            "min_batches_to_retain" => {
+                let n = value
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| {
+                        Error::Option(format!(
+                            "millrace.min_batches_to_retain must be a whole number of at \
+                             least 1, got '{value}'"
+                        ))
+                    })?;
+                *self
+                    .retain_batches
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(n);
+                Ok(StatementResult::Done)
+            }
             "ui" => self.apply_ui_setting(value),
             other => Err(Error::Option(format!(
                 "unknown setting 'millrace.{other}': the settings are \
                  millrace.multiple_watermark_policy, millrace.distinct_on, \
-                 millrace.state_partitions and millrace.ui"
+                 millrace.state_partitions, millrace.min_batches_to_retain and millrace.ui"
             ))),
         }
     }
@@ -471,7 +494,11 @@ impl Session {
             },
             print_progress: self.settings.print_progress,
             memory_table,
-            retain_batches: self.settings.retain_batches,
+            retain_batches: self
+                .retain_batches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or(self.settings.retain_batches),
             watermark_policy: *self
                 .watermark_policy
                 .lock()

@@ -114,8 +114,11 @@ impl Generator {
 
 fn job(checkpoint: &Path, broker: &Broker, topics: &Topics, trigger: &str) -> String {
     let Topics { input, output } = topics;
+    // The expected output is worked out from every batch's offsets/N and commits/N, so
+    // the job keeps them all (a run has more than the default 100 batches).
     format!(
-        "CREATE UNBOUNDED EXTERNAL TABLE events (id BIGINT NOT NULL, payload VARCHAR)\n  \
+        "SET millrace.min_batches_to_retain = 100000;\n\
+         CREATE UNBOUNDED EXTERNAL TABLE events (id BIGINT NOT NULL, payload VARCHAR)\n  \
          STORED AS KAFKA LOCATION '{input}'\n  \
          OPTIONS ('bootstrap.servers' '{}', 'format' 'json', 'starting_offsets' 'earliest',\n  \
                   'max_offsets_per_trigger' '40');\n\

@@ -366,6 +366,23 @@ fn offset_and_commit_logs_keep_the_newest_100_batches() {
 }
 
 #[test]
+fn min_batches_to_retain_sets_how_many_log_entries_are_kept() {
+    let s = setup();
+    land_files(&s.input, 0, 8, 1);
+    let job = s.job("job.sql", 1, Some("available_now"));
+    let text = std::fs::read_to_string(&job).unwrap();
+    std::fs::write(
+        &job,
+        format!("SET millrace.min_batches_to_retain = 3;\n{text}"),
+    )
+    .unwrap();
+    run_success(&job, &s.log("a.err"));
+    let retained: Vec<u64> = (5..8).collect();
+    assert_eq!(log_ids(&s.checkpoint.join("offsets")), retained);
+    assert_eq!(log_ids(&s.checkpoint.join("commits")), retained);
+}
+
+#[test]
 fn sigterm_while_the_query_is_starting_is_still_graceful() {
     // The checkpoint's metadata is written while the script starts its query, before
     // the first batch: a SIGTERM from then on must stop millrace gracefully (exit 0),
