@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::runtime::Handle;
 
-pub use frame::{GroupedStream, StreamFrame};
+pub use frame::{GroupedStream, KeyedStream, StreamFrame};
 pub use reader::DataStreamReader;
 pub use writer::DataStreamWriter;
 
@@ -206,9 +206,12 @@ fn streams_of(plan: &datafusion::logical_expr::LogicalPlan) -> Vec<Arc<crate::so
 /// Arrow schema types a reader's `schema` needs.
 pub mod prelude {
     pub use super::{
-        DataStreamReader, DataStreamWriter, GroupedStream, StreamFrame, StreamingContext,
-        session_window, window,
+        DataStreamReader, DataStreamWriter, GroupedStream, KeyedStream, StreamFrame,
+        StreamingContext, session_window, window,
     };
+    pub use crate::execution::operator::{GroupState, GroupStateTimeout, Row};
+    pub use datafusion::arrow::array::RecordBatch;
+    pub use datafusion::common::ScalarValue;
     pub use crate::execution::{
         QueryProgress, QueryStatus, StreamingQuery, StreamingQueryListener, Trigger,
     };
