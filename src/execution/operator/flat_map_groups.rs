@@ -30,7 +30,7 @@ use std::time::Duration;
 use datafusion::arrow::array::{
     Array, ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array, new_empty_array,
 };
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::catalog::Session as DataFusionSession;
@@ -608,7 +608,15 @@ impl FlatMapGroupsOperator {
                 if rows.is_empty() {
                     return Ok(new_empty_array(field.data_type()));
                 }
-                let array = ScalarValue::iter_to_array(rows.iter().map(|r| r[c].clone()))?;
+                let mut array = ScalarValue::iter_to_array(rows.iter().map(|r| r[c].clone()))?;
+                // A key handed to the closure may be a string view (DataFusion reads
+                // text as such): strings convert to the declared string type.
+                if array.data_type() != field.data_type()
+                    && is_text(array.data_type())
+                    && is_text(field.data_type())
+                {
+                    array = cast(&array, field.data_type())?;
+                }
                 if array.data_type() != field.data_type() {
                     return Err(Error::Data(format!(
                         "flat_map_groups_with_state: output column '{}' is declared {}, but \
@@ -907,4 +915,11 @@ impl StatefulOperator for FlatMapGroupsOperator {
     fn revises_output(&self, mode: OutputMode) -> bool {
         mode != OutputMode::Append
     }
+}
+
+fn is_text(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    )
 }
