@@ -45,7 +45,9 @@ pub fn readings() -> Vec<(String, i64, f64)> {
     let start_ms = 1_767_261_600_000; // 2026-01-01 10:00:00 UTC
     let mut seed: u64 = 42;
     let mut next = move || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (seed >> 33) as u32
     };
     let mut dips = [0u32; 3];
@@ -83,10 +85,13 @@ pub fn write_files(dir: &Path, readings: &[(String, i64, f64)]) {
     let mut files: std::collections::BTreeMap<i64, String> = Default::default();
     for (pump, ts, psi) in readings {
         let time = chrono::DateTime::from_timestamp_millis(*ts).expect("a valid time");
-        files.entry((ts - start) / 60_000).or_default().push_str(&format!(
-            "{pump},{},{psi}\n",
-            time.format("%Y-%m-%d %H:%M:%S%.3f")
-        ));
+        files
+            .entry((ts - start) / 60_000)
+            .or_default()
+            .push_str(&format!(
+                "{pump},{},{psi}\n",
+                time.format("%Y-%m-%d %H:%M:%S%.3f")
+            ));
     }
     for (minute, text) in files {
         std::fs::write(dir.join(format!("minute-{minute:02}.csv")), text).expect("write input");
@@ -97,8 +102,16 @@ pub fn write_files(dir: &Path, readings: &[(String, i64, f64)]) {
 pub fn episode_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("pump", DataType::Utf8, false),
-        Field::new("start", DataType::Timestamp(TimeUnit::Millisecond, None), false),
-        Field::new("end", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new(
+            "start",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new(
+            "end",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
         Field::new("readings", DataType::Int64, false),
         Field::new("min_psi", DataType::Float64, false),
         Field::new("closed_by", DataType::Utf8, false),
@@ -117,7 +130,11 @@ fn episode(pump: &ScalarValue, run: &Run, closed_by: &str) -> Row {
 }
 
 /// The per-pump closure: folds the pump's new readings into its run of low readings.
-fn detect(key: &[ScalarValue], rows: &RecordBatch, state: &mut GroupState<Run>) -> millrace::Result<Vec<Row>> {
+fn detect(
+    key: &[ScalarValue],
+    rows: &RecordBatch,
+    state: &mut GroupState<Run>,
+) -> millrace::Result<Vec<Row>> {
     let pump = &key[0];
     let mut run = state.get().cloned();
     let mut out = Vec::new();
@@ -138,7 +155,12 @@ fn detect(key: &[ScalarValue], rows: &RecordBatch, state: &mut GroupState<Run>) 
         .expect("pressure is a float");
     // Rows come in arrival order: take them in event-time order.
     let mut readings: Vec<(i64, Option<f64>)> = (0..rows.num_rows())
-        .map(|i| (ts.value(i) / 1_000_000, psi.is_valid(i).then(|| psi.value(i))))
+        .map(|i| {
+            (
+                ts.value(i) / 1_000_000,
+                psi.is_valid(i).then(|| psi.value(i)),
+            )
+        })
         .collect();
     readings.sort_by_key(|r| r.0);
     for (ts_ms, psi) in readings {
@@ -199,12 +221,14 @@ pub async fn run(
         .load(input.to_str().expect("a UTF-8 path"))
         .await?
         .with_watermark("ts", &format!("{WATERMARK_DELAY_MS} milliseconds"))?;
-    let episodes = readings.group_by_key(&["pump"]).flat_map_groups_with_state(
-        episode_schema(),
-        OutputMode::Append,
-        GroupStateTimeout::EventTimeTimeout,
-        detect,
-    )?;
+    let episodes = readings
+        .group_by_key(&["pump"])
+        .flat_map_groups_with_state(
+            episode_schema(),
+            OutputMode::Append,
+            GroupStateTimeout::EventTimeTimeout,
+            detect,
+        )?;
     let query = episodes
         .write_stream()
         .format("memory")

@@ -731,8 +731,6 @@ fn streaming_state(state: SessionState) -> SessionState {
     SessionStateBuilder::new_from_existing(state)
         .with_optimizer_rules(rules)
         .with_physical_optimizer_rules(physical_rules)
-        .with_query_planner(Arc::new(
-            crate::execution::operator::StreamingQueryPlanner,
-        ))
+        .with_query_planner(Arc::new(crate::execution::operator::StreamingQueryPlanner))
         .build()
 }

@@ -787,9 +787,10 @@ async fn the_pump_episodes_example_emits_each_low_pressure_episode_once() {
     let readings = pump_low_pressure_episodes::readings();
     pump_low_pressure_episodes::write_files(&tmp.path().join("in"), &readings);
     let ctx = StreamingContext::new();
-    let query = pump_low_pressure_episodes::run(&ctx, &tmp.path().join("in"), &tmp.path().join("ckpt"))
-        .await
-        .unwrap();
+    let query =
+        pump_low_pressure_episodes::run(&ctx, &tmp.path().join("in"), &tmp.path().join("ckpt"))
+            .await
+            .unwrap();
     assert!(query.exception().is_none(), "{:?}", query.exception());
     let batches = ctx.session().query("SELECT * FROM episodes").await.unwrap();
     let mut got = Vec::new();
@@ -797,8 +798,12 @@ async fn the_pump_episodes_example_emits_each_low_pressure_episode_once() {
         for i in 0..b.num_rows() {
             got.push((
                 b.column(0).as_string::<i32>().value(i).to_string(),
-                b.column(1).as_primitive::<TimestampMillisecondType>().value(i),
-                b.column(2).as_primitive::<TimestampMillisecondType>().value(i),
+                b.column(1)
+                    .as_primitive::<TimestampMillisecondType>()
+                    .value(i),
+                b.column(2)
+                    .as_primitive::<TimestampMillisecondType>()
+                    .value(i),
                 b.column(3).as_primitive::<Int64Type>().value(i),
                 b.column(5).as_string::<i32>().value(i).to_string(),
             ));

@@ -19,13 +19,13 @@ use crate::error::{Error, Result};
 use crate::execution::operator::{
     FlatMapGroupsNode, FlatMapGroupsSpec, GroupState, GroupStateTimeout, Row,
 };
+use crate::functions::SESSION_WINDOW;
+use crate::planning::{DistinctOnMode, StreamTable, rewrite_distinct_on, scanned_stream};
 use crate::sink::OutputMode;
+use crate::source::{DEFAULT_WATERMARK_MAX_FUTURE, WatermarkSpec};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
-use crate::functions::SESSION_WINDOW;
-use crate::planning::{DistinctOnMode, StreamTable, rewrite_distinct_on, scanned_stream};
-use crate::source::{DEFAULT_WATERMARK_MAX_FUTURE, WatermarkSpec};
 
 /// A streaming `DataFrame`: transformations return new frames; `write_stream` runs it.
 #[derive(Clone)]

@@ -210,13 +210,13 @@ pub mod prelude {
         StreamingContext, session_window, window,
     };
     pub use crate::execution::operator::{GroupState, GroupStateTimeout, Row};
-    pub use datafusion::arrow::array::RecordBatch;
-    pub use datafusion::common::ScalarValue;
     pub use crate::execution::{
         QueryProgress, QueryStatus, StreamingQuery, StreamingQueryListener, Trigger,
     };
     pub use crate::sink::OutputMode;
+    pub use datafusion::arrow::array::RecordBatch;
     pub use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+    pub use datafusion::common::ScalarValue;
     pub use datafusion::functions_aggregate::expr_fn::*;
     pub use datafusion::logical_expr::JoinType;
     pub use datafusion::prelude::{DataFrame, Expr, col, lit};

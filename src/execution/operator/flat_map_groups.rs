@@ -525,7 +525,10 @@ pub(super) fn from_node(node: &LogicalPlan) -> Option<Box<dyn StatefulOperator>>
     let LogicalPlan::Extension(extension) = node else {
         return None;
     };
-    let node = extension.node.as_any().downcast_ref::<FlatMapGroupsNode>()?;
+    let node = extension
+        .node
+        .as_any()
+        .downcast_ref::<FlatMapGroupsNode>()?;
     Some(Box::new(FlatMapGroupsOperator {
         spec: node.spec.clone(),
         store: None,
@@ -692,8 +695,7 @@ impl StatefulOperator for FlatMapGroupsOperator {
                 .map(|f| SortField::new(f.data_type().clone()))
                 .collect(),
         )?);
-        let mut store =
-            StateStore::open(dir, self.state_schema(), self.key_fields.len(), config)?;
+        let mut store = StateStore::open(dir, self.state_schema(), self.key_fields.len(), config)?;
         let restored = store.load(version)?;
         self.states.clear();
         if restored.num_rows() > 0 {
@@ -825,9 +827,9 @@ impl StatefulOperator for FlatMapGroupsOperator {
                             timeout_ms: result.timeout_ms,
                         },
                     );
-                    let same = previous.as_ref().is_some_and(|p| {
-                        !result.changed && p.timeout_ms == result.timeout_ms
-                    });
+                    let same = previous
+                        .as_ref()
+                        .is_some_and(|p| !result.changed && p.timeout_ms == result.timeout_ms);
                     if !same {
                         pending.updated.push(key);
                     }
@@ -841,11 +843,8 @@ impl StatefulOperator for FlatMapGroupsOperator {
         }
 
         let out = self.output_batch(&output)?;
-        let source: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(
-            &[vec![out]],
-            self.spec.output_schema.clone(),
-            None,
-        )?;
+        let source: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[vec![out]], self.spec.output_schema.clone(), None)?;
         let rest = plan
             .transform_up(|node| {
                 Ok(if Arc::ptr_eq(&node, &exec) {

@@ -35,11 +35,11 @@ use crate::sink::OutputMode;
 use crate::state::StateStoreConfig;
 
 pub use aggregation::AggregationOperator;
+pub(crate) use flat_map_groups::FlatMapGroupsSpec;
 pub use flat_map_groups::{
     FlatMapGroupsExec, FlatMapGroupsNode, FlatMapGroupsOperator, GroupState, GroupStateTimeout,
     Row, StreamingQueryPlanner,
 };
-pub(crate) use flat_map_groups::FlatMapGroupsSpec;
 
 /// A stateful operator of a streaming query, as the batch loop drives it.
 ///
