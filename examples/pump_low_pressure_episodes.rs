@@ -54,17 +54,17 @@ pub fn readings() -> Vec<(String, i64, f64)> {
     let mut out = Vec::new();
     for step in 0..120 {
         let ts = start_ms + step * 5_000;
-        for pump in 0..3 {
-            if dips[pump] == 0 && next() % 9 == 0 {
-                dips[pump] = 1 + next() % 6;
+        for (pump, dip) in dips.iter_mut().enumerate() {
+            if *dip == 0 && next() % 9 == 0 {
+                *dip = 1 + next() % 6;
             }
             // Pump-3 dips just before it goes silent (its episode times out); pump-1
             // dips at the very end (its episode is still open when the input ends).
             if (pump == 2 && step == 44) || (pump == 0 && step == 116) {
-                dips[pump] = 4;
+                *dip = 4;
             }
-            let psi = if dips[pump] > 0 {
-                dips[pump] -= 1;
+            let psi = if *dip > 0 {
+                *dip -= 1;
                 1.0 + (next() % 35) as f64 / 10.0
             } else {
                 30.0 + (next() % 200) as f64 / 10.0

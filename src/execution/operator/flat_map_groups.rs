@@ -632,12 +632,12 @@ impl FlatMapGroupsOperator {
                 Ok(array)
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
-        Ok(RecordBatch::try_new(schema, columns).map_err(|e| {
+        RecordBatch::try_new(schema, columns).map_err(|e| {
             Error::Data(format!(
                 "flat_map_groups_with_state: the closure's rows do not fit the output \
                  schema: {e}"
             ))
-        })?)
+        })
     }
 
     fn keys_batch(&self, keys: &[&Vec<ScalarValue>]) -> Result<Vec<ArrayRef>> {
