@@ -337,3 +337,111 @@ fn crash_at_each_point_of_a_batch_replays_it_without_applying_it_twice() {
         );
     }
 }
+
+#[test]
+fn kill_9_at_random_instants_changes_nothing_in_the_output() {
+    use std::collections::BTreeMap;
+    use std::os::unix::process::ExitStatusExt;
+    let seed = common::test_seed("flat_map_groups_crash");
+    let mut rng = common::XorShift::new(seed);
+    let tmp = common::temp_dir();
+    let dir = tmp.path();
+    let input = common::make_dir(dir, "in");
+    // 60 files (one batch each); a 0 ends a user's tally now and then.
+    let mut expected = Vec::new();
+    let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+    for file in 0..60 {
+        let rows: Vec<(String, i64)> = (0..6)
+            .map(|_| {
+                let user = ["a", "b", "c", "d", "e"][rng.range(0, 4) as usize].to_string();
+                let n = if rng.range(0, 15) == 0 {
+                    0
+                } else {
+                    rng.range(1, 20) as i64
+                };
+                (user, n)
+            })
+            .collect();
+        let borrowed: Vec<(&str, i64)> = rows.iter().map(|(u, n)| (u.as_str(), *n)).collect();
+        land(&input, &format!("f-{file:03}.json"), &borrowed);
+        // What the batch emits, computed in plain Rust.
+        let mut batch: BTreeMap<&str, (i64, bool)> = BTreeMap::new();
+        for (user, n) in &rows {
+            let entry = batch.entry(user.as_str()).or_default();
+            entry.0 += n;
+            entry.1 |= *n == 0;
+        }
+        for (user, (sum, zero)) in batch {
+            let total = totals.get(user).copied().unwrap_or(0) + sum;
+            if zero {
+                totals.remove(user);
+                expected.push(format!("{user}|{total}|removed"));
+            } else {
+                totals.insert(user.to_string(), total);
+                expected.push(format!("{user}|{total}|updated"));
+            }
+        }
+    }
+    expected.sort();
+
+    let (mut kills, mut finished) = (0, false);
+    for attempt in 0..400u64 {
+        if kills >= 30 && finished {
+            break;
+        }
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "child_runs_the_running_totals_into_parquet",
+                "--nocapture",
+            ])
+            .env("FMG_DIR", dir)
+            .env_remove("MILLRACE_CRASH_AT")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("run-{attempt}.err"))).unwrap())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.range(5, 160 + 10 * attempt)));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if status.success() {
+            finished = true;
+        } else {
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "seed {seed}: the child failed by itself ({status}): {}",
+                std::fs::read_to_string(dir.join(format!("run-{attempt}.err"))).unwrap()
+            );
+            kills += 1;
+        }
+    }
+    assert!(kills >= 30, "{kills} kills, finished: {finished}");
+    let last = run_child(dir, None);
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+
+    let batches = common::read_parquet_dir(&dir.join("out"));
+    let users = common::string_column(&batches, "user");
+    let totals = common::i64_column(&batches, "total");
+    let events = common::string_column(&batches, "event");
+    let mut rows: Vec<String> = (0..users.len())
+        .map(|i| {
+            format!(
+                "{}|{}|{}",
+                users[i].as_deref().unwrap(),
+                totals[i],
+                events[i].as_deref().unwrap()
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows, expected,
+        "seed {seed}: output after {kills} kills differs"
+    );
+}
