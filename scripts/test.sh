@@ -4,11 +4,15 @@
 # benchmarks still run (each benchmark once, in test mode). Ends with one line
 # totalling the tests that ran. The Kafka tests start real brokers on loopback
 # through scripts/kafka-broker.sh; they are installed first (once per machine, into
-# ~/.cache/millrace/brokers: about 8 minutes the first time).
+# ~/.cache/millrace/brokers: about 8 minutes the first time). The web UI test drives
+# a real headless chromium, installed by scripts/browser.sh (apt-get, npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/millrace/target}"
 scripts/kafka-broker.sh install
+# The web UI test's headless browser (Debian's chromium, playwright-core from npm);
+# without them that test prints SKIPPED and why.
+scripts/browser.sh install
 cargo test --benches
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -13,7 +13,9 @@
 //! - [`checkpoint`]: offset log, commit log, source state — beside them all;
 //! - front ends on top: [`sql`] (scripts), [`dataframe`] (the Rust API, Spark's
 //!   `readStream`/`writeStream`), [`session`], [`repl`]; [`kafka_tool`]
-//!   (`millrace kafka produce|consume`) for the Kafka examples.
+//!   (`millrace kafka produce|consume`) for the Kafka examples;
+//! - watching it all: [`ui`] (the embedded web UI, REST API and Prometheus
+//!   `/metrics`) and [`logging`] (`tracing` with `RUST_LOG`-style filtering).
 //!
 //! `use millrace::prelude::*;` brings the DataFrame API and what it needs.
 
@@ -29,6 +31,7 @@ pub mod error;
 pub mod execution;
 pub mod functions;
 pub mod kafka_tool;
+pub mod logging;
 pub mod planning;
 pub mod repl;
 pub mod sensor_events;
@@ -37,6 +40,7 @@ pub mod sink;
 pub mod source;
 pub mod sql;
 pub mod state;
+pub mod ui;
 
 pub use dataframe::prelude;
 pub use error::{Error, Result};

@@ -32,6 +32,10 @@ struct Cli {
     /// Print each batch's progress report (JSON) on standard error.
     #[arg(long)]
     progress: bool,
+    /// Serve the web UI, REST API and Prometheus /metrics on ADDR (HOST:PORT or a port;
+    /// default 127.0.0.1:4040, port 0 picks a free one) for scripts, the shell and demo.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = millrace::ui::DEFAULT_ADDR, global = true)]
+    ui: Option<String>,
     /// The shell's history file (default: $MILLRACE_HISTORY, else ~/.millrace_history).
     #[arg(long, value_name = "FILE")]
     history_file: Option<PathBuf>,
@@ -171,6 +175,9 @@ enum KafkaAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(note) = millrace::logging::init() {
+        eprintln!("warning: {note}");
+    }
     let runtime = match Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -193,8 +200,54 @@ fn run(cli: Cli, runtime: &Runtime) -> Result<()> {
         ..SessionSettings::default()
     };
     let session = Session::new(runtime.handle().clone(), settings);
+    if let Some(addr) = &cli.ui {
+        // `--ui` takes an optional value, so `millrace --ui demo` reads `demo` as the address.
+        if [
+            "demo",
+            "generate-sensors",
+            "generate-events",
+            "bench",
+            "kafka",
+        ]
+        .contains(&addr.as_str())
+        {
+            return Err(Error::Option(format!(
+                "--ui took '{addr}' as its address; put --ui after the command \
+                 (`millrace {addr} --ui`) or give the address (`--ui 127.0.0.1:4040`)"
+            )));
+        }
+        if !matches!(cli.action, None | Some(Action::Demo { .. })) {
+            return Err(Error::Option(
+                "--ui serves the queries of a script (-f, -c), the shell or `demo`".into(),
+            ));
+        }
+        let bound = session.start_ui(addr)?;
+        eprintln!("millrace: web UI at http://{bound}/");
+    }
+    // A script or the demo ends when its queries do; with --ui the page stays to be
+    // looked at. The shell's UI ends with the shell.
+    let keep_serving =
+        cli.ui.is_some() && (cli.action.is_some() || cli.file.is_some() || cli.command.is_some());
+    let outcome = run_action(cli, &session, runtime);
+    if outcome.is_ok()
+        && keep_serving
+        && let Some(address) = session.ui_address()
+    {
+        // Keep the charts and reports of the finished queries on screen.
+        eprintln!(
+            "millrace: the queries have ended; the web UI stays up at http://{address}/ until Ctrl-C"
+        );
+        runtime.block_on(async {
+            let mut signals = ShutdownSignals::listen();
+            signals.recv().await;
+        });
+    }
+    outcome
+}
+
+fn run_action(cli: Cli, session: &Session, runtime: &Runtime) -> Result<()> {
     match cli.action {
-        Some(Action::Demo { dir, files }) => return demo(&session, runtime, &dir, files),
+        Some(Action::Demo { dir, files }) => return demo(session, runtime, &dir, files),
         Some(Action::GenerateSensors {
             dir,
             files,
@@ -290,14 +343,10 @@ fn run(cli: Cli, runtime: &Runtime) -> Result<()> {
         (Some(path), _) => std::fs::read_to_string(path).map_err(Error::io(path))?,
         (None, Some(sql)) => sql.clone(),
         (None, None) => {
-            return repl::run(
-                &session,
-                runtime,
-                &repl::ShellOptions::new(cli.history_file),
-            );
+            return repl::run(session, runtime, &repl::ShellOptions::new(cli.history_file));
         }
     };
-    run_script(&session, runtime, &script)
+    run_script(session, runtime, &script)
 }
 
 /// Runs a script, then waits for its queries; Ctrl-C or SIGTERM stops them gracefully.

@@ -26,6 +26,7 @@ use crate::sink::{OutputMode, SinkSpec};
 use crate::sql::ddl::{self, StatementKind};
 use crate::sql::split::split_statements;
 use crate::sql::{declare_stream, sink_options};
+use crate::ui::{QueryList, UiServer};
 
 /// What running one statement produced.
 #[derive(Clone)]
@@ -71,7 +72,10 @@ pub struct Session {
     ctx: SessionContext,
     runtime: Handle,
     settings: SessionSettings,
-    queries: Mutex<Vec<StreamingQuery>>,
+    /// Every query started here, with its SQL and plan: shared with the web UI.
+    queries: QueryList,
+    /// The embedded web UI / REST API / metrics server, when started.
+    ui: Mutex<Option<UiServer>>,
     bare_selects: Mutex<u64>,
     /// Set with `SET millrace.multiple_watermark_policy = 'min' | 'max'`; applies to
     /// the queries started after it.
@@ -89,15 +93,20 @@ impl Session {
         let config = SessionConfig::new().with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
         crate::functions::register(&ctx);
+        let queries = QueryList::default();
+        // The /metrics counters count every batch, whether or not the UI runs yet.
+        let metrics: Arc<dyn StreamingQueryListener> =
+            Arc::new(crate::ui::metrics::MetricsListener(queries.metrics()));
         Session {
             ctx,
             runtime,
             settings,
-            queries: Mutex::new(Vec::new()),
+            queries,
+            ui: Mutex::new(None),
             bare_selects: Mutex::new(0),
             watermark_policy: Mutex::new(WatermarkPolicy::default()),
             distinct_on: Mutex::new(DistinctOnMode::default()),
-            listeners: Mutex::new(Vec::new()),
+            listeners: Mutex::new(vec![metrics]),
         }
     }
 
@@ -207,6 +216,7 @@ impl Session {
                         options.checkpoint,
                     )
                     .await?;
+                self.queries.set_sql(&query, sql);
                 Ok(StatementResult::QueryStarted(query))
             }
             StatementKind::Other => {
@@ -257,6 +267,7 @@ impl Session {
                     let query = self
                         .start_query(&name, plan, sink, mode, Trigger::default(), None)
                         .await?;
+                    self.queries.set_sql(&query, sql);
                     return Ok(StatementResult::QueryStarted(query));
                 }
                 let frame = self.ctx.execute_logical_plan(plan).await?;
@@ -285,10 +296,70 @@ impl Session {
                     DistinctOnMode::parse(value)?;
                 Ok(StatementResult::Done)
             }
+            "ui" => self.apply_ui_setting(value),
             other => Err(Error::Option(format!(
                 "unknown setting 'millrace.{other}': the settings are \
-                 millrace.multiple_watermark_policy and millrace.distinct_on"
+                 millrace.multiple_watermark_policy, millrace.distinct_on and millrace.ui"
             ))),
+        }
+    }
+
+    /// `SET millrace.ui = 'ADDR' | 'on' | 'off'`: starts (or stops) the web UI and
+    /// answers with the address it serves, as one row.
+    fn apply_ui_setting(&self, value: &str) -> Result<StatementResult> {
+        let value = value.trim();
+        if value.eq_ignore_ascii_case("off") {
+            self.stop_ui();
+            return Ok(StatementResult::Done);
+        }
+        let addr = if value.eq_ignore_ascii_case("on") || value.is_empty() {
+            crate::ui::DEFAULT_ADDR
+        } else {
+            value
+        };
+        let bound = self.start_ui(addr)?;
+        let url = datafusion::arrow::array::StringArray::from(vec![format!("http://{bound}/")]);
+        let schema = datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new(
+                "ui",
+                datafusion::arrow::datatypes::DataType::Utf8,
+                false,
+            ),
+        ]);
+        Ok(StatementResult::Rows(vec![RecordBatch::try_new(
+            Arc::new(schema),
+            vec![Arc::new(url)],
+        )?]))
+    }
+
+    /// Starts the embedded web UI, REST API and `/metrics` on `addr` (`HOST:PORT`, or a
+    /// bare port on 127.0.0.1; port 0 picks a free one) and returns the address bound.
+    /// It serves every query of this session until [`stop_ui`](Self::stop_ui) or the
+    /// session is dropped; a running UI is replaced.
+    pub fn start_ui(&self, addr: &str) -> Result<std::net::SocketAddr> {
+        let mut ui = self.ui.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = ui.take() {
+            old.shutdown();
+        }
+        let server = UiServer::start(addr, self.queries.clone(), &self.runtime)?;
+        let bound = server.address();
+        *ui = Some(server);
+        Ok(bound)
+    }
+
+    /// The address the web UI serves, if it runs.
+    pub fn ui_address(&self) -> Option<std::net::SocketAddr> {
+        self.ui
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(UiServer::address)
+    }
+
+    /// Stops the web UI, if it runs.
+    pub fn stop_ui(&self) {
+        if let Some(server) = self.ui.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            server.shutdown();
         }
     }
 
@@ -386,20 +457,15 @@ impl Session {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
         };
+        let plan_text = config.plan.plan.display_indent().to_string();
         let query = StreamingQuery::start(config, self.runtime.clone())?;
-        self.queries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(query.clone());
+        self.queries.push(query.clone(), plan_text);
         Ok(query)
     }
 
     /// Every query started from this session, running or ended.
     pub fn queries(&self) -> Vec<StreamingQuery> {
-        self.queries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.queries.queries()
     }
 
     /// The query called `name`: the running one, else the latest one started.

@@ -119,6 +119,18 @@ impl StreamingContext {
         Self::with_session(Session::new(Handle::current(), SessionSettings::default()))
     }
 
+    /// Starts building a context with options: the web UI
+    /// ([`StreamingContextBuilder::ui`]), session settings.
+    pub fn builder() -> StreamingContextBuilder {
+        StreamingContextBuilder::default()
+    }
+
+    /// The address of the web UI, REST API and `/metrics`, if started (see
+    /// [`StreamingContextBuilder::ui`]).
+    pub fn ui_address(&self) -> Option<std::net::SocketAddr> {
+        self.inner.session.ui_address()
+    }
+
     /// A context over an existing session (its tables, settings and queries).
     pub fn with_session(session: Session) -> Self {
         StreamingContext {
@@ -177,6 +189,49 @@ impl StreamingContext {
     }
 }
 
+/// Options of a [`StreamingContext`] (Spark's `SparkSession.builder`).
+///
+/// ```no_run
+/// # async fn run() -> millrace::Result<()> {
+/// use millrace::prelude::*;
+/// let ctx = StreamingContext::builder().ui("127.0.0.1:0").build()?;
+/// println!("web UI at http://{}/", ctx.ui_address().unwrap());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Default)]
+pub struct StreamingContextBuilder {
+    settings: SessionSettings,
+    ui: Option<String>,
+}
+
+impl StreamingContextBuilder {
+    /// Serve the web UI, REST API and Prometheus `/metrics` on `addr` (`HOST:PORT` or a
+    /// port on 127.0.0.1; port 0 picks a free one) while the context lives.
+    pub fn ui(mut self, addr: impl Into<String>) -> Self {
+        self.ui = Some(addr.into());
+        self
+    }
+
+    /// The session settings (progress printing, retained batches).
+    pub fn settings(mut self, settings: SessionSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The context, on the current tokio runtime; fails if the UI cannot listen.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn build(self) -> Result<StreamingContext> {
+        let session = Session::new(Handle::current(), self.settings);
+        if let Some(addr) = &self.ui {
+            session.start_ui(addr)?;
+        }
+        Ok(StreamingContext::with_session(session))
+    }
+}
+
 impl Default for StreamingContext {
     /// [`StreamingContext::new`]: on the current tokio runtime.
     fn default() -> Self {
@@ -207,7 +262,7 @@ fn streams_of(plan: &datafusion::logical_expr::LogicalPlan) -> Vec<Arc<crate::so
 pub mod prelude {
     pub use super::{
         DataStreamReader, DataStreamWriter, GroupedStream, KeyedStream, StreamFrame,
-        StreamingContext, session_window, window,
+        StreamingContext, StreamingContextBuilder, session_window, window,
     };
     pub use crate::execution::operator::{GroupState, GroupStateTimeout, Row};
     pub use crate::execution::{

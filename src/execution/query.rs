@@ -15,6 +15,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::collect;
 use serde_json::Value;
 use tokio::runtime::Handle;
+use tracing::Instrument;
 
 use super::operator::{OperatorBatch, StatefulOperator, Watermarks, check_chain, find_operators};
 use super::progress::{DurationMs, EventTime, QueryProgress, SinkProgress, SourceProgress};
@@ -224,6 +225,14 @@ impl StreamingQuery {
             }
         }
         let thread_shared = shared.clone();
+        // Every log event of the query's thread (batches, sources, sinks) is inside
+        // this span, so `RUST_LOG` output says which query it is about.
+        let span = tracing::info_span!(
+            "query",
+            name = %shared.name,
+            id = %shared.id,
+            run_id = %shared.run_id
+        );
         let query = StreamingQuery { shared };
         for listener in &query.shared.listeners {
             listener.on_query_started(&query);
@@ -231,7 +240,20 @@ impl StreamingQuery {
         std::thread::Builder::new()
             .name(format!("stream-{}", config.name))
             .spawn(move || {
-                let outcome = runtime.block_on(runner.run());
+                let outcome = runtime.block_on(
+                    async {
+                        tracing::info!("query started");
+                        let outcome = runner.run().await;
+                        // The failure goes back to the caller (await_termination, the
+                        // shell, SHOW QUERIES); the log only records it.
+                        match &outcome {
+                            Ok(()) => tracing::info!("query stopped"),
+                            Err(e) => tracing::info!(error = %e, "query failed"),
+                        }
+                        outcome
+                    }
+                    .instrument(span),
+                );
                 if temporary {
                     let _ = std::fs::remove_dir_all(&root);
                 }
@@ -547,7 +569,15 @@ impl Runner {
                 s.is_trigger_active = true;
                 s.message = "Getting offsets from the sources".to_string();
             });
-            let ran = self.run_batch(trigger_start).await?;
+            let batch_id = self
+                .pending
+                .as_ref()
+                .map_or(self.next_batch, |e| e.batch_id);
+            let span = tracing::info_span!("batch", batch_id);
+            let ran = self
+                .run_batch(trigger_start)
+                .instrument(span.clone())
+                .await?;
             self.shared.set_status(|s| {
                 s.is_trigger_active = false;
                 s.is_data_available = ran.is_some();
@@ -555,7 +585,7 @@ impl Runner {
             });
             match ran {
                 Some(outcome) => {
-                    self.report(outcome, trigger_start)?;
+                    span.in_scope(|| self.report(outcome, trigger_start))?;
                     self.last_trigger_start = Some(trigger_start);
                     self.last_batch_start = Some(trigger_start);
                     if self.trigger == Trigger::Once && !replay {
@@ -888,8 +918,19 @@ impl Runner {
         };
         let json = serde_json::to_string(&progress)?;
         self.checkpoint.append_progress(&json)?;
+        tracing::info!(
+            num_input_rows = progress.num_input_rows,
+            num_output_rows = progress.sink.num_output_rows,
+            trigger_execution_ms = progress.duration_ms.trigger_execution,
+            watermark = progress.event_time.watermark.as_deref(),
+            "batch committed"
+        );
+        tracing::debug!(durations = ?progress.duration_ms, "batch phases");
         if self.print_progress {
-            eprintln!("{json}");
+            // `--progress` output the user asked for (not a log line); a closed
+            // stderr must not fail the query.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr().lock(), "{json}");
         }
         if !self.shared.listeners.is_empty() {
             let query = StreamingQuery {
