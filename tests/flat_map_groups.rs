@@ -347,42 +347,48 @@ fn kill_9_at_random_instants_changes_nothing_in_the_output() {
     let tmp = common::temp_dir();
     let dir = tmp.path();
     let input = common::make_dir(dir, "in");
-    // 60 files (one batch each); a 0 ends a user's tally now and then.
+    // Files of 6 rows (one batch each); a 0 ends a user's tally now and then. Whenever
+    // a run gets through all of them, 20 more land, so kills keep landing mid-work
+    // however fast or slow the machine is.
     let mut expected = Vec::new();
     let mut totals: BTreeMap<String, i64> = BTreeMap::new();
-    for file in 0..60 {
-        let rows: Vec<(String, i64)> = (0..6)
-            .map(|_| {
-                let user = ["a", "b", "c", "d", "e"][rng.range(0, 4) as usize].to_string();
-                let n = if rng.range(0, 15) == 0 {
-                    0
+    let mut files = 0;
+    let mut land_more = |count: usize, rng: &mut common::XorShift, expected: &mut Vec<String>| {
+        for _ in 0..count {
+            let rows: Vec<(String, i64)> = (0..6)
+                .map(|_| {
+                    let user = ["a", "b", "c", "d", "e"][rng.range(0, 4) as usize].to_string();
+                    let n = if rng.range(0, 15) == 0 {
+                        0
+                    } else {
+                        rng.range(1, 20) as i64
+                    };
+                    (user, n)
+                })
+                .collect();
+            let borrowed: Vec<(&str, i64)> = rows.iter().map(|(u, n)| (u.as_str(), *n)).collect();
+            land(&input, &format!("f-{files:04}.json"), &borrowed);
+            files += 1;
+            // What the batch emits, computed in plain Rust.
+            let mut batch: BTreeMap<&str, (i64, bool)> = BTreeMap::new();
+            for (user, n) in &rows {
+                let entry = batch.entry(user.as_str()).or_default();
+                entry.0 += n;
+                entry.1 |= *n == 0;
+            }
+            for (user, (sum, zero)) in batch {
+                let total = totals.get(user).copied().unwrap_or(0) + sum;
+                if zero {
+                    totals.remove(user);
+                    expected.push(format!("{user}|{total}|removed"));
                 } else {
-                    rng.range(1, 20) as i64
-                };
-                (user, n)
-            })
-            .collect();
-        let borrowed: Vec<(&str, i64)> = rows.iter().map(|(u, n)| (u.as_str(), *n)).collect();
-        land(&input, &format!("f-{file:03}.json"), &borrowed);
-        // What the batch emits, computed in plain Rust.
-        let mut batch: BTreeMap<&str, (i64, bool)> = BTreeMap::new();
-        for (user, n) in &rows {
-            let entry = batch.entry(user.as_str()).or_default();
-            entry.0 += n;
-            entry.1 |= *n == 0;
-        }
-        for (user, (sum, zero)) in batch {
-            let total = totals.get(user).copied().unwrap_or(0) + sum;
-            if zero {
-                totals.remove(user);
-                expected.push(format!("{user}|{total}|removed"));
-            } else {
-                totals.insert(user.to_string(), total);
-                expected.push(format!("{user}|{total}|updated"));
+                    totals.insert(user.to_string(), total);
+                    expected.push(format!("{user}|{total}|updated"));
+                }
             }
         }
-    }
-    expected.sort();
+    };
+    land_more(60, &mut rng, &mut expected);
 
     let (mut kills, mut finished) = (0, false);
     for attempt in 0..400u64 {
@@ -402,11 +408,14 @@ fn kill_9_at_random_instants_changes_nothing_in_the_output() {
             .stderr(std::fs::File::create(dir.join(format!("run-{attempt}.err"))).unwrap())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.range(5, 160 + 10 * attempt)));
+        std::thread::sleep(Duration::from_millis(rng.range(5, 1500)));
         let _ = child.kill();
         let status = child.wait().unwrap();
         if status.success() {
             finished = true;
+            if kills < 30 {
+                land_more(20, &mut rng, &mut expected);
+            }
         } else {
             assert_eq!(
                 status.signal(),
@@ -418,6 +427,7 @@ fn kill_9_at_random_instants_changes_nothing_in_the_output() {
         }
     }
     assert!(kills >= 30, "{kills} kills, finished: {finished}");
+    expected.sort();
     let last = run_child(dir, None);
     assert!(
         last.status.success(),
