@@ -1,5 +1,5 @@
-//! Criterion benchmark of the Kafka source through the whole engine, on a real nisshi
-//! broker started on a free loopback port:
+//! Criterion benchmark of the Kafka source through the whole engine, on the Apache
+//! Kafka broker of `scripts/kafka-broker.sh` started on free loopback ports:
 //!
 //! - `kafka_to_parquet/json`: sensor readings as JSON values in a 4-partition topic →
 //!   `WHERE pressure < 50` (half the rows) with a projection → Parquet, `trigger`
@@ -11,12 +11,9 @@
 //! whole topic; the records are produced once, outside the timed loop. Throughput is
 //! in records per second. `cargo bench --bench kafka` (release) measures;
 //! `MILLRACE_BENCH_ROWS` sets the records (default 200 000). Under `cargo test
-//! --benches` each benchmark runs once over 5 000 records. Without an installed broker
-//! (`scripts/kafka-broker.sh install`) the benchmark says so and measures nothing.
+//! --benches` each benchmark runs once over 5 000 records.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -32,49 +29,9 @@ const PARTITIONS: i32 = 4;
 const DEFAULT_ROWS: usize = 200_000;
 const TEST_MODE_ROWS: usize = 5_000;
 
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-broker.sh")
-}
-
-/// A nisshi broker on a free port, killed when dropped.
-struct Broker {
-    port: u16,
-}
-
-impl Broker {
-    /// Starts nisshi if it is installed (never installs it: that takes minutes).
-    fn start() -> Option<Broker> {
-        let path = Command::new(script())
-            .args(["path", "nisshi"])
-            .output()
-            .ok()?;
-        let binary = PathBuf::from(String::from_utf8_lossy(&path.stdout).trim());
-        if !binary.is_file() {
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .ok()?
-            .port();
-        let started = Command::new(script())
-            .args(["start", "nisshi", &port.to_string()])
-            .status()
-            .ok()?;
-        started.success().then_some(Broker { port })
-    }
-
-    fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = Command::new(script())
-            .args(["kill", &self.port.to_string()])
-            .status();
-    }
-}
+#[allow(dead_code)]
+#[path = "../tests/common/kafka.rs"]
+mod kafka;
 
 /// Creates the topic and produces `rows` JSON readings round-robin over its partitions.
 fn produce(bootstrap: &str, rows: usize) {
@@ -180,12 +137,7 @@ fn run(runtime: &Runtime, bootstrap: &str, dir: &Path, raw: bool) -> u64 {
 }
 
 fn bench_kafka(c: &mut Criterion) {
-    let Some(broker) = Broker::start() else {
-        eprintln!(
-            "kafka benchmark skipped: no nisshi broker installed (scripts/kafka-broker.sh install)"
-        );
-        return;
-    };
+    let broker = kafka::shared();
     let measuring = std::env::args().any(|a| a == "--bench");
     let rows = if measuring {
         std::env::var("MILLRACE_BENCH_ROWS")
@@ -196,7 +148,7 @@ fn bench_kafka(c: &mut Criterion) {
     } else {
         TEST_MODE_ROWS
     };
-    produce(&broker.bootstrap(), rows);
+    produce(&broker.bootstrap, rows);
     let runtime = Runtime::new().expect("tokio runtime");
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut group = c.benchmark_group("kafka_to_parquet");
@@ -215,7 +167,7 @@ fn bench_kafka(c: &mut Criterion) {
             b.iter_batched(
                 || (),
                 |()| {
-                    let written = run(&runtime, &broker.bootstrap(), dir.path(), raw);
+                    let written = run(&runtime, &broker.bootstrap, dir.path(), raw);
                     assert_eq!(written, kept, "{name}: rows written");
                     written
                 },

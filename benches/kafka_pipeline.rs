@@ -1,16 +1,15 @@
-//! Criterion benchmark of Kafka → Kafka through the whole engine, each broker being
-//! both the source's and the sink's:
+//! Criterion benchmark of Kafka → Kafka through the whole engine, on the Apache Kafka
+//! broker of `scripts/kafka-broker.sh` (started on free loopback ports):
 //!
-//! - `kafka_pipeline/filter/{exactly_once/tansu, at_least_once/nisshi}`: `WHERE
+//! - `kafka_pipeline/filter/{exactly_once, at_least_once}`: `WHERE
 //!   pressure < 50` (half the records) with a projection, to a topic keyed by sensor;
 //! - `kafka_pipeline/window/{...}`: `count(*)` and `avg(temp)` per sensor and 1-minute
 //!   tumbling event-time window, watermark 10 seconds, append mode.
 //!
 //! The queries are those of `millrace bench --workload kafka-filter|kafka-window`
 //! (`src/bench/kafka.rs`). Input: `MILLRACE_BENCH_ROWS` sensor readings (default
-//! 50 000) as JSON values, produced once per broker, outside the timed loop, into a
-//! 4-partition topic (each partition's last record in a batch of its own, for tansu's
-//! high watermark, see docs/kafka.md); `max_offsets_per_trigger` is a tenth of the
+//! 50 000) as JSON values, produced once, outside the timed loop, into a
+//! 4-partition topic; `max_offsets_per_trigger` is a tenth of the
 //! input, so a run is 10 batches (11 for the window: the final watermark's no-data
 //! batch). Every iteration runs the query with `trigger` `available_now`, a fresh
 //! checkpoint and a fresh output topic; throughput is in input records per second.
@@ -20,8 +19,7 @@
 //!
 //! `cargo bench --bench kafka_pipeline` measures (release). Under `cargo test --benches`
 //! each case runs once over 2 000 records in 2 batches (a batch costs a few hundred ms
-//! in a debug build, whatever its size). A broker that is not installed
-//! (`scripts/kafka-broker.sh install`) is skipped with a note.
+//! in a debug build, whatever its size).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,7 +36,7 @@ mod kafka;
 #[path = "../tests/common/topic.rs"]
 mod topic;
 
-use kafka::{Broker, BrokerKind};
+use kafka::Broker;
 
 const INPUT: &str = "readings";
 const PARTITIONS: i32 = 4;
@@ -101,25 +99,12 @@ fn bench_kafka_pipeline(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(rows));
     let runs = AtomicU64::new(0);
-    for (kind, name, delivery) in [
-        (BrokerKind::Tansu, "tansu", KafkaDelivery::ExactlyOnce),
-        (BrokerKind::Nisshi, "nisshi", KafkaDelivery::AtLeastOnce),
-    ] {
+    let broker = kafka::shared();
+    produce_readings(&broker.bootstrap, INPUT, PARTITIONS, rows).expect("produce the input");
+    for delivery in [KafkaDelivery::ExactlyOnce, KafkaDelivery::AtLeastOnce] {
         let delivery_name = millrace::bench::kafka::delivery_option(delivery);
-        if !kind.installed() {
-            eprintln!(
-                "kafka_pipeline/*/{delivery_name}/{name}: skipped, {name} is not installed \
-                 (scripts/kafka-broker.sh install)"
-            );
-            continue;
-        }
-        let broker = Broker::start(kind);
-        produce_readings(&broker.bootstrap, INPUT, PARTITIONS, rows).expect("produce the input");
         for workload in [KafkaWorkload::Filter, KafkaWorkload::Window] {
-            let id = BenchmarkId::new(
-                workload.name().trim_start_matches("kafka-"),
-                format!("{delivery_name}/{name}"),
-            );
+            let id = BenchmarkId::new(workload.name().trim_start_matches("kafka-"), delivery_name);
             group.bench_function(id, |b| {
                 b.iter_custom(|iterations| {
                     let mut timed = Duration::ZERO;
@@ -140,7 +125,7 @@ fn bench_kafka_pipeline(c: &mut Criterion) {
                         let started = Instant::now();
                         let report = run.run(&runtime, rows).expect("the benchmark query");
                         timed += started.elapsed();
-                        check_output(&broker, workload, &output, report.output_rows, rows);
+                        check_output(broker, workload, &output, report.output_rows, rows);
                         let _ = std::fs::remove_dir_all(&checkpoint);
                     }
                     timed

@@ -1,15 +1,13 @@
 //! Criterion benchmark of files → filter → Kafka sink through the whole engine:
 //!
-//! - `kafka_sink/exactly_once/tansu`: one transaction per batch, with the batch marker;
-//! - `kafka_sink/at_least_once/nisshi`: idempotent producer, flushed per batch.
+//! - `kafka_sink/exactly_once`: one transaction per batch, with the batch marker;
+//! - `kafka_sink/at_least_once`: idempotent producer, flushed per batch.
 //!
 //! Input: `MILLRACE_BENCH_ROWS` CSV sensor readings (default 50 000) in 16 files, 4 per
 //! batch; the query keeps about half (`WHERE pressure < 50`) and writes them as JSON
 //! records keyed by sensor to a fresh 3-partition topic each iteration. Throughput is
-//! in input rows per second. Each broker is started on a free loopback port through
-//! `scripts/kafka-broker.sh`; a broker that is not installed is skipped with a note
-//! (`scripts/kafka-broker.sh install` installs both), so `cargo test --benches` passes
-//! on machines without them.
+//! in input rows per second. The Apache Kafka broker is started on free loopback ports
+//! through `scripts/kafka-broker.sh` (installed on first use).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +22,7 @@ use tokio::runtime::Runtime;
 #[path = "../tests/common/kafka.rs"]
 mod kafka;
 
-use kafka::{Broker, BrokerKind};
+use kafka::Broker;
 
 const FILES: usize = 16;
 const FILES_PER_TRIGGER: usize = 4;
@@ -83,23 +81,13 @@ fn bench_kafka_sink(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(10));
     group.throughput(Throughput::Elements(rows));
     let topics = AtomicU64::new(0);
-    for (kind, name, delivery) in [
-        (BrokerKind::Tansu, "tansu", "exactly_once"),
-        (BrokerKind::Nisshi, "nisshi", "at_least_once"),
-    ] {
-        if !kind.installed() {
-            eprintln!(
-                "kafka_sink/{delivery}/{name}: skipped, {name} is not installed \
-                 (scripts/kafka-broker.sh install)"
-            );
-            continue;
-        }
-        let broker = Broker::start(kind);
-        group.bench_function(BenchmarkId::new(delivery, name), |b| {
+    let broker = kafka::shared();
+    for delivery in ["exactly_once", "at_least_once"] {
+        group.bench_function(BenchmarkId::new(delivery, "kafka"), |b| {
             b.iter_batched(
                 || format!("bench-{}", topics.fetch_add(1, Ordering::SeqCst)),
                 |topic| {
-                    let written = run(&runtime, dir.path(), &broker, delivery, &topic);
+                    let written = run(&runtime, dir.path(), broker, delivery, &topic);
                     assert!(written > 0, "the filter kept no rows");
                     written
                 },

@@ -4,7 +4,7 @@
 //! with the running count as value (`{"word":"the","n":2}`) to topic `word_counts`
 //! (update mode: a compacted topic keeps the latest count per word).
 //!
-//! Needs a broker (`scripts/kafka-broker.sh start nisshi`, on 127.0.0.1:9092). From
+//! Needs a broker (`scripts/kafka-broker.sh start 9092`: Apache Kafka on 127.0.0.1:9092). From
 //! the repository root:
 //!
 //! ```sh
@@ -20,8 +20,8 @@
 //! SQL example): `--bootstrap` / `KAFKA_BOOTSTRAP` (`127.0.0.1:9092`), `--input` /
 //! `INPUT_TOPIC` (`lines`), `--output` / `OUTPUT_TOPIC` (`word_counts`),
 //! `--checkpoint` / `CHECKPOINT` (`checkpoints/kafka_word_count`), `--delivery` /
-//! `DELIVERY` (`at_least_once`: nisshi has no transactions; `exactly_once` on a broker
-//! with transactions, such as `scripts/kafka-broker.sh start tansu`).
+//! `DELIVERY` (`at_least_once`; `exactly_once` for one transaction per batch, read with
+//! `--read-committed`).
 //!
 //! The input topic is read from its first record on the query's first run
 //! (`starting_offsets` `earliest`); a restarted run resumes from its checkpoint.

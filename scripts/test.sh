@@ -2,14 +2,19 @@
 # The test command of the README: builds millrace and runs every test (unit,
 # integration, sql/ scripts, crash tests), after checking that the criterion
 # benchmarks still run (each benchmark once, in test mode). Ends with one line
-# totalling the tests that ran. The Kafka tests start real brokers on loopback
-# through scripts/kafka-broker.sh; they are installed first (once per machine, into
-# ~/.cache/millrace/brokers: about 8 minutes the first time). The web UI test drives
-# a real headless chromium, installed by scripts/browser.sh (apt-get, npm).
+# totalling the tests that ran. The Kafka tests run against Apache Kafka 4.4, started
+# on free loopback ports by scripts/kafka-broker.sh (one broker per test binary); it
+# is installed first (Maven Central, once per machine, into ~/.cache/millrace/: about
+# 30 seconds the first time; needs Java 17 and Maven). The web UI test drives
+# a real headless chromium, installed by scripts/browser.sh (apt-get, npm). The
+# PostgreSQL tests start a real server the same way through scripts/postgres.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/millrace/target}"
 scripts/kafka-broker.sh install
+# Debian's postgresql for the PostgreSQL sink's tests (tests/postgres_sink.rs starts
+# its own throwaway server on a free loopback port through scripts/postgres.sh).
+scripts/postgres.sh install
 # The web UI test's headless browser (Debian's chromium, playwright-core from npm);
 # without them that test prints SKIPPED and why.
 scripts/browser.sh install

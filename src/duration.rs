@@ -29,7 +29,30 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
             "unknown time unit '{unit}' in '{text}': use milliseconds, seconds, minutes, hours or days"
         ))
     })?;
-    Ok(Duration::from_micros((millis * 1000.0).round() as u64))
+    let nanos = (millis * 1_000.0).round() * 1_000.0;
+    if !nanos.is_finite() || nanos > MAX_DURATION_NANOS as f64 {
+        return Err(too_long(text));
+    }
+    Ok(Duration::from_nanos(nanos as u64))
+}
+
+/// The longest duration millrace accepts, in nanoseconds: `i64::MAX`, about 292
+/// years (106,751 days). Window bounds, watermarks and timestamps are `i64`
+/// nanoseconds, so a longer duration would wrap around and give windows that end
+/// before they start.
+pub const MAX_DURATION_NANOS: i64 = i64::MAX;
+
+fn too_long(text: &str) -> Error {
+    Error::Option(format!(
+        "duration '{text}' is too long: durations must be at most 106751 days (about 292 \
+         years), the range of a timestamp"
+    ))
+}
+
+/// A checked duration as `i64` nanoseconds (every duration `parse_duration`
+/// returns fits).
+pub fn as_nanos_i64(duration: Duration) -> Result<i64> {
+    i64::try_from(duration.as_nanos()).map_err(|_| too_long(&format!("{duration:?}")))
 }
 
 fn unit_millis(unit: &str) -> Option<f64> {
@@ -99,5 +122,22 @@ mod tests {
         assert_eq!(parse_duration("1.5 min").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("3 fortnights").is_err());
+    }
+
+    #[test]
+    fn overflowing_durations_are_refused() {
+        for text in [
+            "99999999999 days",
+            "106752 days",
+            "99999999999999999999999999999999 ms",
+        ] {
+            let error = parse_duration(text).unwrap_err().to_string();
+            assert!(
+                error.contains("too long") || error.contains("cannot read"),
+                "{text}: {error}"
+            );
+        }
+        let longest = parse_duration("106751 days").unwrap();
+        assert!(as_nanos_i64(longest).is_ok());
     }
 }

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
@@ -42,6 +43,15 @@ pub enum Error {
     Arrow(ArrowError),
     /// The query was stopped while the caller waited for it.
     Stopped(String),
+    /// A running streaming query failed (Spark's `StreamingQueryException`): `cause`
+    /// is the error that ended it, with its own variant, so a caller of
+    /// `await_termination` can tell a checkpoint problem from bad data or a full disk.
+    Query {
+        /// The query's name.
+        name: String,
+        /// The error that ended the query.
+        cause: Arc<Error>,
+    },
 }
 
 impl Error {
@@ -49,6 +59,14 @@ impl Error {
     pub fn io(path: impl AsRef<Path>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.as_ref().to_path_buf();
         move |source| Error::Io { path, source }
+    }
+
+    /// The error behind this one: the cause of a failed query, otherwise itself.
+    pub fn root_cause(&self) -> &Error {
+        match self {
+            Error::Query { cause, .. } => cause.root_cause(),
+            other => other,
+        }
     }
 }
 
@@ -60,12 +78,41 @@ impl fmt::Display for Error {
             Error::Unsupported(m) => write!(f, "not supported: {m}"),
             Error::Data(m) => write!(f, "data error: {m}"),
             Error::Checkpoint(m) => write!(f, "checkpoint error: {m}"),
-            Error::Io { path, source } => write!(f, "I/O error on {}: {source}", path.display()),
+            Error::Io { path, source } => write!(
+                f,
+                "I/O error on {}: {source}{}",
+                path.display(),
+                io_hint(source.kind())
+            ),
             Error::Network(m) => write!(f, "network error: {m}"),
             Error::DataFusion(e) => write!(f, "{e}"),
             Error::Arrow(e) => write!(f, "Arrow error: {e}"),
             Error::Stopped(m) => write!(f, "query stopped: {m}"),
+            Error::Query { name, cause } => write!(f, "streaming query '{name}' failed: {cause}"),
         }
+    }
+}
+
+/// What to do about an I/O error of a kind a user can fix. A query stopped by one
+/// resumes from its last committed batch when started again: nothing committed is
+/// lost, and the interrupted batch is run again.
+fn io_hint(kind: std::io::ErrorKind) -> &'static str {
+    use std::io::ErrorKind;
+    match kind {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            "; free space on that file system, then start the query again: it resumes \
+             from its last committed batch"
+        }
+        ErrorKind::ReadOnlyFilesystem => {
+            "; the file system is read-only: remount it read-write (or move the checkpoint \
+             to a writable directory), then start the query again: it resumes from its \
+             last committed batch"
+        }
+        ErrorKind::PermissionDenied => {
+            "; give the user running millrace read and write access to it, then start the \
+             query again: it resumes from its last committed batch"
+        }
+        _ => "",
     }
 }
 
@@ -75,6 +122,7 @@ impl std::error::Error for Error {
             Error::Io { source, .. } => Some(source),
             Error::DataFusion(e) => Some(e.as_ref()),
             Error::Arrow(e) => Some(e),
+            Error::Query { cause, .. } => Some(cause.as_ref()),
             _ => None,
         }
     }

@@ -114,11 +114,14 @@ impl ScalarUDFImpl for WindowListFunction {
         for t in nanos.iter() {
             if let Some(t) = t {
                 // The latest window holding t, then earlier ones while they still do.
-                let mut start = t - (t - offset).rem_euclid(slide);
+                let mut start = window_start(t, offset, slide)?;
                 let mut found = Vec::new();
-                while start + size > t {
+                while window_end(start, size)? > t {
                     found.push(start);
-                    start -= slide;
+                    match start.checked_sub(slide) {
+                        Some(earlier) => start = earlier,
+                        None => break,
+                    }
                 }
                 starts.extend(found.into_iter().rev());
             }
@@ -183,7 +186,10 @@ fn window_structs(
     fields: Fields,
     nulls: Option<datafusion::arrow::buffer::NullBuffer>,
 ) -> datafusion::common::Result<StructArray> {
-    let ends: TimestampNanosecondArray = starts.iter().map(|s| s.map(|s| s + size)).collect();
+    let ends: TimestampNanosecondArray = starts
+        .iter()
+        .map(|s| s.map(|s| window_end(s, size)).transpose())
+        .collect::<datafusion::common::Result<_>>()?;
     session_structs(starts, &ends, fields, nulls)
 }
 
@@ -198,15 +204,11 @@ fn duration_literal(
         | Some(ScalarValue::LargeUtf8(Some(s))) => s.clone(),
         Some(ScalarValue::IntervalMonthDayNano(Some(v))) if v.months == 0 => {
             let nanos = v.days as i128 * 86_400_000_000_000 + v.nanoseconds as i128;
-            return u64::try_from(nanos)
-                .map(Duration::from_nanos)
-                .map_err(|_| DataFusionError::Plan(format!("{name} must be positive")));
+            return interval_nanos(name, nanos);
         }
         Some(ScalarValue::IntervalDayTime(Some(v))) => {
-            let millis = v.days as i64 * 86_400_000 + v.milliseconds as i64;
-            return u64::try_from(millis)
-                .map(Duration::from_millis)
-                .map_err(|_| DataFusionError::Plan(format!("{name} must be positive")));
+            let nanos = (v.days as i128 * 86_400_000 + v.milliseconds as i128) * 1_000_000;
+            return interval_nanos(name, nanos);
         }
         _ => {
             return plan_err!(
@@ -215,6 +217,44 @@ fn duration_literal(
         }
     };
     parse_duration(&text).map_err(|e| DataFusionError::Plan(format!("{name} of window(): {e}")))
+}
+
+/// An interval literal's length, refused if negative or longer than a timestamp's
+/// range (it would wrap around and give windows ending before they start).
+fn interval_nanos(name: &str, nanos: i128) -> datafusion::common::Result<Duration> {
+    if nanos < 0 {
+        return plan_err!("{name} of window() must be positive");
+    }
+    if nanos > crate::duration::MAX_DURATION_NANOS as i128 {
+        return plan_err!(
+            "{name} of window() is too long: durations must be at most 106751 days (about \
+             292 years), the range of a timestamp"
+        );
+    }
+    Ok(Duration::from_nanos(nanos as u64))
+}
+
+/// `start + size`: the end of a window, or an error if it is past the last timestamp.
+fn window_end(start: i64, size: i64) -> datafusion::common::Result<i64> {
+    start.checked_add(size).ok_or_else(|| {
+        DataFusionError::Execution(format!(
+            "a window starting at {start} ns since 1970 with a size of {size} ns ends after the \
+             last representable timestamp (year 2262): use a smaller window or check the \
+             event times"
+        ))
+    })
+}
+
+/// The start of the window of size `size` (offset `offset`) holding `t`.
+fn window_start(t: i64, offset: i64, size: i64) -> datafusion::common::Result<i64> {
+    t.checked_sub(offset)
+        .and_then(|shifted| t.checked_sub(shifted.rem_euclid(size)))
+        .ok_or_else(|| {
+            DataFusionError::Execution(format!(
+                "the window of timestamp {t} ns since 1970 starts before the first \
+                 representable timestamp (year 1677): check the event times"
+            ))
+        })
 }
 
 /// Spark's `window(timeColumn, windowDuration [, slideDuration [, startTime]])`.
@@ -322,8 +362,8 @@ impl ScalarUDFImpl for WindowFunction {
         let starts: TimestampNanosecondArray = nanos
             .as_primitive::<TimestampNanosecondType>()
             .iter()
-            .map(|t| t.map(|t| t - (t - offset).rem_euclid(size)))
-            .collect();
+            .map(|t| t.map(|t| window_start(t, offset, size)).transpose())
+            .collect::<datafusion::common::Result<_>>()?;
         let window = window_structs(&starts, size, fields, ts.logical_nulls())?;
         Ok(ColumnarValue::Array(Arc::new(window) as ArrayRef))
     }
@@ -496,7 +536,7 @@ impl ScalarUDFImpl for SessionWindowFunction {
             match (t, gap) {
                 (Some(t), Some(gap)) if gap > 0 => {
                     starts.push(Some(t));
-                    ends.push(Some(t + gap));
+                    ends.push(Some(window_end(t, gap)?));
                     valid.push(true);
                 }
                 _ => {

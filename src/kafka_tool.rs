@@ -7,17 +7,16 @@ use std::io::{BufRead, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::connector::kafka::client::{TopicNotCreated, config, create_topic};
+use crate::connector::kafka::sink::send_when_room;
 use crate::error::{Error, Result};
-use crate::sink::kafka::send_when_room;
 
 /// How long a broker call may take before the tool gives up.
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -82,54 +81,6 @@ fn unreachable(bootstrap: &str, doing: &str, error: KafkaError, context: &ToolCo
     ))
 }
 
-/// Client settings of millrace's own helper clients (this tool, `millrace bench`):
-/// the brokers, and no topic created behind the user's back by a metadata request.
-pub(crate) fn config(bootstrap: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("allow.auto.create.topics", "false");
-    config
-}
-
-/// Why [`create_topic`] did not create the topic.
-pub(crate) enum TopicNotCreated {
-    /// The admin client could not be made (a setting is wrong).
-    Config(KafkaError),
-    /// The request did not get an answer (brokers unreachable, timeout).
-    Client(KafkaError),
-    /// The broker answered with an error (the topic exists, an invalid name, ...).
-    Refused(RDKafkaErrorCode),
-}
-
-/// Creates `topic` with `partitions` partitions and `replication` replicas (-1: the
-/// broker's default), waiting up to `timeout` for the broker's answer; shared by `millrace kafka
-/// produce` and the Kafka benchmarks, which word their errors differently.
-pub(crate) fn create_topic(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    replication: i32,
-    timeout: Duration,
-) -> std::result::Result<(), TopicNotCreated> {
-    let admin: AdminClient<DefaultClientContext> = config(bootstrap)
-        .create()
-        .map_err(TopicNotCreated::Config)?;
-    let created = futures::executor::block_on(admin.create_topics(
-        [&NewTopic::new(
-            topic,
-            partitions,
-            TopicReplication::Fixed(replication),
-        )],
-        &AdminOptions::new().operation_timeout(Some(timeout)),
-    ))
-    .map_err(TopicNotCreated::Client)?;
-    for result in created {
-        result.map_err(|(_, code)| TopicNotCreated::Refused(code))?;
-    }
-    Ok(())
-}
-
 fn client_error(e: KafkaError) -> Error {
     Error::Option(format!("Kafka client: {e}"))
 }
@@ -159,7 +110,7 @@ pub fn produce(
         .create_with_context(ToolContext::default())
         .map_err(client_error)?;
     if partitions(&consumer, bootstrap, topic)? == 0 {
-        match create_topic(bootstrap, topic, partitions_if_new, -1, TIMEOUT) {
+        match create_topic(&config(bootstrap), topic, partitions_if_new, -1, TIMEOUT) {
             Ok(()) | Err(TopicNotCreated::Refused(RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err(TopicNotCreated::Config(e)) => return Err(client_error(e)),
             Err(TopicNotCreated::Client(e)) => {

@@ -23,6 +23,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod connector;
 pub mod crash_point;
 pub mod dataframe;
 pub mod demo;

@@ -112,6 +112,11 @@ enum Action {
         /// Distinct keys of tumbling and groupby [default: 1000 for tumbling, 1000000 for groupby].
         #[arg(long)]
         keys: Option<usize>,
+        /// Write the input of tumbling and groupby into DIR/in/ and keep it (to run
+        /// another engine over the same files, e.g. scripts/duckdb-groupby.sh), instead
+        /// of a temporary directory removed afterwards.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
         /// The Kafka broker of kafka-filter and kafka-window (source and sink), HOST:PORT;
         /// start one with scripts/kafka-broker.sh start.
         #[arg(long, value_name = "HOST:PORT")]
@@ -300,6 +305,7 @@ fn run_action(cli: Cli, session: &Session, runtime: &Runtime) -> Result<()> {
             files,
             files_per_trigger,
             keys,
+            dir,
             bootstrap,
             delivery,
             partitions,
@@ -334,7 +340,7 @@ fn run_action(cli: Cli, session: &Session, runtime: &Runtime) -> Result<()> {
                 files: files.max(1),
                 files_per_trigger,
             };
-            return run_bench(runtime, workload, size, keys);
+            return run_bench(runtime, workload, size, keys, dir);
         }
         Some(Action::Kafka { action }) => return kafka(action),
         None => {}
@@ -537,6 +543,7 @@ fn run_bench(
     workload: Workload,
     size: BenchSize,
     keys: Option<usize>,
+    keep_dir: Option<std::path::PathBuf>,
 ) -> Result<()> {
     if cfg!(debug_assertions) {
         eprintln!(
@@ -546,9 +553,9 @@ fn run_bench(
     let rows_per_file = size.rows.div_ceil(size.files);
     let temp_dir = || std::env::temp_dir().join(format!("millrace-bench-{}", uuid::Uuid::new_v4()));
     let Some(aggregation) = AggregationWorkload::of(workload) else {
-        if keys.is_some() {
+        if keys.is_some() || keep_dir.is_some() {
             return Err(Error::Option(
-                "--keys applies to the tumbling and groupby workloads".into(),
+                "--keys and --dir apply to the tumbling and groupby workloads".into(),
             ));
         }
         for format in [BenchFormat::Json, BenchFormat::Csv] {
@@ -562,12 +569,21 @@ fn run_bench(
         return Ok(());
     };
     let keys = keys.unwrap_or(aggregation.default_keys());
-    let dir = temp_dir();
+    let dir = keep_dir.clone().unwrap_or_else(temp_dir);
+    if keep_dir.is_some() {
+        bench::reset_run_dirs(&dir)?;
+        let input = dir.join("in");
+        if input.exists() {
+            std::fs::remove_dir_all(&input).map_err(Error::io(&input))?;
+        }
+    }
     let report =
         bench::write_keyed_input(&dir, size.files, rows_per_file, keys).and_then(|written| {
             bench::run_aggregation(runtime, &dir, aggregation, size.files_per_trigger, written)
         });
-    let _ = std::fs::remove_dir_all(&dir);
+    if keep_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     println!("{} ({keys} keys)", report?);
     Ok(())
 }

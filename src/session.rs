@@ -26,6 +26,7 @@ use crate::sink::{OutputMode, SinkSpec};
 use crate::sql::ddl::{self, StatementKind};
 use crate::sql::split::split_statements;
 use crate::sql::{declare_stream, sink_options};
+use crate::state::StatePartitions;
 use crate::ui::{QueryList, UiServer};
 
 /// What running one statement produced.
@@ -83,6 +84,9 @@ pub struct Session {
     /// Set with `SET millrace.distinct_on = 'drop_duplicates' | 'within_watermark'`;
     /// applies to the queries started after it.
     distinct_on: Mutex<DistinctOnMode>,
+    /// Set with `SET millrace.state_partitions = N`; applies to the queries started
+    /// after it whose checkpoint has no state yet (a checkpoint keeps its number).
+    state_partitions: Mutex<Option<StatePartitions>>,
     /// Told about every query started from this session.
     listeners: Mutex<Vec<Arc<dyn StreamingQueryListener>>>,
 }
@@ -106,6 +110,7 @@ impl Session {
             bare_selects: Mutex::new(0),
             watermark_policy: Mutex::new(WatermarkPolicy::default()),
             distinct_on: Mutex::new(DistinctOnMode::default()),
+            state_partitions: Mutex::new(None),
             listeners: Mutex::new(vec![metrics]),
         }
     }
@@ -296,10 +301,18 @@ impl Session {
                     DistinctOnMode::parse(value)?;
                 Ok(StatementResult::Done)
             }
+            "state_partitions" => {
+                *self
+                    .state_partitions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(StatePartitions::parse(value)?);
+                Ok(StatementResult::Done)
+            }
             "ui" => self.apply_ui_setting(value),
             other => Err(Error::Option(format!(
                 "unknown setting 'millrace.{other}': the settings are \
-                 millrace.multiple_watermark_policy, millrace.distinct_on and millrace.ui"
+                 millrace.multiple_watermark_policy, millrace.distinct_on, \
+                 millrace.state_partitions and millrace.ui"
             ))),
         }
     }
@@ -443,7 +456,19 @@ impl Session {
             output_mode,
             trigger,
             checkpoint,
-            state: streaming_state(self.state()),
+            state: {
+                let mut state = streaming_state(self.state());
+                let partitions = *self
+                    .state_partitions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if let Some(partitions) = partitions {
+                    state
+                        .config_mut()
+                        .set_extension(std::sync::Arc::new(partitions));
+                }
+                state
+            },
             print_progress: self.settings.print_progress,
             memory_table,
             retain_batches: self.settings.retain_batches,
@@ -458,7 +483,12 @@ impl Session {
                 .clone(),
         };
         let plan_text = config.plan.plan.display_indent().to_string();
-        let query = StreamingQuery::start(config, self.runtime.clone())?;
+        // Opening sources and sinks talks to external systems with blocking calls
+        // (librdkafka: metadata, `init_transactions`): off tokio's worker threads.
+        let runtime = self.runtime.clone();
+        let query = tokio::task::spawn_blocking(move || StreamingQuery::start(config, runtime))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         self.queries.push(query.clone(), plan_text);
         Ok(query)
     }

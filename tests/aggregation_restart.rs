@@ -82,19 +82,24 @@ fn state_survives_restarts_and_crashes_around_the_commit() {
             ],
             "crash point {crash_point:?}; stdout:\n{stdout}"
         );
-        // The state is kept as Arrow IPC versions, one per batch.
+        // The state is kept as Arrow IPC versions, one per batch, in each partition
+        // (the default 4) below the operator's directory.
         let state_dir = tmp.path().join("ckpt/state/0");
-        let deltas = fs::read_dir(&state_dir)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
+        let deltas: Vec<usize> = (0..4)
+            .map(|p| {
+                fs::read_dir(state_dir.join(p.to_string()))
                     .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".delta.arrow")
+                    .filter(|e| {
+                        e.as_ref()
+                            .unwrap()
+                            .file_name()
+                            .to_string_lossy()
+                            .ends_with(".delta.arrow")
+                    })
+                    .count()
             })
-            .count();
-        assert_eq!(deltas, 3, "one state version per batch");
+            .collect();
+        assert_eq!(deltas, [3; 4], "one state version per batch and partition");
         let progress = fs::read_to_string(tmp.path().join("ckpt/progress.jsonl")).unwrap();
         let last: serde_json::Value =
             serde_json::from_str(progress.lines().last().unwrap()).unwrap();

@@ -21,14 +21,18 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// The crash points of the micro-batch loop and the file sink, in batch order.
-const CRASH_POINTS: [&str; 4] = [
+const CRASH_POINTS: [&str; 6] = [
     "after-offsets",
     "after-sink-manifest",
     "after-sink",
     "after-commit",
+    // Between writing a compaction and deleting the entries it folds (the sink's
+    // manifest, the file source's log): plain readers must not notice.
+    "after-sink-compaction",
+    "after-source-compaction",
 ];
 
-/// Restarts in total; every fifth one aborts at a crash point (each point three times),
+/// Restarts in total; every fifth one aborts at a crash point (each point twice),
 /// the others are `kill -9`ed at a random instant.
 const RUNS: usize = 60;
 
@@ -158,7 +162,8 @@ fn kill_minus_nine_at_random_instants_loses_and_duplicates_nothing() {
         "temporaries left after the drain: {leftover:?}"
     );
 
-    // Every visible file belongs to a committed batch's manifest, and vice versa.
+    // Every visible file belongs to a committed batch's manifest, and vice versa. The
+    // manifest is compacted: batches up to the newest compaction are counted there.
     let manifest_dir = output.join("_millrace_sink");
     let mut listed = BTreeSet::new();
     for id in log_ids(&manifest_dir) {
@@ -167,10 +172,39 @@ fn kill_minus_nine_at_random_instants_loses_and_duplicates_nothing() {
             listed.insert(output.join(file.as_str().expect("file name")));
         }
     }
-    let visible: BTreeSet<_> = visible_files(&output).into_iter().collect();
+    let compaction = std::fs::read_dir(&manifest_dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".compact")?.parse::<u64>().ok()
+        })
+        .max()
+        .map(|last| read_json(&manifest_dir.join(format!("{last}.compact"))));
+    let folded_upto = compaction
+        .as_ref()
+        .map(|c| c["lastBatchId"].as_u64().expect("lastBatchId"));
+    let batch_of = |path: &std::path::Path| -> u64 {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        name.strip_prefix("part-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not an output file name: {name}"))
+    };
+    let (folded, unfolded): (Vec<_>, Vec<_>) = visible_files(&output)
+        .into_iter()
+        .partition(|p| folded_upto.is_some_and(|upto| batch_of(p) <= upto));
+    let visible: BTreeSet<_> = unfolded.into_iter().collect();
     assert_eq!(
         visible, listed,
         "visible output files differ from the files the sink manifests list"
+    );
+    assert_eq!(
+        folded.len() as u64,
+        compaction
+            .as_ref()
+            .map_or(0, |c| c["files"].as_u64().expect("files")),
+        "visible files of compacted batches differ from the compaction's count"
     );
 
     // The checkpoint ends committed.

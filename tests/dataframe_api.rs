@@ -458,10 +458,10 @@ async fn mistakes_are_refused_with_messages_that_say_what_to_do() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn format_kafka_writes_each_batchs_changed_counts_keyed_by_sensor() {
-    use common::kafka::{Broker, BrokerKind};
+    use common::kafka::shared;
     use common::topic::read_topic;
 
-    let broker = Broker::start(BrokerKind::Nisshi);
+    let broker = shared();
     let tmp = common::temp_dir();
     let input = common::make_dir(tmp.path(), "in");
     let files: [&[(&str, u32, f64)]; 3] = [
@@ -516,13 +516,10 @@ async fn format_kafka_writes_each_batchs_changed_counts_keyed_by_sensor() {
         batch.sort();
         expected.push(batch);
     }
-    let records = tokio::task::spawn_blocking(move || {
-        let records = read_topic(&broker.bootstrap, "sensor_counts", false);
-        drop(broker);
-        records
-    })
-    .await
-    .unwrap();
+    let records =
+        tokio::task::spawn_blocking(move || read_topic(&broker.bootstrap, "sensor_counts", false))
+            .await
+            .unwrap();
     assert!(records.iter().all(|r| r.partition == 0), "{records:?}");
     let decoded: Vec<(String, String, i64)> = records
         .iter()
@@ -643,10 +640,10 @@ mod kafka_word_count;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kafka_word_count_example_writes_each_runs_changed_counts_keyed_by_word() {
-    use common::kafka::{Broker, BrokerKind};
+    use common::kafka::shared;
     use common::topic::{create_topic, produce, read_topic};
 
-    let broker = Arc::new(Broker::start(BrokerKind::Nisshi));
+    let broker = shared();
     let tmp = common::temp_dir();
     let bootstrap = broker.bootstrap.clone();
     tokio::task::spawn_blocking(move || create_topic(&bootstrap, "lines", 2))

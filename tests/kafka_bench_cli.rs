@@ -7,7 +7,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::kafka::{Broker, BrokerKind};
+use common::kafka::shared;
 
 fn millrace(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_millrace"))
@@ -88,8 +88,7 @@ fn kafka_workloads_need_a_bootstrap_and_a_known_delivery() {
 
 #[test]
 fn kafka_filter_runs_against_a_real_broker_and_reports_its_input() {
-    // tansu: the default delivery (exactly_once) needs transactions.
-    let broker = Broker::start(BrokerKind::Tansu);
+    let broker = shared();
     let out = millrace(&[
         "bench",
         "--workload",

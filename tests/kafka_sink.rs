@@ -1,16 +1,8 @@
-//! The Kafka sink against real brokers on loopback (see `/work/shared/kafka-brokers.md`
-//! and `docs/kafka-exactly-once.md`):
-//!
-//! - **nisshi** has no transactions: the at-least-once sink, formats, keys, errors.
-//! - **tansu** has transactions, with defects a test must not step on: a
-//!   `read_committed` reader still sees the records of a transaction that was aborted
-//!   because its producer died (an explicit `abort_transaction` does hide them), latest
-//!   offsets are wrong, a fenced zombie's commit times out instead of failing at once
-//!   (`kafka_broker_probe`), and the offsets of a transaction
-//!   without records are dropped. Every assertion below is true on a correct broker;
-//!   where tansu's defect makes a stronger one impossible, the test says so and asserts
-//!   what millrace itself controls (the batch marker, what the restarted process
-//!   writes).
+//! The Kafka sink against Apache Kafka 4.4 on loopback (one broker for this test
+//! binary, `tests/common/kafka.rs`; each test its own topics; see
+//! `docs/kafka-exactly-once.md`): formats and keys, update mode, exactly-once across a
+//! crash at each point of the transaction window (a `read_committed` reader sees every
+//! record once), errors.
 //!
 //! Topics are read independently of millrace's client code (`common::topic`), to a
 //! sentinel record in every partition, never by waiting for a quiet moment.
@@ -21,22 +13,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::kafka::{Broker, BrokerKind};
-use common::topic::{Record, committed_offset, create_topic, partition_count, read_topic};
+use common::kafka::{Broker, shared, unique};
+use common::topic::{
+    Record, abort_open_transaction, committed_offset, create_topic, partition_count, read_topic,
+};
 use common::*;
 use millrace::{Session, SessionSettings, StatementResult};
 use serde_json::Value;
 use tokio::runtime::Runtime;
-
-/// Whether the broker hides, from `read_committed` readers, the records of a
-/// transaction aborted because its producer crashed. A correct Kafka broker does;
-/// tansu 0.6 does not (its read_committed fetches carry no aborted-transaction list).
-fn hides_crash_aborted_records(kind: BrokerKind) -> bool {
-    match kind {
-        BrokerKind::Tansu => false,
-        BrokerKind::Nisshi => panic!("nisshi has no transactions"),
-    }
-}
 
 /// The query id in a checkpoint's metadata: the Kafka sink's transactional id and
 /// batch-marker group are `millrace-<query id>`.
@@ -48,8 +32,11 @@ fn query_id(checkpoint: &Path) -> String {
 }
 
 /// The batch marker: `Some(n)` when the topic holds batches up to `n - 1` of the query.
+/// Read after aborting a transaction a crashed run left open (as the restart would):
+/// the broker withholds a marker sent in an open transaction.
 fn marker(broker: &Broker, checkpoint: &Path, topic: &str) -> Option<i64> {
     let group = format!("millrace-{}", query_id(checkpoint));
+    abort_open_transaction(&broker.bootstrap, &group);
     committed_offset(&broker.bootstrap, &group, topic, 0)
 }
 
@@ -107,39 +94,40 @@ fn pairs(records: &[Record]) -> Vec<(Option<String>, Option<String>)> {
 }
 
 // ---------------------------------------------------------------------------------
-// At-least-once on nisshi: formats and keys
+// At-least-once: formats and keys
 
 #[test]
 fn at_least_once_writes_every_row_as_json_csv_or_raw_with_its_key() {
-    let broker = Broker::start(BrokerKind::Nisshi);
+    let broker = shared();
     let root = temp_dir();
     let input = make_dir(root.path(), "in");
     write_inputs(&input, &[0..10, 10..25, 25..30]);
-    create_topic(&broker.bootstrap, "as-json", 3);
-    create_topic(&broker.bootstrap, "as-raw", 1);
+    let (as_json, as_csv, as_raw) = (unique("as-json"), unique("as-csv"), unique("as-raw"));
+    create_topic(&broker.bootstrap, &as_json, 3);
+    create_topic(&broker.bootstrap, &as_raw, 1);
     let checkpoint = |name: &str| root.path().join(format!("ckpt-{name}"));
     let alo = ", 'delivery' 'at_least_once'";
     let job = source(&input)
         + &kafka_sink(
             "to_json",
-            "as-json",
-            &broker,
+            &as_json,
+            broker,
             &checkpoint("json"),
             &format!("{alo}, 'key' 'id'"),
             "SELECT id, payload, id % 2 = 0 AS even FROM events WHERE id % 7 <> 3",
         )
         + &kafka_sink(
             "to_csv",
-            "as-csv",
-            &broker,
+            &as_csv,
+            broker,
             &checkpoint("csv"),
             &format!("{alo}, 'format' 'csv', 'create_topic' 'true'"),
             "SELECT id, concat(payload, ', \"quoted\"') AS text FROM events WHERE id < 5",
         )
         + &kafka_sink(
             "to_raw",
-            "as-raw",
-            &broker,
+            &as_raw,
+            broker,
             &checkpoint("raw"),
             &format!("{alo}, 'format' 'raw', 'key' 'payload'"),
             "SELECT payload, CASE WHEN id = 7 THEN NULL ELSE concat('value ', id) END AS v FROM events",
@@ -149,7 +137,7 @@ fn at_least_once_writes_every_row_as_json_csv_or_raw_with_its_key() {
 
     // JSON: one object per row, every column; the key is the id column's text; rows
     // of one key always go to one partition (3 partitions here).
-    let json = read_topic(&broker.bootstrap, "as-json", false);
+    let json = read_topic(&broker.bootstrap, &as_json, false);
     let mut expected: Vec<(Option<String>, Option<String>)> = passing_ids(30)
         .map(|id| {
             (
@@ -172,15 +160,15 @@ fn at_least_once_writes_every_row_as_json_csv_or_raw_with_its_key() {
 
     // CSV: one line per row, no header, quoted as CSV needs, no key; the topic was
     // created by the sink ('create_topic' 'true', 1 partition by default), in order.
-    assert_eq!(partition_count(&broker.bootstrap, "as-csv"), 1);
-    let csv = read_topic(&broker.bootstrap, "as-csv", false);
+    assert_eq!(partition_count(&broker.bootstrap, &as_csv), 1);
+    let csv = read_topic(&broker.bootstrap, &as_csv, false);
     let expected: Vec<(Option<String>, Option<String>)> = (0..5)
         .map(|id| (None, Some(format!(r##"{id},"p{id}, ""quoted""""##))))
         .collect();
     assert_eq!(pairs(&csv), expected, "CSV records, in batch order");
 
     // Raw: the value column as it is; a null value is a tombstone (no value).
-    let raw = read_topic(&broker.bootstrap, "as-raw", false);
+    let raw = read_topic(&broker.bootstrap, &as_raw, false);
     let expected: Vec<(Option<String>, Option<String>)> = (0..30)
         .map(|id| {
             let value = (id != 7).then(|| format!("value {id}"));
@@ -192,7 +180,7 @@ fn at_least_once_writes_every_row_as_json_csv_or_raw_with_its_key() {
 
 #[test]
 fn update_mode_with_a_key_writes_one_record_per_changed_group() {
-    let broker = Broker::start(BrokerKind::Tansu);
+    let broker = shared();
     let root = temp_dir();
     let input = make_dir(root.path(), "in");
     // Batch 0: a, b, a. Batch 1: b, c. Batch 2: only rows the WHERE drops.
@@ -205,13 +193,14 @@ fn update_mode_with_a_key_writes_one_record_per_changed_group() {
     write_atomic(&input, "f-000.json", words(&["a", "b", "a"], 0).as_bytes());
     write_atomic(&input, "f-001.json", words(&["b", "c"], 3).as_bytes());
     write_atomic(&input, "f-002.json", words(&["skip"], 5).as_bytes());
-    create_topic(&broker.bootstrap, "counts", 3);
+    let counts = unique("counts");
+    create_topic(&broker.bootstrap, &counts, 3);
     let checkpoint = root.path().join("ckpt");
     let job = source(&input)
         + &kafka_sink(
             "counts",
-            "counts",
-            &broker,
+            &counts,
+            broker,
             &checkpoint,
             ", 'key' 'word', 'output_mode' 'update'",
             "SELECT payload AS word, count(*) AS n FROM events WHERE payload <> 'skip' GROUP BY payload",
@@ -219,7 +208,7 @@ fn update_mode_with_a_key_writes_one_record_per_changed_group() {
     let job = write_job(root.path(), "job.sql", &job);
     run_success(&job, &root.path().join("run.err"));
 
-    let records = read_topic(&broker.bootstrap, "counts", true);
+    let records = read_topic(&broker.bootstrap, &counts, true);
     let mut per_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for (record, value) in records.iter().zip(values(&records)) {
         let key = record.key.clone().expect("keyed records");
@@ -246,15 +235,15 @@ fn update_mode_with_a_key_writes_one_record_per_changed_group() {
     // Batches 0 and 1 had rows; batch 2 had none and wrote nothing (no transaction,
     // so the marker stays at 2).
     assert_eq!(log_ids(&checkpoint.join("commits")), vec![0, 1, 2]);
-    assert_eq!(marker(&broker, &checkpoint, "counts"), Some(2));
+    assert_eq!(marker(broker, &checkpoint, &counts), Some(2));
 }
 
 // ---------------------------------------------------------------------------------
-// Exactly-once on tansu: a crash at each point of the transaction window
+// Exactly-once: a crash at each point of the transaction window
 
 /// What one crash-and-restart run left behind.
 struct CrashRun {
-    broker: Broker,
+    topic: String,
     checkpoint: PathBuf,
     /// Batch marker right after the crash.
     marker_after_crash: Option<i64>,
@@ -271,17 +260,18 @@ struct CrashRun {
 /// Three input files (three batches with rows), one JSON sink keyed by id: the first
 /// run aborts at `point` (in batch 0), the second runs to the end.
 fn crash_then_restart(point: &str) -> CrashRun {
-    let broker = Broker::start(BrokerKind::Tansu);
+    let broker = shared();
     let root = temp_dir();
     let input = make_dir(root.path(), "in");
     write_inputs(&input, &[0..10, 10..20, 20..30]);
-    create_topic(&broker.bootstrap, "out", 2);
+    let topic = unique("out");
+    create_topic(&broker.bootstrap, &topic, 2);
     let checkpoint = root.path().join("ckpt");
     let job = source(&input)
         + &kafka_sink(
             "out",
-            "out",
-            &broker,
+            &topic,
+            broker,
             &checkpoint,
             ", 'key' 'id', 'timeout' '10 seconds'",
             "SELECT id, payload FROM events WHERE id % 7 <> 3",
@@ -294,19 +284,19 @@ fn crash_then_restart(point: &str) -> CrashRun {
         "crashed in batch 0"
     );
     assert!(log_ids(&checkpoint.join("commits")).is_empty());
-    let marker_after_crash = marker(&broker, &checkpoint, "out");
-    let after_crash = read_topic(&broker.bootstrap, "out", false);
+    let marker_after_crash = marker(broker, &checkpoint, &topic);
+    let after_crash = read_topic(&broker.bootstrap, &topic, false);
     let (status, restart_stderr) = run_to_end(&job, &[], &root.path().join("restart.err"));
     assert!(status.success(), "restart failed: {restart_stderr}");
     assert_eq!(log_ids(&checkpoint.join("commits")), vec![0, 1, 2]);
     assert_eq!(
-        marker(&broker, &checkpoint, "out"),
+        marker(broker, &checkpoint, &topic),
         Some(3),
         "the marker ends at the last batch + 1"
     );
-    let after_restart = read_topic(&broker.bootstrap, "out", true);
+    let after_restart = read_topic(&broker.bootstrap, &topic, true);
     CrashRun {
-        broker,
+        topic,
         checkpoint,
         marker_after_crash,
         after_crash,
@@ -343,8 +333,9 @@ fn assert_crash_before_commit(run: &CrashRun) {
         "batch 0 was not committed, so the restart must write it: {}",
         run.restart_stderr
     );
-    // What millrace controls: the restarted run wrote every record exactly once, in
-    // committed transactions (the records after the crashed run's).
+    // The crashed run's records are in the partitions (read_uncommitted) but in an
+    // aborted transaction: a read_committed reader sees none of them, and every
+    // record of the restarted run once.
     let crashed_positions: Vec<(i32, i64)> = run
         .after_crash
         .iter()
@@ -355,27 +346,20 @@ fn assert_crash_before_commit(run: &CrashRun) {
         .iter()
         .cloned()
         .partition(|r| crashed_positions.contains(&(r.partition, r.offset)));
+    assert!(
+        aborted.is_empty(),
+        "read_committed shows aborted records: {aborted:?}"
+    );
     assert_exactly_once(
-        "records written by the restarted run",
+        "records seen by read_committed after the restart",
         ids(&committed),
         passing_ids(30),
     );
-    if hides_crash_aborted_records(run.broker.kind) {
-        assert!(
-            aborted.is_empty(),
-            "read_committed shows aborted records: {aborted:?}"
-        );
-    } else {
-        // BROKER DEFECT (tansu 0.6): the crashed run's aborted transaction stays
-        // visible to read_committed readers, so they see batch 0 twice. On a correct
-        // broker `aborted` is empty and the read_committed view is exactly once.
-        assert_eq!(ids(&aborted), crashed, "tansu shows the aborted attempt");
-    }
 }
 
 /// A crash after the broker's commit and before `commits/0`: the marker already says
-/// batch 0 is in the topic, so the replay writes nothing. Nothing is aborted on this
-/// path, so this is provable on tansu: exactly once for read_committed readers.
+/// batch 0 is in the topic, so the replay writes nothing: exactly once for
+/// read_committed readers.
 fn assert_crash_after_commit(run: &CrashRun) {
     assert_eq!(
         run.marker_after_crash,
@@ -383,8 +367,10 @@ fn assert_crash_after_commit(run: &CrashRun) {
         "batch 0 committed with its marker"
     );
     assert!(
-        run.restart_stderr
-            .contains("batch 0 is already committed to topic 'out'"),
+        run.restart_stderr.contains(&format!(
+            "batch 0 is already committed to topic '{}'",
+            run.topic
+        )),
         "the restart must skip batch 0: {}",
         run.restart_stderr
     );
@@ -489,28 +475,30 @@ fn a_broker_that_cannot_be_reached_is_a_clear_error_when_the_sink_starts() {
 
 #[test]
 fn a_missing_topic_is_refused_unless_the_sink_may_create_it() {
-    let broker = Broker::start(BrokerKind::Nisshi);
+    let broker = shared();
     let runtime = runtime();
     let root = temp_dir();
     let input = make_dir(root.path(), "in");
     let sink = |name: &str, options: &str| {
         format!(
-            "{}CREATE SINK {name} STORED AS KAFKA LOCATION '{name}' OPTIONS ('bootstrap.servers' \
+            "{}CREATE SINK {} STORED AS KAFKA LOCATION '{name}' OPTIONS ('bootstrap.servers' \
              '{}', 'delivery' 'at_least_once', 'trigger' 'available_now'{options}) AS SELECT id FROM events",
             source(&input),
+            name.replace('-', "_"),
             broker.bootstrap
         )
     };
-    let error = statement_error(&runtime, &sink("missing", ""));
+    let (missing, created) = (unique("missing"), unique("created"));
+    let error = statement_error(&runtime, &sink(&missing, ""));
     assert_contains(
         &error,
         &[
-            "Kafka topic 'missing' does not exist",
+            &format!("Kafka topic '{missing}' does not exist"),
             "OPTIONS ('create_topic' 'true'",
         ],
     );
     assert_eq!(
-        partition_count(&broker.bootstrap, "missing"),
+        partition_count(&broker.bootstrap, &missing),
         0,
         "nothing was created"
     );
@@ -518,7 +506,7 @@ fn a_missing_topic_is_refused_unless_the_sink_may_create_it() {
     let session = Session::new(runtime.handle().clone(), SessionSettings::default());
     let results = runtime
         .block_on(session.execute_script(&sink(
-            "created",
+            &created,
             ", 'create_topic' 'true', 'create_topic_partitions' '2'",
         )))
         .expect("the sink creates its topic");
@@ -527,33 +515,7 @@ fn a_missing_topic_is_refused_unless_the_sink_may_create_it() {
         Some(StatementResult::QueryStarted(_))
     ));
     session.await_all().expect("the query ends");
-    assert_eq!(partition_count(&broker.bootstrap, "created"), 2);
-}
-
-#[test]
-fn exactly_once_on_a_broker_without_transactions_says_to_use_at_least_once() {
-    let broker = Broker::start(BrokerKind::Nisshi);
-    create_topic(&broker.bootstrap, "out", 1);
-    let runtime = runtime();
-    let root = temp_dir();
-    let input = make_dir(root.path(), "in");
-    let sql = source(&input)
-        + &kafka_sink(
-            "out",
-            "out",
-            &broker,
-            &root.path().join("ckpt"),
-            ", 'timeout' '10 seconds'",
-            "SELECT id FROM events",
-        );
-    let error = statement_error(&runtime, &sql);
-    assert_contains(
-        &error,
-        &[
-            "starting the transactional producer",
-            "OPTIONS ('delivery' 'at_least_once')",
-        ],
-    );
+    assert_eq!(partition_count(&broker.bootstrap, &created), 2);
 }
 
 #[test]
@@ -623,13 +585,14 @@ fn start_continuous(
 /// The broker goes away mid-query: the next batch cannot be delivered, the query fails
 /// after its bounded retries with a message saying so, and `commits/1` is not written,
 /// so the batch runs again when the query is restarted.
-fn assert_undeliverable_batch_fails_the_query(kind: BrokerKind, delivery: &str) {
-    let broker = Broker::start(kind);
+fn assert_undeliverable_batch_fails_the_query(delivery: &str) {
+    // A broker of the test's own: it is stopped.
+    let broker = Broker::start();
     let runtime = runtime();
     let root = temp_dir();
     let (session, input, checkpoint) = start_continuous(&runtime, &broker, root.path(), delivery);
     broker.stop();
-    // The broker shuts down on SIGTERM: wait until it no longer takes connections.
+    // The broker is gone once `stop` returns; make sure nothing answers.
     wait_until("the broker to stop listening", DEADLINE, || {
         std::net::TcpStream::connect(("127.0.0.1", broker.port)).is_err()
     });
@@ -657,18 +620,19 @@ fn assert_undeliverable_batch_fails_the_query(kind: BrokerKind, delivery: &str) 
 
 #[test]
 fn exactly_once_a_batch_the_broker_never_took_fails_the_query_uncommitted() {
-    assert_undeliverable_batch_fails_the_query(BrokerKind::Tansu, "exactly_once");
+    assert_undeliverable_batch_fails_the_query("exactly_once");
 }
 
 #[test]
 fn at_least_once_a_batch_the_broker_never_took_fails_the_query_uncommitted() {
-    assert_undeliverable_batch_fails_the_query(BrokerKind::Nisshi, "at_least_once");
+    assert_undeliverable_batch_fails_the_query("at_least_once");
 }
 
 #[test]
 fn a_record_the_broker_cannot_take_fails_the_query_at_once_with_the_fix() {
-    let broker = Broker::start(BrokerKind::Nisshi);
-    create_topic(&broker.bootstrap, "big", 1);
+    let broker = shared();
+    let big = unique("big");
+    create_topic(&broker.bootstrap, &big, 1);
     let root = temp_dir();
     let input = make_dir(root.path(), "in");
     write_inputs(&input, &[0..2, 2..4]);
@@ -676,8 +640,8 @@ fn a_record_the_broker_cannot_take_fails_the_query_at_once_with_the_fix() {
     let job = source(&input)
         + &kafka_sink(
             "big",
-            "big",
-            &broker,
+            &big,
+            broker,
             &checkpoint,
             ", 'delivery' 'at_least_once', 'format' 'raw'",
             "SELECT CASE WHEN id = 3 THEN repeat('x', 2000000) ELSE payload END AS v FROM events",
@@ -688,7 +652,7 @@ fn a_record_the_broker_cannot_take_fails_the_query_at_once_with_the_fix() {
     assert_contains(
         &stderr,
         &[
-            "Kafka sink could not deliver batch 1 to topic 'big' (1 attempt(s))",
+            &format!("Kafka sink could not deliver batch 1 to topic '{big}' (1 attempt(s))"),
             "a record is larger than the broker or topic accepts",
         ],
     );
@@ -706,9 +670,10 @@ fn a_record_the_broker_cannot_take_fails_the_query_at_once_with_the_fix() {
 fn the_kafka_helper_commands_send_lines_and_print_records() {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let broker = Broker::start(BrokerKind::Nisshi);
+    let broker = shared();
+    let lines_topic = unique("lines");
     let mut produce = Command::new(MILLRACE)
-        .args(["kafka", "produce", "lines", "--partitions", "2"])
+        .args(["kafka", "produce", &lines_topic, "--partitions", "2"])
         .args(["--bootstrap", &broker.bootstrap])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
@@ -726,8 +691,8 @@ fn the_kafka_helper_commands_send_lines_and_print_records() {
     assert_contains(
         &stderr,
         &[
-            "created topic 'lines' (2 partition(s))",
-            "sent 4 record(s) to 'lines'",
+            &format!("created topic '{lines_topic}' (2 partition(s))"),
+            &format!("sent 4 record(s) to '{lines_topic}'"),
         ],
     );
 
@@ -738,7 +703,7 @@ fn the_kafka_helper_commands_send_lines_and_print_records() {
             .output()
             .expect("run millrace kafka consume")
     };
-    let consumed = consume("lines", &["--from-beginning", "--max", "4"]);
+    let consumed = consume(&lines_topic, &["--from-beginning", "--max", "4"]);
     assert!(consumed.status.success());
     let mut lines: Vec<String> = String::from_utf8_lossy(&consumed.stdout)
         .lines()
@@ -751,7 +716,7 @@ fn the_kafka_helper_commands_send_lines_and_print_records() {
         "every line once, empty ones too"
     );
     assert_eq!(
-        read_topic(&broker.bootstrap, "lines", false).len(),
+        read_topic(&broker.bootstrap, &lines_topic, false).len(),
         4,
         "the records are in the topic"
     );
@@ -762,4 +727,114 @@ fn the_kafka_helper_commands_send_lines_and_print_records() {
         &String::from_utf8_lossy(&missing.stderr),
         &["Kafka topic 'nope' does not exist"],
     );
+}
+
+// ---------------------------------------------------------------------------------
+// The batch marker across a long stop (its group offsets expire)
+
+/// Waits until the broker has deleted the marker (`offsets.retention.minutes` after
+/// its last commit; the broker checks every second here).
+fn wait_for_marker_expiry(broker: &Broker, checkpoint: &Path, topic: &str) {
+    wait_until(
+        "the batch marker to expire",
+        Duration::from_secs(240),
+        || marker(broker, checkpoint, topic).is_none(),
+    );
+}
+
+#[test]
+fn a_marker_that_expired_during_a_long_stop_is_never_guessed() {
+    // A broker of the test's own that deletes group offsets 1 minute after their last
+    // commit (the shortest retention Kafka takes; the default is 7 days).
+    let broker = Broker::start_with(&[
+        "offsets.retention.minutes=1",
+        "offsets.retention.check.interval.ms=1000",
+    ]);
+    let root = temp_dir();
+    let input = make_dir(root.path(), "in");
+    create_topic(&broker.bootstrap, "out", 2);
+    let checkpoint = root.path().join("ckpt");
+    let job = write_job(
+        root.path(),
+        "job.sql",
+        &(source(&input)
+            + &kafka_sink(
+                "out",
+                "out",
+                &broker,
+                &checkpoint,
+                ", 'key' 'id', 'timeout' '10 seconds'",
+                "SELECT id, payload FROM events",
+            )),
+    );
+    let ids_in_topic = || ids(&read_topic(&broker.bootstrap, "out", true));
+
+    // Batch 0, then a stop longer than the retention: the marker is gone.
+    write_atomic(&input, "f-000.json", json_rows(0..10).as_bytes());
+    run_success(&job, &root.path().join("run-0.err"));
+    assert_eq!(marker(&broker, &checkpoint, "out"), Some(1));
+    wait_for_marker_expiry(&broker, &checkpoint, "out");
+    // A new batch after the stop: the sink's record says batch 1 never reached its
+    // commit, so it is written (once).
+    write_atomic(&input, "f-001.json", json_rows(10..20).as_bytes());
+    run_success(&job, &root.path().join("run-1.err"));
+    assert_exactly_once("after batch 1", ids_in_topic(), 0..20);
+    assert_eq!(marker(&broker, &checkpoint, "out"), Some(2));
+
+    // Batch 2 commits on the broker, and the process dies before its commit log ...
+    write_atomic(&input, "f-002.json", json_rows(20..30).as_bytes());
+    run_to_crash_point(
+        &job,
+        "kafka-after-txn-commit",
+        &root.path().join("crash.err"),
+    );
+    assert_eq!(marker(&broker, &checkpoint, "out"), Some(3));
+    // ... and stays down until the marker expires: batch 2 may or may not be in the
+    // topic as far as the sink can tell, so it stops and says how to go on.
+    wait_for_marker_expiry(&broker, &checkpoint, "out");
+    let (status, stderr) = run_to_end(&job, &[], &root.path().join("refused.err"));
+    assert!(!status.success(), "the sink must not guess: {stderr}");
+    for expected in [
+        "the batch marker of consumer group 'millrace-",
+        "for topic 'out' is gone",
+        "batch 2 was being committed when the query last stopped",
+        "--reset-offsets --to-offset X",
+        "X = 3 if the batch is in the topic, 2 if it is not",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+    assert!(!checkpoint.join("commits/2").exists());
+    assert_exactly_once("nothing written twice", ids_in_topic(), 0..30);
+
+    // The operator finds batch 2 in the topic and sets the marker to 3 (what
+    // kafka-consumer-groups.sh --reset-offsets does); the restart skips batch 2.
+    set_marker(&broker, &checkpoint, "out", 3);
+    let (status, stderr) = run_to_end(&job, &[], &root.path().join("after-reset.err"));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("batch 2 is already committed to topic 'out'"),
+        "{stderr}"
+    );
+    assert!(checkpoint.join("commits/2").exists());
+    assert_exactly_once("exactly once after the reset", ids_in_topic(), 0..30);
+}
+
+/// Commits `next` as the query's batch marker, as `kafka-consumer-groups.sh
+/// --reset-offsets --to-offset <next>` would.
+fn set_marker(broker: &Broker, checkpoint: &Path, topic: &str, next: i64) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let group = format!("millrace-{}", query_id(checkpoint));
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer of the marker group");
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, 0, rdkafka::Offset::Offset(next))
+        .unwrap();
+    consumer
+        .commit(&offsets, CommitMode::Sync)
+        .expect("commit the marker");
 }

@@ -1,19 +1,18 @@
-//! The Kafka source, specified against a real broker (nisshi, started per test on a
-//! free loopback port by `tests/common/kafka.rs`):
+//! The Kafka source, specified against Apache Kafka (one broker for this test binary,
+//! started on free loopback ports by `tests/common/kafka.rs`; each test its own topics):
 //!
 //! - every record of a multi-partition topic reaches a Parquet sink once, with its
 //!   metadata columns;
 //! - `starting_offsets` `earliest`, `latest` and per-partition JSON;
 //! - `max_offsets_per_trigger` splits the backlog into batches, fairly over partitions
 //!   (read off the offset log);
-//! - partitions that appear while a query runs (a new topic matching `topic_pattern`;
-//!   nisshi cannot add partitions to a topic, see `kafka_broker_probe`) are read from
-//!   their first record, even when the query started at `latest`;
-//! - records deleted before they were read (nisshi implements DeleteRecords) stop the
+//! - partitions that appear while a query runs (a new topic matching `topic_pattern`)
+//!   are read from their first record, even when the query started at `latest`;
+//! - records deleted before they were read (DeleteRecords, as retention would) stop the
 //!   query with topic, partition and offsets named, or are skipped and counted with
 //!   `fail_on_data_loss` `false`;
 //! - malformed JSON values under each `mode`;
-//! - a topic written in transactions (on tansu) is read to its end past the commit
+//! - a topic written in transactions is read to its end past the commit
 //!   markers, and the next run starts after them;
 //! - restarts (and aborts at every crash point of the batch) read no record twice and
 //!   miss none;
@@ -28,7 +27,7 @@ mod kafka_support;
 use std::path::Path;
 use std::time::Duration;
 
-use common::kafka::{Broker, BrokerKind};
+use common::kafka::{Broker, shared, unique};
 use common::*;
 use datafusion::arrow::array::RecordBatch;
 use kafka_support::*;
@@ -85,26 +84,15 @@ fn logged_offsets(checkpoint: &Path, batch: u64, table: &str) -> Value {
     read_json(&checkpoint.join("offsets").join(batch.to_string()))["sources"][table].clone()
 }
 
-/// A JSON Kafka table `name` over `topic` (or, with `pattern`, `topic_pattern`).
+/// A JSON Kafka table `name` over `topic` (or, with `pattern`, `topic_pattern`). The
+/// retry timeout outlasts a restart of the test's own broker (several seconds).
 fn json_table(name: &str, broker: &Broker, location: &str, options: &str) -> String {
     format!(
         "CREATE UNBOUNDED EXTERNAL TABLE {name} (user_id BIGINT NOT NULL, url VARCHAR, ts TIMESTAMP)
          STORED AS KAFKA {location}
-         OPTIONS ('bootstrap.servers' '{}', 'format' 'json', 'broker_retry_timeout' '10 seconds'{options});",
+         OPTIONS ('bootstrap.servers' '{}', 'format' 'json', 'broker_retry_timeout' '2 minutes'{options});",
         broker.bootstrap
     )
-}
-
-/// Kills the broker (`kill -9`, as in a crash) and waits until its port is closed.
-/// (`Broker::stop` sends SIGTERM, after which the brokers drain connections for
-/// seconds before the port is free.)
-fn crash(broker: &Broker) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-broker.sh");
-    let killed = std::process::Command::new(script)
-        .args(["kill", &broker.port.to_string()])
-        .status()
-        .expect("run scripts/kafka-broker.sh kill");
-    assert!(killed.success(), "scripts/kafka-broker.sh kill failed");
 }
 
 /// The user ids in a memory sink's table, sorted.
@@ -121,8 +109,9 @@ fn user_ids(session: &Session, rt: &Runtime, table: &str) -> Vec<i64> {
 
 #[test]
 fn every_record_of_a_multi_partition_topic_reaches_parquet_once_with_its_metadata() {
-    let broker = Broker::start(BrokerKind::Nisshi);
-    create_topic(&broker.bootstrap, "clicks", 3);
+    let broker = shared();
+    let clicks = unique("clicks");
+    create_topic(&broker.bootstrap, &clicks, 3);
     // 30 clicks, user i on partition i % 3, keyed by the user.
     let records: Vec<Rec> = (0..30)
         .map(|i| Rec {
@@ -132,7 +121,7 @@ fn every_record_of_a_multi_partition_topic_reaches_parquet_once_with_its_metadat
             ..Rec::default()
         })
         .collect();
-    produce(&broker.bootstrap, "clicks", &records);
+    produce(&broker.bootstrap, &clicks, &records);
 
     let rt = runtime();
     let dir = temp_dir();
@@ -149,8 +138,8 @@ fn every_record_of_a_multi_partition_topic_reaches_parquet_once_with_its_metadat
              FROM clicks WHERE user_id % 2 = 0",
             json_table(
                 "clicks",
-                &broker,
-                "LOCATION 'clicks'",
+                broker,
+                &format!("LOCATION '{clicks}'"),
                 ", 'starting_offsets' 'earliest'"
             ),
             out.display(),
@@ -174,23 +163,24 @@ fn every_record_of_a_multi_partition_topic_reaches_parquet_once_with_its_metadat
     assert!(
         string_column(&batches, "topic")
             .iter()
-            .all(|t| t.as_deref() == Some("clicks"))
+            .all(|t| t.as_deref() == Some(clicks.as_str()))
     );
     // One batch, ending at every partition's end.
     assert_eq!(log_ids(&checkpoint.join("commits")), vec![0]);
     assert_eq!(
         logged_offsets(&checkpoint, 0, "clicks"),
-        json!({"clicks": {"0": 10, "1": 10, "2": 10}})
+        json!({clicks.clone(): {"0": 10, "1": 10, "2": 10}})
     );
 }
 
 #[test]
 fn metadata_columns_are_the_records_key_value_topic_partition_offset_timestamp_and_headers() {
-    let broker = Broker::start(BrokerKind::Nisshi);
-    create_topic(&broker.bootstrap, "raw", 2);
+    let broker = shared();
+    let raw = unique("raw");
+    create_topic(&broker.bootstrap, &raw, 2);
     produce(
         &broker.bootstrap,
-        "raw",
+        &raw,
         &[
             Rec {
                 partition: Some(1),
@@ -217,10 +207,11 @@ fn metadata_columns_are_the_records_key_value_topic_partition_offset_timestamp_a
         &session,
         &rt,
         &format!(
-            "CREATE UNBOUNDED EXTERNAL TABLE raw STORED AS KAFKA LOCATION 'raw'
+            "CREATE UNBOUNDED EXTERNAL TABLE raw STORED AS KAFKA LOCATION '{raw}'
              OPTIONS ('bootstrap.servers' '{}', 'starting_offsets' 'earliest');
              CREATE SINK seen STORED AS MEMORY OPTIONS ('trigger' 'available_now') AS
-             SELECT CAST(key AS VARCHAR) AS k, CAST(value AS VARCHAR) AS v, topic, partition,
+             SELECT CAST(key AS VARCHAR) AS k, CAST(value AS VARCHAR) AS v,
+                    replace(topic, '{raw}', 'raw') AS topic, partition,
                     \"offset\", CAST(timestamp AS VARCHAR) AS ts, array_length(headers) AS n,
                     headers[1]['key'] AS h1, CAST(headers[1]['value'] AS VARCHAR) AS v1,
                     headers[2]['key'] AS h2, headers[2]['value'] IS NULL AS v2_null
@@ -244,11 +235,12 @@ fn metadata_columns_are_the_records_key_value_topic_partition_offset_timestamp_a
 
 #[test]
 fn starting_offsets_earliest_latest_and_per_partition_json() {
-    let broker = Broker::start(BrokerKind::Nisshi);
-    create_topic(&broker.bootstrap, "clicks", 2);
+    let broker = shared();
+    let clicks = unique("clicks");
+    create_topic(&broker.bootstrap, &clicks, 2);
     // Partition 0 holds users 0..5, partition 1 users 100..105.
-    produce_values(&broker.bootstrap, "clicks", 0, (0..5).map(click));
-    produce_values(&broker.bootstrap, "clicks", 1, (100..105).map(click));
+    produce_values(&broker.bootstrap, &clicks, 0, (0..5).map(click));
+    produce_values(&broker.bootstrap, &clicks, 1, (100..105).map(click));
     let rt = runtime();
     let dir = temp_dir();
     let job = |name: &str, starting: &str| {
@@ -259,8 +251,8 @@ fn starting_offsets_earliest_latest_and_per_partition_json() {
              SELECT user_id FROM {name}_in",
             json_table(
                 &format!("{name}_in"),
-                &broker,
-                "LOCATION 'clicks'",
+                broker,
+                &format!("LOCATION '{clicks}'"),
                 &format!(", 'starting_offsets' '{starting}'")
             ),
             dir.path().join(name).display()
@@ -276,14 +268,18 @@ fn starting_offsets_earliest_latest_and_per_partition_json() {
     run(
         &session,
         &rt,
-        &job("specific", r#"{"clicks":{"0":3,"1":-2}}"#),
+        &job("specific", &format!(r#"{{"{clicks}":{{"0":3,"1":-2}}}}"#)),
     );
     assert_eq!(
         user_ids(&session, &rt, "specific"),
         vec![3, 4, 100, 101, 102, 103, 104]
     );
     // Partition 0 from its latest (-1); partition 1, not named, from its earliest.
-    run(&session, &rt, &job("mixed", r#"{"clicks":{"0":-1}}"#));
+    run(
+        &session,
+        &rt,
+        &job("mixed", &format!(r#"{{"{clicks}":{{"0":-1}}}}"#)),
+    );
     assert_eq!(
         user_ids(&session, &rt, "mixed"),
         vec![100, 101, 102, 103, 104]
@@ -297,11 +293,11 @@ fn starting_offsets_earliest_latest_and_per_partition_json() {
             &dir.path()
                 .join("latest/sources/latest_in/initial-offsets.json")
         ),
-        json!({"clicks": {"0": 5, "1": 5}})
+        json!({clicks.clone(): {"0": 5, "1": 5}})
     );
     // ... so the next run reads exactly what was produced after it.
-    produce_values(&broker.bootstrap, "clicks", 1, [click(105)]);
-    produce_values(&broker.bootstrap, "clicks", 0, [click(5)]);
+    produce_values(&broker.bootstrap, &clicks, 1, [click(105)]);
+    produce_values(&broker.bootstrap, &clicks, 0, [click(5)]);
     let session = self::session(&rt);
     run(&session, &rt, &job("latest", "latest"));
     assert_eq!(user_ids(&session, &rt, "latest"), vec![5, 105]);
@@ -309,12 +305,13 @@ fn starting_offsets_earliest_latest_and_per_partition_json() {
 
 #[test]
 fn max_offsets_per_trigger_splits_the_backlog_fairly_over_partitions_and_batches() {
-    let broker = Broker::start(BrokerKind::Nisshi);
-    create_topic(&broker.bootstrap, "clicks", 3);
+    let broker = shared();
+    let clicks = unique("clicks");
+    create_topic(&broker.bootstrap, &clicks, 3);
     // Backlogs 10, 2 and 6.
-    produce_values(&broker.bootstrap, "clicks", 0, (0..10).map(click));
-    produce_values(&broker.bootstrap, "clicks", 1, (100..102).map(click));
-    produce_values(&broker.bootstrap, "clicks", 2, (200..206).map(click));
+    produce_values(&broker.bootstrap, &clicks, 0, (0..10).map(click));
+    produce_values(&broker.bootstrap, &clicks, 1, (100..102).map(click));
+    produce_values(&broker.bootstrap, &clicks, 2, (200..206).map(click));
     let rt = runtime();
     let dir = temp_dir();
     let checkpoint = dir.path().join("ckpt");
@@ -329,8 +326,8 @@ fn max_offsets_per_trigger_splits_the_backlog_fairly_over_partitions_and_batches
              SELECT user_id FROM clicks",
             json_table(
                 "clicks",
-                &broker,
-                "LOCATION 'clicks'",
+                broker,
+                &format!("LOCATION '{clicks}'"),
                 ", 'starting_offsets' 'earliest', 'max_offsets_per_trigger' '6'"
             ),
             checkpoint.display()
@@ -344,9 +341,9 @@ fn max_offsets_per_trigger_splits_the_backlog_fairly_over_partitions_and_batches
     assert_eq!(
         ends,
         vec![
-            json!({"clicks": {"0": 2, "1": 2, "2": 2}}),
-            json!({"clicks": {"0": 5, "1": 2, "2": 5}}),
-            json!({"clicks": {"0": 10, "1": 2, "2": 6}}),
+            json!({clicks.clone(): {"0": 2, "1": 2, "2": 2}}),
+            json!({clicks.clone(): {"0": 5, "1": 2, "2": 5}}),
+            json!({clicks.clone(): {"0": 10, "1": 2, "2": 6}}),
         ]
     );
     assert_eq!(log_ids(&checkpoint.join("commits")), vec![0, 1, 2]);
@@ -365,13 +362,14 @@ fn max_offsets_per_trigger_splits_the_backlog_fairly_over_partitions_and_batches
 fn a_topic_written_in_transactions_is_read_to_the_end_past_its_commit_markers() {
     // Each committed transaction ends with a commit marker: an offset that no reader
     // receives, so a batch planned up to the high watermark ends on an offset it never
-    // sees. tansu has transactions (and hides open ones from read_committed readers).
-    let broker = Broker::start(BrokerKind::Tansu);
-    create_topic(&broker.bootstrap, "clicks", 1);
+    // sees.
+    let broker = shared();
+    let clicks = unique("clicks");
+    create_topic(&broker.bootstrap, &clicks, 1);
     let producer = producer(
         &broker.bootstrap,
         &[
-            ("transactional.id", "clicks-writer"),
+            ("transactional.id", &unique("clicks-writer")),
             ("transaction.timeout.ms", "10000"),
         ],
     );
@@ -380,7 +378,7 @@ fn a_topic_written_in_transactions_is_read_to_the_end_past_its_commit_markers() 
         producer.begin_transaction().expect("begin");
         send_all(
             &producer,
-            "clicks",
+            &clicks,
             &ids.map(|id| Rec::value(0, click(id))).collect::<Vec<_>>(),
         );
         producer.commit_transaction(CALL).expect("commit");
@@ -396,8 +394,8 @@ fn a_topic_written_in_transactions_is_read_to_the_end_past_its_commit_markers() 
          AS SELECT user_id FROM clicks",
         json_table(
             "clicks",
-            &broker,
-            "LOCATION 'clicks'",
+            broker,
+            &format!("LOCATION '{clicks}'"),
             ", 'starting_offsets' 'earliest'"
         ),
         dir.path().join("ckpt").display()
@@ -414,10 +412,11 @@ fn a_topic_written_in_transactions_is_read_to_the_end_past_its_commit_markers() 
 
 #[test]
 fn commit_to_group_commits_each_batch_end_for_monitoring_tools() {
-    let broker = Broker::start(BrokerKind::Nisshi);
-    create_topic(&broker.bootstrap, "clicks", 2);
-    produce_values(&broker.bootstrap, "clicks", 0, (0..5).map(click));
-    produce_values(&broker.bootstrap, "clicks", 1, (100..102).map(click));
+    let broker = shared();
+    let clicks = unique("clicks");
+    create_topic(&broker.bootstrap, &clicks, 2);
+    produce_values(&broker.bootstrap, &clicks, 0, (0..5).map(click));
+    produce_values(&broker.bootstrap, &clicks, 1, (100..102).map(click));
     let rt = runtime();
     let session = session(&rt);
     run(
@@ -429,8 +428,8 @@ fn commit_to_group_commits_each_batch_end_for_monitoring_tools() {
              SELECT user_id FROM clicks",
             json_table(
                 "clicks",
-                &broker,
-                "LOCATION 'clicks'",
+                broker,
+                &format!("LOCATION '{clicks}'"),
                 ", 'starting_offsets' 'earliest', 'commit_to_group' 'millrace-clicks'"
             )
         ),
@@ -438,8 +437,8 @@ fn commit_to_group_commits_each_batch_end_for_monitoring_tools() {
     // What `kafka-consumer-groups --describe --group millrace-clicks` would show.
     let reader = consumer(&broker.bootstrap, &[("group.id", "millrace-clicks")]);
     let mut ask = rdkafka::TopicPartitionList::new();
-    ask.add_partition("clicks", 0);
-    ask.add_partition("clicks", 1);
+    ask.add_partition(&clicks, 0);
+    ask.add_partition(&clicks, 1);
     let committed = rdkafka::consumer::Consumer::committed_offsets(&reader, ask, CALL).unwrap();
     let offsets: Vec<(i32, rdkafka::Offset)> = committed
         .elements()
@@ -457,9 +456,13 @@ fn commit_to_group_commits_each_batch_end_for_monitoring_tools() {
 
 #[test]
 fn partitions_that_appear_while_the_query_runs_are_read_from_their_first_record() {
-    let broker = Broker::start(BrokerKind::Nisshi);
-    create_topic(&broker.bootstrap, "events-a", 1);
-    produce_values(&broker.bootstrap, "events-a", 0, (0..3).map(click));
+    let broker = shared();
+    let events = unique("events");
+    let events_a = format!("{events}-a");
+    let events_b = format!("{events}-b");
+    let other = unique("other");
+    create_topic(&broker.bootstrap, &events_a, 1);
+    produce_values(&broker.bootstrap, &events_a, 0, (0..3).map(click));
     let rt = runtime();
     let session = session(&rt);
     // Default trigger: the query keeps looking for new data.
@@ -471,9 +474,9 @@ fn partitions_that_appear_while_the_query_runs_are_read_from_their_first_record(
              CREATE SINK seen STORED AS MEMORY AS SELECT user_id, topic FROM events",
             json_table(
                 "events",
-                &broker,
+                broker,
                 "",
-                ", 'topic_pattern' 'events-.*', 'starting_offsets' 'earliest'"
+                &format!(", 'topic_pattern' '{events}-.*', 'starting_offsets' 'earliest'")
             )
         ),
     );
@@ -482,13 +485,13 @@ fn partitions_that_appear_while_the_query_runs_are_read_from_their_first_record(
     });
     // A second topic matching the pattern, with two partitions, and more records for
     // the first one.
-    create_topic(&broker.bootstrap, "events-b", 2);
-    produce_values(&broker.bootstrap, "events-b", 0, (100..104).map(click));
-    produce_values(&broker.bootstrap, "events-b", 1, (200..202).map(click));
-    produce_values(&broker.bootstrap, "events-a", 0, [click(3)]);
+    create_topic(&broker.bootstrap, &events_b, 2);
+    produce_values(&broker.bootstrap, &events_b, 0, (100..104).map(click));
+    produce_values(&broker.bootstrap, &events_b, 1, (200..202).map(click));
+    produce_values(&broker.bootstrap, &events_a, 0, [click(3)]);
     // A topic that does not match is not read.
-    create_topic(&broker.bootstrap, "other", 1);
-    produce_values(&broker.bootstrap, "other", 0, [click(999)]);
+    create_topic(&broker.bootstrap, &other, 1);
+    produce_values(&broker.bootstrap, &other, 0, [click(999)]);
     wait_until("the new partitions' records", DEADLINE, || {
         user_ids(&session, &rt, "seen").len() >= 10
     });
@@ -502,9 +505,12 @@ fn partitions_that_appear_while_the_query_runs_are_read_from_their_first_record(
 
 #[test]
 fn new_partitions_start_at_their_first_record_even_when_the_query_started_at_latest() {
-    let broker = Broker::start(BrokerKind::Nisshi);
-    create_topic(&broker.bootstrap, "events-a", 1);
-    produce_values(&broker.bootstrap, "events-a", 0, (0..3).map(click));
+    let broker = shared();
+    let events = unique("events");
+    let events_a = format!("{events}-a");
+    let events_b = format!("{events}-b");
+    create_topic(&broker.bootstrap, &events_a, 1);
+    produce_values(&broker.bootstrap, &events_a, 0, (0..3).map(click));
     let rt = runtime();
     let dir = temp_dir();
     let job = format!(
@@ -513,16 +519,16 @@ fn new_partitions_start_at_their_first_record_even_when_the_query_started_at_lat
          OPTIONS ('checkpoint' '{}', 'trigger' 'available_now') AS SELECT user_id FROM events",
         json_table(
             "events",
-            &broker,
+            broker,
             "",
-            ", 'topic_pattern' 'events-.*', 'starting_offsets' 'latest'"
+            &format!(", 'topic_pattern' '{events}-.*', 'starting_offsets' 'latest'")
         ),
         dir.path().join("ckpt").display()
     );
     run(&session(&rt), &rt, &job);
-    create_topic(&broker.bootstrap, "events-b", 2);
-    produce_values(&broker.bootstrap, "events-b", 1, (200..202).map(click));
-    produce_values(&broker.bootstrap, "events-a", 0, [click(3)]);
+    create_topic(&broker.bootstrap, &events_b, 2);
+    produce_values(&broker.bootstrap, &events_b, 1, (200..202).map(click));
+    produce_values(&broker.bootstrap, &events_a, 0, [click(3)]);
     let session = session(&rt);
     run(&session, &rt, &job);
     assert_eq!(user_ids(&session, &rt, "seen"), vec![3, 200, 201]);
@@ -530,9 +536,10 @@ fn new_partitions_start_at_their_first_record_even_when_the_query_started_at_lat
 
 #[test]
 fn records_deleted_before_they_were_read_stop_the_query_or_are_skipped_and_counted() {
-    let broker = Broker::start(BrokerKind::Nisshi);
-    create_topic(&broker.bootstrap, "clicks", 1);
-    produce_values(&broker.bootstrap, "clicks", 0, (0..4).map(click));
+    let broker = shared();
+    let clicks = unique("clicks");
+    create_topic(&broker.bootstrap, &clicks, 1);
+    produce_values(&broker.bootstrap, &clicks, 0, (0..4).map(click));
     let rt = runtime();
     let dir = temp_dir();
     let checkpoint = dir.path().join("ckpt");
@@ -543,8 +550,8 @@ fn records_deleted_before_they_were_read_stop_the_query_or_are_skipped_and_count
              OPTIONS ('checkpoint' '{}', 'trigger' 'available_now') AS SELECT user_id FROM clicks",
             json_table(
                 "clicks",
-                &broker,
-                "LOCATION 'clicks'",
+                broker,
+                &format!("LOCATION '{clicks}'"),
                 &format!(
                     ", 'starting_offsets' 'earliest', 'fail_on_data_loss' '{fail_on_data_loss}'"
                 )
@@ -557,13 +564,13 @@ fn records_deleted_before_they_were_read_stop_the_query_or_are_skipped_and_count
     assert_eq!(user_ids(&session, &rt, "seen"), vec![0, 1, 2, 3]);
     // Offsets 4..=9 arrive, and 4..=6 are deleted (as retention would) before the
     // query reads them.
-    produce_values(&broker.bootstrap, "clicks", 0, (4..10).map(click));
-    try_delete_records(&broker.bootstrap, "clicks", 0, 7).expect("DeleteRecords");
+    produce_values(&broker.bootstrap, &clicks, 0, (4..10).map(click));
+    try_delete_records(&broker.bootstrap, &clicks, 0, 7).expect("DeleteRecords");
     let session = self::session(&rt);
     let query = start(&session, &rt, &job(true));
     let error = query.await_termination_blocking().unwrap_err().to_string();
     for expected in [
-        "topic 'clicks' partition 0",
+        &format!("topic '{clicks}' partition 0"),
         "the next offset to read is 4 but the earliest offset on the broker is 7",
         "offsets 4..6 are gone",
         "'fail_on_data_loss' 'false'",
@@ -585,11 +592,12 @@ fn records_deleted_before_they_were_read_stop_the_query_or_are_skipped_and_count
 
 #[test]
 fn malformed_json_values_under_each_mode() {
-    let broker = Broker::start(BrokerKind::Nisshi);
-    create_topic(&broker.bootstrap, "clicks", 1);
+    let broker = shared();
+    let clicks = unique("clicks");
+    create_topic(&broker.bootstrap, &clicks, 1);
     produce(
         &broker.bootstrap,
-        "clicks",
+        &clicks,
         &[
             Rec::value(0, click(1)),
             Rec::value(0, "{not json"),
@@ -606,7 +614,7 @@ fn malformed_json_values_under_each_mode() {
         format!(
             "CREATE UNBOUNDED EXTERNAL TABLE c_{mode} (user_id BIGINT, url VARCHAR, ts TIMESTAMP,
                _corrupt_record VARCHAR)
-             STORED AS KAFKA LOCATION 'clicks'
+             STORED AS KAFKA LOCATION '{clicks}'
              OPTIONS ('bootstrap.servers' '{}', 'format' 'json', 'mode' '{mode}',
                'starting_offsets' 'earliest');
              CREATE SINK s_{mode} STORED AS MEMORY OPTIONS ('trigger' 'available_now') AS
@@ -664,7 +672,9 @@ fn malformed_json_values_under_each_mode() {
     let query = start(&session, &rt, &job("fail_fast"));
     let error = query.await_termination_blocking().unwrap_err().to_string();
     assert!(
-        error.contains("malformed record in topic 'clicks' partition 0 offset 1:"),
+        error.contains(&format!(
+            "malformed record in topic '{clicks}' partition 0 offset 1:"
+        )),
         "{error}"
     );
     assert!(error.contains("set the table's 'mode' option"), "{error}");
@@ -672,8 +682,9 @@ fn malformed_json_values_under_each_mode() {
 
 #[test]
 fn a_restarted_query_reads_no_record_twice_and_misses_none() {
-    let broker = Broker::start(BrokerKind::Nisshi);
-    create_topic(&broker.bootstrap, "clicks", 2);
+    let broker = shared();
+    let clicks = unique("clicks");
+    create_topic(&broker.bootstrap, &clicks, 2);
     let rt = runtime();
     let dir = temp_dir();
     let (out, checkpoint) = (dir.path().join("out"), dir.path().join("ckpt"));
@@ -683,8 +694,8 @@ fn a_restarted_query_reads_no_record_twice_and_misses_none() {
          OPTIONS ('checkpoint' '{}', 'trigger' 'available_now') AS SELECT user_id FROM clicks",
         json_table(
             "clicks",
-            &broker,
-            "LOCATION 'clicks'",
+            broker,
+            &format!("LOCATION '{clicks}'"),
             ", 'starting_offsets' 'earliest', 'max_offsets_per_trigger' '7'"
         ),
         out.display(),
@@ -693,7 +704,7 @@ fn a_restarted_query_reads_no_record_twice_and_misses_none() {
     let mut produced = 0;
     for round in 0..3 {
         for id in produced..produced + 10 {
-            produce_values(&broker.bootstrap, "clicks", (id % 2) as i32, [click(id)]);
+            produce_values(&broker.bootstrap, &clicks, (id % 2) as i32, [click(id)]);
         }
         produced += 10;
         run(&session(&rt), &rt, &job);
@@ -707,8 +718,9 @@ fn a_restarted_query_reads_no_record_twice_and_misses_none() {
 
 #[test]
 fn an_abort_at_any_point_of_a_batch_reads_every_record_once_after_the_restart() {
-    let broker = Broker::start(BrokerKind::Nisshi);
-    create_topic(&broker.bootstrap, "clicks", 3);
+    let broker = shared();
+    let clicks = unique("clicks");
+    create_topic(&broker.bootstrap, &clicks, 3);
     let dir = temp_dir();
     let (out, checkpoint) = (dir.path().join("out"), dir.path().join("ckpt"));
     let job = write_job(
@@ -721,8 +733,8 @@ fn an_abort_at_any_point_of_a_batch_reads_every_record_once_after_the_restart() 
              SELECT user_id FROM clicks WHERE user_id % 7 <> 3;",
             json_table(
                 "clicks",
-                &broker,
-                "LOCATION 'clicks'",
+                broker,
+                &format!("LOCATION '{clicks}'"),
                 ", 'starting_offsets' 'earliest', 'max_offsets_per_trigger' '5'"
             ),
             out.display(),
@@ -734,7 +746,7 @@ fn an_abort_at_any_point_of_a_batch_reads_every_record_once_after_the_restart() 
         let records: Vec<Rec> = (produced..produced + 12)
             .map(|id| Rec::value((id % 3) as i32, click(id)))
             .collect();
-        produce(&broker.bootstrap, "clicks", &records);
+        produce(&broker.bootstrap, &clicks, &records);
         produced += 12;
         run_to_crash_point(&job, point, &dir.path().join(format!("{point}.log")));
         run_success(&job, &dir.path().join(format!("{point}-rerun.log")));
@@ -748,7 +760,7 @@ fn an_abort_at_any_point_of_a_batch_reads_every_record_once_after_the_restart() 
 
 #[test]
 fn a_missing_topic_is_a_clear_error() {
-    let broker = Broker::start(BrokerKind::Nisshi);
+    let broker = shared();
     let rt = runtime();
     let session = session(&rt);
     let expected = format!(
@@ -756,7 +768,7 @@ fn a_missing_topic_is_a_clear_error() {
          it first, or fix the table's LOCATION",
         broker.bootstrap
     );
-    let table = json_table("clicks", &broker, "LOCATION 'nope'", "");
+    let table = json_table("clicks", broker, "LOCATION 'nope'", "");
     // available_now fixes its end when the query starts: the statement fails.
     let error = rt
         .block_on(session.execute_script(&format!(
@@ -780,9 +792,12 @@ fn a_missing_topic_is_a_clear_error() {
 
 #[test]
 fn an_unreachable_broker_is_a_clear_error_after_the_retry_timeout() {
-    let broker = Broker::start(BrokerKind::Nisshi);
-    let bootstrap = broker.bootstrap.clone();
-    crash(&broker);
+    // A loopback port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let bootstrap = format!("127.0.0.1:{port}");
     let rt = runtime();
     let session = session(&rt);
     let query = start(
@@ -810,14 +825,12 @@ fn an_unreachable_broker_is_a_clear_error_after_the_retry_timeout() {
 // the batch's range. An end is now believed only after the reader was sent back to the
 // range's next offset.
 fn a_query_waits_for_a_broker_that_goes_away_and_goes_on_when_it_is_back() {
-    let broker = Broker::start(BrokerKind::Nisshi);
+    // A broker of the test's own: it is killed and started again.
+    let broker = Broker::start();
     create_topic(&broker.bootstrap, "clicks", 1);
     produce_values(&broker.bootstrap, "clicks", 0, (0..5).map(click));
     let rt = runtime();
     let session = session(&rt);
-    // nisshi keeps topics in memory: after its restart the topic starts again at
-    // offset 0, which is data loss for the query; 'fail_on_data_loss' 'false' lets it
-    // read the new topic from its start.
     let query = start(
         &session,
         &rt,
@@ -828,7 +841,7 @@ fn a_query_waits_for_a_broker_that_goes_away_and_goes_on_when_it_is_back() {
                 "clicks",
                 &broker,
                 "LOCATION 'clicks'",
-                ", 'starting_offsets' 'earliest', 'fail_on_data_loss' 'false'"
+                ", 'starting_offsets' 'earliest'"
             )
         ),
     );
@@ -837,15 +850,15 @@ fn a_query_waits_for_a_broker_that_goes_away_and_goes_on_when_it_is_back() {
     });
     // The broker crashes, and stays away long enough for several failed attempts
     // (the first backoffs are 0.1 to 0.8 s): the query keeps waiting.
-    crash(&broker);
+    broker.kill();
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         query.is_active(),
         "{:?}",
         query.await_termination_timeout(Duration::ZERO)
     );
-    broker.restart();
-    create_topic(&broker.bootstrap, "clicks", 1);
+    // Back on its data: the query goes on from where it was.
+    broker.resume();
     produce_values(&broker.bootstrap, "clicks", 0, (100..103).map(click));
     wait_until("the records after the outage", DEADLINE, || {
         user_ids(&session, &rt, "seen").len() == 8

@@ -392,3 +392,91 @@ fn a_background_console_query_prints_above_the_line_being_typed() {
     type_line(&mut shell, "\\q");
     assert_eq!(exit_code(&mut shell), 0);
 }
+
+/// Waits until `path` exists (a checkpoint file written by a background query).
+fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + Duration::from_millis(TIMEOUT_MS);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Accepts the shell's connection to the test's line server.
+fn accept_connection(listener: &std::net::TcpListener) -> std::net::TcpStream {
+    let (stream, _) = listener.accept().expect("the shell connects");
+    stream
+}
+
+/// `STOP QUERY` on a socket query closes its connection (its reader thread ends
+/// with it), so the same query started again in the same shell is the only writer
+/// of its write-ahead log, and every line arrives once.
+#[test]
+fn a_socket_query_stopped_and_restarted_in_the_shell_has_one_reader() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut shell = shell(tmp.path());
+    type_line(
+        &mut shell,
+        &format!("CREATE UNBOUNDED EXTERNAL TABLE lines STORED AS SOCKET LOCATION '{address}';"),
+    );
+    expect(&mut shell, "table 'lines' declared");
+    let sink = "CREATE SINK copy STORED AS CSV LOCATION 'out/' OPTIONS ('checkpoint' 'ckpt') \
+                AS SELECT value FROM lines;";
+    type_line(&mut shell, sink);
+    expect(
+        &mut shell,
+        "streaming query 'copy' started in the background",
+    );
+    let mut first = accept_connection(&listener);
+    first.write_all(b"a\nb\n").unwrap();
+    wait_for_file(&tmp.path().join("ckpt/commits/0"));
+    type_line(&mut shell, "STOP QUERY copy;");
+    expect(&mut shell, "streaming query 'copy' stopped");
+    first
+        .set_read_timeout(Some(Duration::from_millis(TIMEOUT_MS)))
+        .unwrap();
+    let mut buf = [0u8; 8];
+    assert!(
+        matches!(first.read(&mut buf), Ok(0)),
+        "the stopped query's reader still holds its connection"
+    );
+
+    type_line(&mut shell, sink);
+    expect(
+        &mut shell,
+        "streaming query 'copy' started in the background",
+    );
+    let mut second = accept_connection(&listener);
+    let _ = first.write_all(b"ghost\n");
+    second.write_all(b"c\n").unwrap();
+    let commits = tmp.path().join("ckpt/commits");
+    let deadline = Instant::now() + Duration::from_millis(TIMEOUT_MS);
+    let lines = loop {
+        let mut lines: Vec<String> = Vec::new();
+        for entry in fs::read_dir(tmp.path().join("out")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with(".csv") && !name.starts_with('.') {
+                let text = fs::read_to_string(&path).unwrap();
+                lines.extend(text.lines().skip(1).map(str::to_string));
+            }
+        }
+        if lines.len() >= 3 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(commits.join("1").exists() || lines.len() >= 3);
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["a", "b", "c"], "{lines:?}");
+    type_line(&mut shell, "\\q");
+    assert_eq!(exit_code(&mut shell), 0);
+}

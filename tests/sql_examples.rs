@@ -11,7 +11,7 @@
 //! TCP server run here (its address substituted for the script's `localhost:9999`);
 //! its batches cut the lines wherever they happen to, so each table it prints is
 //! checked against the counts after *some* number of lines, never fewer than the
-//! table before. `kafka_wordcount.sql` runs against a nisshi broker started here (its
+//! table before. `kafka_wordcount.sql` runs against the Apache Kafka broker of this binary (its
 //! address substituted for `127.0.0.1:9092`), its output topic read back.
 
 mod common;
@@ -763,12 +763,12 @@ fn latest_counts(records: &[common::topic::Record]) -> BTreeMap<String, i64> {
 
 #[test]
 fn kafka_wordcount_writes_the_changed_counts_keyed_by_word() {
-    use common::kafka::{Broker, BrokerKind};
+    use common::kafka::shared;
     use common::topic::{create_topic, partition_count, produce, read_topic};
 
     let seed = test_seed("kafka_wordcount");
     let mut rng = XorShift::new(seed);
-    let broker = Broker::start(BrokerKind::Nisshi);
+    let broker = shared();
     // The script splits lines at single spaces: words of the vocabulary in random
     // case, one space apart, some with a comma or a quote (the value is raw text, not
     // a CSV line).

@@ -2,8 +2,8 @@
 -- batch writes one record per word whose count changed, keyed by the word, to topic
 -- `word_counts` (update mode: a compacted topic keeps the latest count per word).
 --
--- Needs a broker on 127.0.0.1:9092 (`scripts/kafka-broker.sh install`, then
--- `scripts/kafka-broker.sh start nisshi`). From the repository root:
+-- Needs a broker on 127.0.0.1:9092 (`scripts/kafka-broker.sh start 9092`: Apache
+-- Kafka, installed on first use). From the repository root:
 --
 --   printf 'the quick brown fox\nthe lazy dog\n' | cargo run -- kafka produce lines
 --   cargo run -- -f sql/examples/kafka_wordcount.sql     # runs until Ctrl-C
@@ -12,9 +12,9 @@
 -- prints `the<TAB>{"word":"the","n":2}` and one such line per other word; lines
 -- produced later update the counts.
 --
--- nisshi has no transactions, hence 'delivery' 'at_least_once'; on a broker with
--- transactions (`scripts/kafka-broker.sh start tansu`) leave it out for exactly-once
--- output, and consume with --read-committed.
+-- 'delivery' 'at_least_once' makes every record visible to any reader at once; leave it
+-- out for exactly-once output (one transaction per batch), and consume with
+-- --read-committed.
 
 -- The stream: one row per record of topic `lines`. No columns are declared, so the
 -- value is not parsed (format raw: a line may hold commas or quotes) and the table

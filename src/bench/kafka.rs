@@ -6,14 +6,9 @@
 //!
 //! The input is the sensor readings of [`SensorReading`] as JSON record values, keyed by
 //! sensor, produced once (untimed) round-robin over the partitions of a fresh topic.
-//! tansu's high watermark is the base offset of a partition's newest record batch + 1
-//! (docs/kafka.md), which would hide the tail of a multi-record last batch from the
-//! source's `available_now` drain. Sending every record in its own produce request
-//! avoids that but is slow (about 650 records/s to a debug nisshi, 1,300/s to tansu),
-//! so [`produce_readings`] sends all but the last record of each partition in large
-//! batches, flushes, and then sends each partition's last record alone: the newest
-//! batch of every partition holds one record, and the high watermark is right on
-//! tansu too.
+//! ([`produce_readings`] sends each partition's last record in a request of its own, a
+//! workaround for a test broker used before Apache Kafka whose high watermark was wrong;
+//! harmless on Apache Kafka.)
 //!
 //! - [`KafkaWorkload::Filter`]: `WHERE pressure < 50` (half the records) with a
 //!   projection, to a topic keyed by sensor;
@@ -31,8 +26,8 @@ use tokio::runtime::Runtime;
 
 use super::filter::SensorReading;
 use super::{BenchReport, Workload, run_to_end};
+use crate::connector::kafka::client::{TopicNotCreated, config, create_topic};
 use crate::error::{Error, Result};
-use crate::kafka_tool::{TopicNotCreated, config, create_topic};
 use crate::sink::kafka::{KafkaDelivery, send_when_room};
 
 /// How long connecting to the broker and each broker call may take.
@@ -94,7 +89,7 @@ pub fn parse_delivery(value: &str) -> Result<KafkaDelivery> {
         "at_least_once" => Ok(KafkaDelivery::AtLeastOnce),
         _ => Err(Error::Option(format!(
             "unknown delivery '{value}': use exactly_once (needs a broker with transactions, \
-             e.g. tansu) or at_least_once"
+             e.g. Apache Kafka) or at_least_once"
         ))),
     }
 }
@@ -131,9 +126,8 @@ pub fn check_reachable(bootstrap: &str) -> Result<()> {
     }
     Err(Error::Network(format!(
         "no Kafka broker reachable at '{bootstrap}' ({}); start one with \
-         `scripts/kafka-broker.sh start tansu 9093` (transactions, for exactly_once) or \
-         `scripts/kafka-broker.sh start nisshi 9092` (with --delivery at_least_once) and \
-         pass --bootstrap 127.0.0.1:PORT",
+         `scripts/kafka-broker.sh start 9092` (Apache Kafka) and pass --bootstrap \
+         127.0.0.1:9092",
         if failures.is_empty() {
             "no address given".to_string()
         } else {
@@ -156,7 +150,7 @@ pub fn produce_readings(bootstrap: &str, topic: &str, partitions: i32, rows: u64
             "the input topic needs at least 1 partition".into(),
         ));
     }
-    create_topic(bootstrap, topic, partitions, 1, TIMEOUT).map_err(|e| match e {
+    create_topic(&config(bootstrap), topic, partitions, 1, TIMEOUT).map_err(|e| match e {
         TopicNotCreated::Config(e) => client_error("creating an admin client", bootstrap, e),
         TopicNotCreated::Client(e) => {
             client_error(&format!("creating topic '{topic}'"), bootstrap, e)

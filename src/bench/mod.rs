@@ -82,8 +82,14 @@ impl FromStr for Workload {
 pub struct StateSize {
     /// Most groups held at the end of any batch (`numRowsTotal`).
     pub rows: u64,
-    /// Most bytes held at the end of any batch (`memoryUsedBytes`).
+    /// Most bytes held at the end of any batch (`memoryUsedBytes`: rows and index).
     pub memory_bytes: u64,
+    /// Of those, the state rows' Arrow arrays at their largest (`stateRowBytes`).
+    pub row_bytes: u64,
+    /// Of those, the key index at its largest (`stateIndexBytes`).
+    pub index_bytes: u64,
+    /// Most state rows one batch read to merge (`numStateRowsRead`).
+    pub rows_read: u64,
 }
 
 /// What one benchmark run measured.
@@ -101,6 +107,10 @@ pub struct BenchReport {
     pub seconds: f64,
     /// Median, 95th percentile and maximum `triggerExecution` per batch, in ms.
     pub latency_ms: (u64, u64, u64),
+    /// `triggerExecution` of each batch, in order (of the last 100).
+    pub batch_ms: Vec<u64>,
+    /// CPU seconds (user + system) the process used over the run, all threads.
+    pub cpu_seconds: f64,
     /// The aggregation's state at its largest, for stateful workloads.
     pub state: Option<StateSize>,
 }
@@ -116,11 +126,13 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:<12} {:>10} rows in {:>3} batches: {:>8.3} s, {:>12.0} rows/s; batch latency p50 {} ms, p95 {} ms, max {} ms ({} rows out)",
+            "{:<12} {:>10} rows in {:>3} batches: {:>8.3} s, CPU {:.3} s ({:.2} cores), {:>12.0} rows/s; batch latency p50 {} ms, p95 {} ms, max {} ms ({} rows out)",
             self.label,
             self.rows,
             self.batches,
             self.seconds,
+            self.cpu_seconds,
+            self.cpu_seconds / self.seconds.max(1e-9),
             self.rows_per_second(),
             self.latency_ms.0,
             self.latency_ms.1,
@@ -128,14 +140,21 @@ impl fmt::Display for BenchReport {
             self.output_rows
         )?;
         if let Some(state) = self.state {
+            let per = |bytes: u64| bytes as f64 / state.rows.max(1) as f64;
             write!(
                 f,
-                "; state up to {} groups, {} bytes ({:.1} per group)",
+                "; state up to {} groups, {} bytes ({:.1} per group: rows {:.1}, index {:.1}), \
+                 up to {} state rows read by a batch",
                 state.rows,
                 state.memory_bytes,
-                state.memory_bytes as f64 / state.rows.max(1) as f64
+                per(state.memory_bytes),
+                per(state.row_bytes),
+                per(state.index_bytes),
+                state.rows_read
             )?;
         }
+        let batches: Vec<String> = self.batch_ms.iter().map(u64::to_string).collect();
+        write!(f, "; batch ms: {}", batches.join(" "))?;
         Ok(())
     }
 }
@@ -148,6 +167,7 @@ impl fmt::Display for BenchReport {
 fn run_to_end(runtime: &Runtime, script: &str, label: String, rows: u64) -> Result<BenchReport> {
     let session = Session::new(runtime.handle().clone(), SessionSettings::default());
     let started = Instant::now();
+    let cpu_started = cpu_seconds();
     let results = runtime.block_on(session.execute_script(script))?;
     let Some(StatementResult::QueryStarted(query)) = results.last() else {
         return Err(Error::Sql(
@@ -156,7 +176,24 @@ fn run_to_end(runtime: &Runtime, script: &str, label: String, rows: u64) -> Resu
     };
     query.await_termination_blocking()?;
     let seconds = started.elapsed().as_secs_f64();
-    Ok(report(label, rows, seconds, &query.recent_progress()))
+    let cpu = cpu_seconds() - cpu_started;
+    let mut report = report(label, rows, seconds, &query.recent_progress());
+    report.cpu_seconds = cpu;
+    Ok(report)
+}
+
+/// CPU seconds (user + system) this process has used so far, over all its threads.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given; RUSAGE_SELF is valid.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return 0.0;
+        }
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// Summarises progress reports (the engine keeps the newest 100, so runs of more
@@ -176,7 +213,7 @@ fn report(label: String, rows: u64, seconds: f64, progress: &[QueryProgress]) ->
     let state_figure = |p: &QueryProgress, field: &str| {
         p.state_operators
             .first()
-            .and_then(|s| s.get(field))
+            .and_then(|s| s.get(field).or_else(|| s.get("customMetrics")?.get(field)))
             .and_then(serde_json::Value::as_u64)
     };
     let state = progress
@@ -185,11 +222,17 @@ fn report(label: String, rows: u64, seconds: f64, progress: &[QueryProgress]) ->
             Some(StateSize {
                 rows: state_figure(p, "numRowsTotal")?,
                 memory_bytes: state_figure(p, "memoryUsedBytes")?,
+                row_bytes: state_figure(p, "stateRowBytes").unwrap_or(0),
+                index_bytes: state_figure(p, "stateIndexBytes").unwrap_or(0),
+                rows_read: state_figure(p, "numStateRowsRead").unwrap_or(0),
             })
         })
         .reduce(|a, b| StateSize {
             rows: a.rows.max(b.rows),
             memory_bytes: a.memory_bytes.max(b.memory_bytes),
+            row_bytes: a.row_bytes.max(b.row_bytes),
+            index_bytes: a.index_bytes.max(b.index_bytes),
+            rows_read: a.rows_read.max(b.rows_read),
         });
     BenchReport {
         label,
@@ -198,6 +241,11 @@ fn report(label: String, rows: u64, seconds: f64, progress: &[QueryProgress]) ->
         batches: progress.len(),
         seconds,
         latency_ms: (pick(0.5), pick(0.95), pick(1.0)),
+        batch_ms: progress
+            .iter()
+            .map(|p| p.duration_ms.trigger_execution)
+            .collect(),
+        cpu_seconds: 0.0,
         state,
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{create_dir_all, write_atomic};
+use super::{create_dir_all, read_file, write_atomic};
 use crate::error::{Error, Result};
 
 /// A log of one JSON file per batch id, each written atomically.
@@ -47,24 +47,27 @@ impl<T: Serialize + DeserializeOwned> BatchLog<T> {
     /// Reads the entry for `batch_id`, if it exists.
     pub fn get(&self, batch_id: u64) -> Result<Option<T>> {
         let path = self.dir.join(batch_id.to_string());
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        match read_file(&path)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
                 Error::Checkpoint(format!(
                     "{} is damaged ({e}); restore it from a backup or use a new checkpoint",
                     path.display()
                 ))
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(&path)(e)),
+            None => Ok(None),
         }
     }
 
-    /// Every batch id present, ascending. Temporary files are not entries.
+    /// Every batch id present, ascending. Temporary files are not entries; an error
+    /// while listing is an error, not a shorter list.
     pub fn batch_ids(&self) -> Result<Vec<u64>> {
-        let mut ids: Vec<u64> = fs::read_dir(&self.dir)
-            .map_err(Error::io(&self.dir))?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(Error::io(&self.dir))? {
+            let entry = entry.map_err(Error::io(&self.dir))?;
+            if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                ids.push(id);
+            }
+        }
         ids.sort_unstable();
         Ok(ids)
     }

@@ -15,6 +15,7 @@
 //! idempotent by batch id.
 
 mod batch_log;
+pub mod fault;
 
 pub use batch_log::BatchLog;
 
@@ -39,12 +40,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
+    fault::check(path, fault::Op::Write).map_err(Error::io(path))?;
     let mut file = File::create(&tmp).map_err(Error::io(&tmp))?;
     file.write_all(bytes).map_err(Error::io(&tmp))?;
     file.sync_all().map_err(Error::io(&tmp))?;
     drop(file);
     fs::rename(&tmp, path).map_err(Error::io(path))?;
     sync_dir(dir)
+}
+
+/// Reads a file of the checkpoint: `None` only if it does not exist.
+///
+/// Any other failure (permission denied, an I/O error, a directory where the file
+/// should be) is an error naming the file: treating it as "absent" would make the
+/// caller write a fresh file over state it could not read, and move or replay batches.
+pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
+    let read = fault::check(path, fault::Op::Read).and_then(|()| fs::read(path));
+    match read {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path)(e)),
+    }
+}
+
+/// Whether `path` exists; an error (other than "not found") if that cannot be told.
+/// (`Path::exists` answers `false` on any error, which is the mistake `read_file`
+/// avoids.)
+pub fn exists(path: &Path) -> Result<bool> {
+    fault::check(path, fault::Op::Read).map_err(Error::io(path))?;
+    path.try_exists().map_err(Error::io(path))
 }
 
 /// Fsyncs a directory so that renames and creations inside it survive a crash.
@@ -57,6 +81,10 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 pub fn create_dir_all(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(Error::io(dir))
 }
+
+/// Size at which `progress.jsonl` is rotated to `progress.jsonl.1` (about 1,000
+/// reports).
+pub const PROGRESS_ROTATE_BYTES: u64 = 1 << 20;
 
 /// The `metadata` file: which query owns this checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -141,9 +169,8 @@ impl Checkpoint {
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path)(e)),
         }
         let meta_path = root.join("metadata");
-        let metadata = if meta_path.exists() {
-            let text = fs::read_to_string(&meta_path).map_err(Error::io(&meta_path))?;
-            let found: QueryMetadata = serde_json::from_str(&text).map_err(|e| {
+        let metadata = if let Some(bytes) = read_file(&meta_path)? {
+            let found: QueryMetadata = serde_json::from_slice(&bytes).map_err(|e| {
                 Error::Checkpoint(format!(
                     "{} is damaged ({e}); restore it or start the query with a new checkpoint directory",
                     meta_path.display()
@@ -196,8 +223,21 @@ impl Checkpoint {
     /// The line goes out in one write. A `kill -9` during an earlier append may have
     /// left a last line without its newline: it is ended first, so that this report
     /// starts on a line of its own instead of being glued to the torn one.
+    ///
+    /// Once the file holds [`PROGRESS_ROTATE_BYTES`] it is renamed to
+    /// `progress.jsonl.1` (replacing the previous one) and a new file is started, so
+    /// the reports of a query running for months take at most twice that much space.
     pub fn append_progress(&self, json: &str) -> Result<()> {
         let path = self.root.join("progress.jsonl");
+        match fs::metadata(&path) {
+            Ok(meta) if meta.len() >= PROGRESS_ROTATE_BYTES => {
+                let older = self.root.join("progress.jsonl.1");
+                fs::rename(&path, &older).map_err(Error::io(&older))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path)(e)),
+        }
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
@@ -229,4 +269,96 @@ fn ends_without_newline(file: &mut File) -> std::io::Result<bool> {
     let mut last = [0u8; 1];
     file.read_exact(&mut last)?;
     Ok(last[0] != b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources() -> BTreeMap<String, String> {
+        BTreeMap::from([("t".to_string(), "RATE ".to_string())])
+    }
+
+    /// `metadata` that cannot be read (a symbolic link loop: `ELOOP`, not
+    /// "not found") must not be replaced by a fresh query id, which would orphan the
+    /// query's output and state.
+    #[test]
+    fn unreadable_metadata_is_an_error_not_a_new_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("metadata");
+        std::os::unix::fs::symlink(&meta, &meta).unwrap();
+        let error = Checkpoint::open(dir.path(), sources())
+            .expect_err("an error")
+            .to_string();
+        assert!(error.contains("metadata"), "{error}");
+        assert!(meta.symlink_metadata().unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn read_errors_of_log_entries_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = Checkpoint::open(dir.path(), sources()).unwrap();
+        let entry = CommitEntry {
+            batch_id: 0,
+            num_output_rows: 1,
+            source_max_event_time_ms: BTreeMap::new(),
+        };
+        checkpoint.commits.add(0, &entry).unwrap();
+        let commits = dir.path().join("commits");
+        let _eacces = fault::inject(&commits, fault::Op::Read, libc::EACCES);
+        let error = checkpoint.commits.get(0).unwrap_err().to_string();
+        assert!(error.contains("commits/0"), "{error}");
+        assert!(error.contains("read and write access"), "{error}");
+        let missing = checkpoint.commits.get(1).unwrap_err().to_string();
+        assert!(
+            missing.contains("commits/1"),
+            "an error, not None: {missing}"
+        );
+    }
+
+    /// 3,000 reports of 1 KiB: the newest are kept, the space stays bounded.
+    #[test]
+    fn progress_reports_are_rotated_not_kept_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = Checkpoint::open(dir.path(), sources()).unwrap();
+        let padding = "x".repeat(1000);
+        for i in 0..3000 {
+            checkpoint
+                .append_progress(&format!("{{\"batchId\": {i}, \"pad\": \"{padding}\"}}"))
+                .unwrap();
+        }
+        let current = fs::read_to_string(dir.path().join("progress.jsonl")).unwrap();
+        let older = fs::metadata(dir.path().join("progress.jsonl.1"))
+            .unwrap()
+            .len();
+        assert!(current.len() as u64 + older <= 2 * PROGRESS_ROTATE_BYTES + 2048);
+        assert!(
+            current
+                .trim_end()
+                .ends_with(&format!("\"batchId\": 2999, \"pad\": \"{padding}\"}}"))
+        );
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_write_and_keeps_the_old_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = Checkpoint::open(dir.path(), sources()).unwrap();
+        let entry = |rows| CommitEntry {
+            batch_id: 0,
+            num_output_rows: rows,
+            source_max_event_time_ms: BTreeMap::new(),
+        };
+        checkpoint.commits.add(0, &entry(1)).unwrap();
+        {
+            let _full = fault::inject(dir.path(), fault::Op::Write, libc::ENOSPC);
+            let error = checkpoint
+                .commits
+                .add(0, &entry(2))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("commits/0"), "{error}");
+            assert!(error.contains("free space"), "{error}");
+        }
+        assert_eq!(checkpoint.commits.get(0).unwrap(), Some(entry(1)));
+    }
 }

@@ -8,11 +8,11 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::DataFrame;
 
 use super::StreamingContext;
+use crate::connector::registry::{self, Location, Role};
 use crate::error::{Error, Result};
 use crate::execution::{StreamingQuery, Trigger};
 use crate::sink::foreach_batch::ForeachBatchFn;
-use crate::sink::kafka::{KAFKA_SINK_OPTIONS, KafkaSinkOptions};
-use crate::sink::{FileSinkFormat, OutputMode, SinkSpec};
+use crate::sink::{OutputMode, SinkRequest, SinkSpec};
 use crate::source::options::Options;
 
 /// Describes the sink of a stream frame, then [`start`](Self::start)s the query.
@@ -41,21 +41,22 @@ impl DataStreamWriter {
         }
     }
 
-    /// The sink: `console` (default), `memory` (a session table named after the
-    /// query), `parquet`, `csv` or `json` (files under the `path` option), `kafka`
-    /// (records of the topic named by the `topic` option, with the options of
-    /// `CREATE SINK ... STORED AS KAFKA`), or `noop` (rows dropped, for measuring).
+    /// The sink, by its name in the connector registry (any case): `console` (default),
+    /// `memory` (a session table named after the query), `parquet`, `csv` or `json`
+    /// (files under the `path` option), `kafka` (records of the topic named by the
+    /// `topic` option), `postgres` (rows of the table named by the `table` option), or
+    /// `noop` (rows dropped, for measuring). Each takes the options of its
+    /// `CREATE SINK ... STORED AS` form.
     pub fn format(mut self, format: &str) -> Self {
         self.format = format.to_ascii_lowercase();
         self
     }
 
-    /// One sink option: `path` (file sinks), `checkpoint` (also `checkpointLocation`),
-    /// `num_rows` (console). A `kafka` sink takes `topic` (required, as Spark's Kafka
-    /// writer does: the SQL sink's `LOCATION`), `checkpoint`, and the Kafka options
-    /// of the SQL sink (`bootstrap.servers`, `format`, `key`, `delivery`,
-    /// `create_topic`, `create_topic_partitions`, `timeout`, `kafka.<setting>`),
-    /// checked by the same code with the same messages.
+    /// One sink option: the connector's location option (`path` for file sinks,
+    /// `topic` for Kafka, `table` for PostgreSQL: the SQL sink's `LOCATION`),
+    /// `checkpoint` (also `checkpointLocation`), and the options of the SQL sink of the
+    /// same format (`num_rows`, Kafka's `bootstrap.servers`, ...), checked by the same
+    /// code with the same messages.
     pub fn option(mut self, key: &str, value: &str) -> Self {
         self.options.push((key.to_string(), value.to_string()));
         self
@@ -108,11 +109,7 @@ impl DataStreamWriter {
             }
             None => format!("query_{}", self.ctx.queries().len() + 1),
         };
-        let (sink, checkpoint) = if self.format == "kafka" {
-            self.kafka_sink(&name)?
-        } else {
-            self.other_sink()?
-        };
+        let (sink, checkpoint) = self.sink(&name)?;
         if !sink.supports(self.output_mode) {
             return Err(Error::Unsupported(format!(
                 "a {} sink only appends: use OutputMode::Append",
@@ -132,12 +129,31 @@ impl DataStreamWriter {
             .await
     }
 
-    /// A Kafka sink: the options go through the SQL sink's parser
-    /// ([`KafkaSinkOptions::parse`] and the strict [`Options`]), so they are checked,
-    /// and refused, with the same messages as in `CREATE SINK ... STORED AS KAFKA`;
-    /// `topic` stands for the statement's `LOCATION`.
-    fn kafka_sink(&self, name: &str) -> Result<(SinkSpec, Option<PathBuf>)> {
-        let what = format!("KAFKA sink '{name}'");
+    /// The sink from `format(...)` and `option(...)`: the connector comes from the
+    /// registry and its options go through the SQL sink's parser ([`SinkSpec::parse`]
+    /// and the strict [`Options`]), so they are checked, and refused, with the same
+    /// messages as in `CREATE SINK`; the connector's location option (`path`, Kafka's
+    /// `topic`, PostgreSQL's `table`) stands for the statement's `LOCATION`.
+    fn sink(&self, name: &str) -> Result<(SinkSpec, Option<PathBuf>)> {
+        if self.format == "foreach_batch" {
+            let function = self.foreach.clone().ok_or_else(|| {
+                Error::Option(
+                    "format('foreach_batch') needs the function: call .foreach_batch(f) \
+                     instead of .format(\"foreach_batch\")"
+                        .to_string(),
+                )
+            })?;
+            if let Some((key, _)) = self.options.first() {
+                return Err(Error::Option(format!(
+                    "unknown option '{key}' for a foreach_batch sink (it takes none)"
+                )));
+            }
+            return Ok((SinkSpec::ForeachBatch(function), None));
+        }
+        let connector = registry::find(Role::Sink, &self.format)
+            .filter(|c| c.dataframe && c.sql)
+            .ok_or_else(|| registry::unknown_dataframe_format(&self.format))?;
+        let what = format!("{} sink '{name}'", connector.name);
         let pairs = self
             .options
             .iter()
@@ -151,83 +167,27 @@ impl DataStreamWriter {
             })
             .collect();
         let mut options = Options::new(what.clone(), pairs)?;
-        let topic = options.take("topic").ok_or_else(|| {
-            Error::Option(format!(
-                "{what} needs option('topic', '<topic>'): the Kafka topic to write to"
-            ))
-        })?;
+        let location = connector.location_option.and_then(|key| options.take(key));
         let checkpoint = options
             .take("checkpoint")
             .map(|c| std::path::absolute(&c).map_err(Error::io(&c)))
             .transpose()?;
-        let kafka =
-            KafkaSinkOptions::parse(&mut options, Some(&topic), checkpoint.is_some(), &what)?;
-        let mut allowed = vec!["topic", "checkpoint"];
-        allowed.extend_from_slice(KAFKA_SINK_OPTIONS);
-        options.finish(&allowed)?;
-        Ok((SinkSpec::Kafka(Box::new(kafka)), checkpoint))
-    }
-
-    /// Every other sink, from the options `path`, `checkpoint` and `num_rows`.
-    fn other_sink(&self) -> Result<(SinkSpec, Option<PathBuf>)> {
-        let mut path = None;
-        let mut checkpoint = None;
-        let mut num_rows = 20;
-        for (key, value) in &self.options {
-            match key.as_str() {
-                "path" => path = Some(PathBuf::from(value)),
-                "checkpoint" | "checkpointLocation" => checkpoint = Some(PathBuf::from(value)),
-                "num_rows" if self.format == "console" => {
-                    num_rows = value.parse().map_err(|_| {
-                        Error::Option(format!("'num_rows' must be a whole number, got '{value}'"))
-                    })?;
-                }
-                other => {
-                    return Err(Error::Option(format!(
-                        "unknown option '{other}' for a {} sink; the options are path, \
-                         checkpoint and (console) num_rows",
-                        self.format
-                    )));
-                }
-            }
-        }
-        let files = |format| -> Result<SinkSpec> {
-            let path = path.clone().ok_or_else(|| {
-                Error::Option(format!(
-                    "a {} sink needs option('path', '<directory>')",
-                    self.format
-                ))
-            })?;
-            if checkpoint.is_none() {
-                return Err(Error::Option(format!(
-                    "a {} sink needs option('checkpoint', '<directory>') for exactly-once output",
-                    self.format
-                )));
-            }
-            Ok(SinkSpec::Files {
-                format,
-                path: std::path::absolute(&path).map_err(Error::io(&path))?,
-            })
-        };
-        let sink = match self.format.as_str() {
-            "console" => SinkSpec::Console { num_rows },
-            "memory" => SinkSpec::Memory,
-            "noop" => SinkSpec::Noop,
-            "parquet" => files(FileSinkFormat::Parquet)?,
-            "csv" => files(FileSinkFormat::Csv)?,
-            "json" => files(FileSinkFormat::Json)?,
-            "foreach_batch" => SinkSpec::ForeachBatch(
-                self.foreach
-                    .clone()
-                    .expect("format foreach_batch is set by foreach_batch()"),
-            ),
-            other => {
-                return Err(Error::Option(format!(
-                    "unknown sink format '{other}': use console, memory, parquet, csv, json, \
-                     kafka or noop, or foreach_batch(...)"
-                )));
-            }
-        };
-        Ok((sink, checkpoint))
+        let spec = SinkSpec::parse(
+            SinkRequest {
+                connector,
+                what: &what,
+                location,
+                location_hint: match (connector.location_option, connector.location) {
+                    (Some(key), Location::Required(x) | Location::Optional(x)) => {
+                        format!("option('{key}', '{x}')")
+                    }
+                    _ => String::new(),
+                },
+                has_checkpoint: checkpoint.is_some(),
+            },
+            &mut options,
+        )?;
+        options.finish(&connector.dataframe_options())?;
+        Ok((spec, checkpoint))
     }
 }

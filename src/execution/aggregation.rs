@@ -6,13 +6,18 @@
 //! Per micro-batch this operator
 //!
 //! 1. runs the `Partial` step of the batch's physical plan over the batch's rows;
-//! 2. merges those states into the stored ones with DataFusion's `PartialReduce` mode
-//!    (states in, states out), giving the new state (one row per group);
-//! 3. puts the new state (complete mode) or only the groups this batch touched (update
+//! 2. splits those states by state partition (a hash of the key), looks up the held
+//!    state rows of the same keys in each partition's index, and merges both with
+//!    DataFusion's `PartialReduce` mode (states in, states out), the partitions in
+//!    parallel: the touched groups' new state rows replace the old ones;
+//! 3. puts the whole state (complete mode) or only the groups this batch touched (update
 //!    mode) where the `Partial` step was, so the plan's own `Final` step, HAVING,
 //!    projection and ORDER BY produce the batch's output rows.
+//!
+//! Untouched groups are neither read nor copied (see `crate::state::keyed`).
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -27,7 +32,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::physical_plan::{ExecutionPlan, collect, collect_partitioned};
 
 use super::operator::Watermarks;
 use super::sessions::merge_sessions;
@@ -35,6 +40,8 @@ use crate::error::{Error, Result};
 use crate::functions::SESSION_WINDOW;
 use crate::planning::{DEDUP_EXPIRES_AT, dedup_delay, is_distinct_on, reads_stream};
 use crate::sink::OutputMode;
+use crate::state::partitioned::par_map;
+use crate::state::{PartitionedState, StatePartitions, StateStoreConfig};
 
 /// The streaming aggregation of a query, with its state.
 #[derive(Debug)]
@@ -51,8 +58,12 @@ pub struct StreamingAggregation {
     /// For a `DISTINCT ON` within the watermark: the watermark delay (ms) between a
     /// key's first event time and its expiry, kept in the state.
     dedup_delay_ms: Option<i64>,
-    /// One row per group: the group values, then the accumulators' states.
-    state: Option<RecordBatch>,
+    /// One row per group (the group values, then the accumulators' states), split
+    /// into partitions and indexed by key; opened by [`Self::open_state`].
+    state: Option<PartitionedState>,
+    /// The watermark up to which held groups were last evicted: held groups need a
+    /// scan for eviction only when the watermark has moved past it.
+    evicted_up_to: Option<i64>,
 }
 
 /// What [`StreamingAggregation::find`] learns about an aggregation node.
@@ -64,23 +75,78 @@ struct Found {
     dedup_delay_ms: Option<i64>,
 }
 
-/// What one batch did to the state (for progress and the state store).
+/// What one batch did to the state, for the batch's output and its progress report.
 #[derive(Debug)]
 pub struct AggregationStep {
-    /// The state after the batch (one row per group).
-    pub state: RecordBatch,
-    /// The state rows of the groups this batch updated.
-    pub updated: RecordBatch,
     /// The batch's physical plan with this aggregation's part replaced by its output
     /// for the batch: running it gives the rows above the aggregation.
     pub plan: Arc<dyn ExecutionPlan>,
-    /// Groups dropped from the state because the watermark passed them.
-    pub evicted: RecordBatch,
-    /// Every group dropped from the state: the evicted ones and, with session windows,
-    /// the sessions merged into longer ones (the state store deletes their keys).
-    pub removed: RecordBatch,
+    /// Groups held after the batch.
+    pub rows_total: usize,
+    /// Groups this batch created or changed.
+    pub rows_updated: usize,
+    /// Groups dropped from the state: evicted, or (session windows) merged into others.
+    pub rows_removed: usize,
+    /// Held state rows the batch read to merge with its own: the rows of the keys it
+    /// touched (session windows: their partitions' whole state).
+    pub rows_read: usize,
+    /// Groups the watermark passed (in append mode, the output).
+    pub evicted: usize,
     /// Partial-state rows of this batch dropped as late (their window had ended).
     pub dropped_late: usize,
+    /// Bytes of the state rows (rows replaced but not yet compacted away included).
+    pub row_bytes: usize,
+    /// Bytes of the partitions' key indexes.
+    pub index_bytes: usize,
+    /// Number of state partitions.
+    pub partitions: usize,
+}
+
+impl AggregationStep {
+    /// The progress report's `customMetrics` of the aggregation: the held state rows
+    /// the batch read to merge, and the state's bytes split into rows and index.
+    pub fn custom_metrics(&self) -> std::collections::BTreeMap<String, u64> {
+        std::collections::BTreeMap::from([
+            ("numStateRowsRead".to_string(), self.rows_read as u64),
+            ("stateRowBytes".to_string(), self.row_bytes as u64),
+            ("stateIndexBytes".to_string(), self.index_bytes as u64),
+        ])
+    }
+}
+
+/// What one batch reads from one partition to merge.
+struct Read {
+    /// The held state rows to merge (session windows: with their merged bounds).
+    held: RecordBatch,
+    /// The batch's partial states of this partition (idem).
+    new: RecordBatch,
+    /// Session windows: the partition's held rows as they were.
+    original: Option<RecordBatch>,
+}
+
+/// What one batch did to one partition.
+#[derive(Debug)]
+struct PartitionChange {
+    /// The merged rows of the touched groups still held.
+    updated: RecordBatch,
+    /// The groups the watermark passed.
+    evicted: RecordBatch,
+    /// Every group dropped from the partition.
+    removed: RecordBatch,
+    /// For a deduplication: the updated rows whose key was not held before.
+    fresh: Option<RecordBatch>,
+}
+
+impl Default for PartitionChange {
+    fn default() -> Self {
+        let empty = RecordBatch::new_empty(Arc::new(datafusion::arrow::datatypes::Schema::empty()));
+        PartitionChange {
+            updated: empty.clone(),
+            evicted: empty.clone(),
+            removed: empty,
+            fresh: None,
+        }
+    }
 }
 
 impl StreamingAggregation {
@@ -126,6 +192,7 @@ impl StreamingAggregation {
             session_key: found.session_key,
             dedup_delay_ms: found.dedup_delay_ms,
             state: None,
+            evicted_up_to: None,
         })
     }
 
@@ -156,29 +223,68 @@ impl StreamingAggregation {
         self.key_columns
     }
 
-    /// Sets the state (restored from the state store on restart).
-    pub fn restore(&mut self, state: RecordBatch) {
-        self.state = Some(state);
+    /// Opens the keyed state in `dir` (today `<checkpoint>/state/0`; its partitions are
+    /// `dir/<partition>/`) and restores version `committed`, the last committed batch
+    /// (`None`: empty, every version deleted). `plan` is a physical plan of the query, to
+    /// read the state schema off; `partitions` the `millrace.state_partitions` setting.
+    pub fn open_state(
+        &mut self,
+        dir: &Path,
+        plan: &Arc<dyn ExecutionPlan>,
+        partitions: Option<StatePartitions>,
+        config: StateStoreConfig,
+        committed: Option<u64>,
+    ) -> Result<()> {
+        let schema = self.state_schema(plan)?;
+        // A key's sessions must meet in one partition: route by the other key columns.
+        let route_columns = (0..self.key_columns)
+            .filter(|&c| Some(c) != self.session_key)
+            .collect();
+        self.state = Some(PartitionedState::open(
+            dir,
+            schema,
+            self.key_columns,
+            route_columns,
+            partitions,
+            config,
+            committed,
+        )?);
+        self.evicted_up_to = None;
+        Ok(())
     }
 
-    /// The current state, if any batch has run or a state was restored.
-    pub fn state(&self) -> Option<&RecordBatch> {
+    /// The state, once [`open_state`](Self::open_state) has run.
+    pub fn state(&self) -> Option<&PartitionedState> {
         self.state.as_ref()
     }
 
+    /// Writes what the last [`step`](Self::step) changed as state version `batch_id`,
+    /// before the batch is committed; a replay of the batch after a crash reopens the
+    /// state at the previous version and writes this one anew.
+    pub fn commit(&mut self, batch_id: u64) -> Result<()> {
+        match &mut self.state {
+            Some(state) => state.commit(batch_id),
+            None => Err(Error::Unsupported(
+                "the aggregation's state was not opened before its first batch".into(),
+            )),
+        }
+    }
+
     /// Folds one batch into the state and produces the batch's output in `mode`.
-    /// `plan` is the batch's whole physical plan, as DataFusion planned it (with the
-    /// parts of stateful operators below this one already replaced by their output);
-    /// the returned step's `plan` has this aggregation replaced too.
+    /// `plan` is the batch's whole physical plan, as DataFusion planned it.
     ///
-    /// With a key that is event time (a `window()` or the watermarked column), as in
-    /// Spark: this batch's partial states of groups that ended at or before the
-    /// late-events watermark (the previous batch's) are dropped as late; groups that
-    /// ended at or before the eviction watermark (this batch's) leave the state, and in
-    /// append mode they are the batch's output (each emitted once). Complete mode keeps
-    /// every group and drops no late row, except for session windows, whose late rows
-    /// Spark drops in every mode. Rows whose `window()` is NULL (a NULL time) form no
-    /// group, as in Spark.
+    /// Only the keys the batch touches are read from the state and merged: the batch's
+    /// partial states are split by partition, each partition's held rows of those keys
+    /// are looked up in its index, and both are merged by DataFusion's `PartialReduce`
+    /// step (one input partition per state partition, run in parallel); the merged
+    /// rows replace the old ones. Session windows read their partition's whole state
+    /// (sessions of a key merge with each other).
+    ///
+    /// With a `watermark` (ms) and a key that is event time (a `window()` or the
+    /// watermarked column), as in Spark: this batch's partial states of groups that
+    /// ended at or before the watermark are dropped as late; groups that ended are
+    /// evicted from the state, and in append mode they are the batch's output (each
+    /// emitted once). Complete mode keeps every group.
     pub async fn step(
         &mut self,
         plan: Arc<dyn ExecutionPlan>,
@@ -219,55 +325,148 @@ impl StreamingAggregation {
                 *batch = open;
             }
         }
+        let incoming = concat_batches(&state_schema, &batch_states)?;
+        let Some(state) = self.state.as_mut() else {
+            return Err(Error::Unsupported(
+                "the aggregation's state was not opened before its first batch".into(),
+            ));
+        };
+        let routed = state.split(&incoming)?;
 
-        // Deduplication emits the rows it had never seen, and merged sessions remove
-        // their old bounds: keep the old keys to tell.
-        let previous = self.state.clone();
-        let mut stored = self.state.clone();
-        if let Some(session) = self.session_key {
-            let mut inputs: Vec<RecordBatch> = stored.iter().cloned().collect();
-            inputs.append(&mut batch_states);
-            let mut merged = merge_sessions(&inputs, &state_schema, session, self.key_columns)?;
-            if stored.is_some() {
-                stored = Some(merged.remove(0));
-            }
-            batch_states = merged;
-        }
-        // Merge the stored states with this batch's: states in, states out.
-        let mut inputs: Vec<RecordBatch> = stored.into_iter().collect();
-        inputs.extend(batch_states.iter().cloned());
+        // 1. Per partition, the held rows this batch merges with: the rows of the keys
+        //    it touches (a session window: the partition's whole state, with the
+        //    sessions of both rewritten to their merged bounds).
+        let (session_key, key_columns) = (self.session_key, self.key_columns);
+        let reads = par_map(
+            state.partitions.iter().zip(&routed).collect(),
+            |(partition, batch)| -> Result<Read> {
+                match session_key {
+                    Some(session) => {
+                        let original = partition.rows.live_rows()?;
+                        let merged = merge_sessions(
+                            &[original.clone(), batch.clone()],
+                            batch.schema_ref(),
+                            session,
+                            key_columns,
+                        )?;
+                        Ok(Read {
+                            held: merged[0].clone(),
+                            new: merged[1].clone(),
+                            original: Some(original),
+                        })
+                    }
+                    None => Ok(Read {
+                        held: partition.rows.rows_for_keys_of(batch)?,
+                        new: batch.clone(),
+                        original: None,
+                    }),
+                }
+            },
+        )?;
+        let rows_read: usize = reads.iter().map(|r| r.held.num_rows()).sum();
+
+        // 2. Merge held and new states, partitions in parallel: states in, states out.
+        let inputs: Vec<Vec<RecordBatch>> = reads
+            .iter()
+            .map(|r| vec![r.held.clone(), r.new.clone()])
+            .collect();
         let merged = AggregateExec::try_new(
             AggregateMode::PartialReduce,
             partial_exec.group_expr().as_final(),
             partial_exec.aggr_expr().to_vec(),
             vec![None; partial_exec.aggr_expr().len()],
-            MemorySourceConfig::try_new_exec(&[inputs], state_schema.clone(), None)?,
+            MemorySourceConfig::try_new_exec(&inputs, state_schema.clone(), None)?,
             partial_exec.input_schema(),
         )?;
-        let state = concat_batches(
-            &state_schema,
-            &collect(Arc::new(merged), task.clone()).await?,
-        )?;
-        let updated = self.rows_with_keys_of(&state, &batch_states, &state_schema)?;
-        let (evicted, state) = match (watermark, time_key) {
-            (Some(w), Some(key)) => split_ended(&state, key, w)?,
-            _ => (RecordBatch::new_empty(state_schema.clone()), state),
+        let merged = collect_partitioned(Arc::new(merged), task.clone()).await?;
+        if merged.len() != state.partitions.len() {
+            return Err(Error::Unsupported(format!(
+                "the merge of the state produced {} partitions for {} state partitions",
+                merged.len(),
+                state.partitions.len()
+            )));
+        }
+
+        // 3. Per partition: split off the ended groups, write the merged rows back,
+        //    evict the held groups the watermark passed.
+        let evict_held = match (watermark, self.evicted_up_to) {
+            (Some(w), Some(done)) => w > done,
+            (Some(_), None) => true,
+            (None, _) => false,
         };
-        let removed = match (&previous, self.session_key) {
-            (Some(previous), Some(_)) => self.rows_without_keys_of(previous, &state)?,
-            _ => evicted.clone(),
+        let dedup = self.dedup;
+        let work: Vec<_> = state.partitions.iter_mut().zip(merged).zip(reads).collect();
+        let changes = par_map(work, |((partition, merged), read)| {
+            let merged = concat_batches(&state_schema, &merged)?;
+            let (ended, open) = match (watermark, time_key) {
+                (Some(w), Some(key)) => split_ended(&merged, key, w)?,
+                _ => (RecordBatch::new_empty(state_schema.clone()), merged),
+            };
+            let rows = &mut partition.rows;
+            let mut change = PartitionChange::default();
+            if session_key.is_some() {
+                // The partition's new state is `open`; the touched groups are those
+                // with keys of this batch's (merged) sessions.
+                // The held sessions' own bounds, before merging, are the keys to drop.
+                let original = read.original.as_ref().unwrap_or(&read.held);
+                change.updated = rows_with_keys_of(&open, &read.new, key_columns)?;
+                change.removed = rows_without_keys_of(original, &open, key_columns)?;
+                change.evicted = ended;
+                rows.replace_all(open)?;
+            } else {
+                change.fresh = if dedup {
+                    let all = concat_batches(&state_schema, &[open.clone(), ended.clone()])?;
+                    let held = rows.contains_keys_of(&all)?;
+                    Some(filter_record_batch(&all, &not(&held)?)?)
+                } else {
+                    None
+                };
+                rows.upsert(open.clone())?;
+                rows.remove(&ended)?;
+                let touched_ended = (ended.num_rows() > 0).then(|| ended.clone());
+                let mut evicted = vec![ended];
+                if let (true, Some(w), Some(key)) = (evict_held, watermark, time_key) {
+                    let passed = rows.live_rows_where(|b| ended_mask(b, key, w))?;
+                    rows.remove(&passed)?;
+                    evicted.push(passed);
+                }
+                change.evicted = concat_batches(&state_schema, &evicted)?;
+                change.removed = change.evicted.clone();
+                change.updated = open;
+                // A group this batch updated may also be evicted by it (it ended
+                // between the two watermarks): update mode shows it, append emits it.
+                if let Some(touched_ended) = touched_ended {
+                    change.updated =
+                        concat_batches(&state_schema, &[change.updated, touched_ended])?;
+                }
+            }
+            rows.maybe_compact()?;
+            partition.set_pending(change.updated.clone(), change.removed.clone());
+            Ok(change)
+        })?;
+        if evict_held {
+            self.evicted_up_to = watermark;
+        }
+
+        let parts = |pick: fn(&PartitionChange) -> &RecordBatch| -> Result<RecordBatch> {
+            let batches: Vec<RecordBatch> = changes.iter().map(|c| pick(c).clone()).collect();
+            Ok(concat_batches(&state_schema, &batches)?)
         };
+        let updated = parts(|c| &c.updated)?;
+        let evicted = parts(|c| &c.evicted)?;
+        let removed_rows: usize = changes.iter().map(|c| c.removed.num_rows()).sum();
 
         // Run the rest of the plan (Final step, HAVING, projection, ORDER BY) over the
         // state the output mode asks for.
-        // A group this batch updated may also be evicted by it (it ended between the
-        // two watermarks): update mode shows it, append mode emits it, once, as Spark.
+        // `updated` is never evicted in the same batch: its rows passed the same
+        // watermark test that eviction applies (late ones were dropped above).
         let shown = match mode {
-            OutputMode::Complete => state.clone(),
-            _ if self.dedup => match &previous {
-                Some(previous) => self.rows_without_keys_of(&updated, previous)?,
-                None => updated.clone(),
-            },
+            OutputMode::Complete => concat_batches(&state_schema, &state.live_rows()?)?,
+            _ if self.dedup => {
+                let fresh: Vec<RecordBatch> =
+                    changes.iter().filter_map(|c| c.fresh.clone()).collect();
+                concat_batches(&state_schema, &fresh)?
+            }
             OutputMode::Append => evicted.clone(),
             OutputMode::Update => updated.clone(),
         };
@@ -294,14 +493,17 @@ impl StreamingAggregation {
                 })
             })?
             .data;
-        self.state = Some(state.clone());
         Ok(AggregationStep {
-            state,
-            updated,
             plan: rest,
-            evicted,
-            removed,
+            rows_total: state.num_rows(),
+            rows_updated: updated.num_rows(),
+            rows_removed: removed_rows,
+            rows_read,
+            evicted: evicted.num_rows(),
             dropped_late,
+            row_bytes: state.row_bytes(),
+            index_bytes: state.index_bytes(),
+            partitions: state.len(),
         })
     }
 
@@ -435,55 +637,6 @@ impl StreamingAggregation {
             ))),
         }
     }
-
-    /// The rows of `rows` whose key is not in `known`.
-    fn rows_without_keys_of(&self, rows: &RecordBatch, known: &RecordBatch) -> Result<RecordBatch> {
-        let fields = (0..self.key_columns)
-            .map(|i| SortField::new(rows.schema().field(i).data_type().clone()))
-            .collect();
-        let converter = RowConverter::new(fields)?;
-        let known_rows = converter.convert_columns(&known.columns()[..self.key_columns])?;
-        let known: HashSet<Vec<u8>> = known_rows.iter().map(|r| r.as_ref().to_vec()).collect();
-        let candidates = converter.convert_columns(&rows.columns()[..self.key_columns])?;
-        let fresh: BooleanArray = candidates
-            .iter()
-            .map(|r| Some(!known.contains(r.as_ref())))
-            .collect();
-        Ok(filter_record_batch(rows, &fresh)?)
-    }
-
-    /// The rows of `state` whose key appears in `touched` (all rows for a global aggregate
-    /// that this batch touched).
-    fn rows_with_keys_of(
-        &self,
-        state: &RecordBatch,
-        touched: &[RecordBatch],
-        schema: &SchemaRef,
-    ) -> Result<RecordBatch> {
-        let touched_rows: usize = touched.iter().map(|b| b.num_rows()).sum();
-        if self.key_columns == 0 {
-            return Ok(if touched_rows > 0 {
-                state.clone()
-            } else {
-                RecordBatch::new_empty(schema.clone())
-            });
-        }
-        let fields = (0..self.key_columns)
-            .map(|i| SortField::new(schema.field(i).data_type().clone()))
-            .collect();
-        let converter = RowConverter::new(fields)?;
-        let mut keys = HashSet::new();
-        for batch in touched {
-            let rows = converter.convert_columns(&batch.columns()[..self.key_columns])?;
-            keys.extend(rows.iter().map(|r| r.as_ref().to_vec()));
-        }
-        let rows = converter.convert_columns(&state.columns()[..self.key_columns])?;
-        let mask: BooleanArray = rows
-            .iter()
-            .map(|r| Some(keys.contains(r.as_ref())))
-            .collect();
-        Ok(filter_record_batch(state, &mask)?)
-    }
 }
 
 /// The key column that is event time: a `window()` struct (`{start, end}` timestamps)
@@ -525,13 +678,62 @@ fn is_window_struct(data_type: &DataType) -> bool {
     }
 }
 
-/// Splits state rows into those whose event time column `key` ended at or before
-/// `watermark` (ms) — a window's `end`, or the timestamp itself — and the others.
-fn split_ended(
-    batch: &RecordBatch,
-    key: usize,
-    watermark: i64,
-) -> Result<(RecordBatch, RecordBatch)> {
+/// The rows of `rows` whose key (first `key_columns` columns) is not in `known`.
+fn rows_without_keys_of(
+    rows: &RecordBatch,
+    known: &RecordBatch,
+    key_columns: usize,
+) -> Result<RecordBatch> {
+    if key_columns == 0 {
+        return Ok(if known.num_rows() > 0 {
+            rows.slice(0, 0)
+        } else {
+            rows.clone()
+        });
+    }
+    let converter = RowConverter::new(
+        (0..key_columns)
+            .map(|i| SortField::new(rows.schema().field(i).data_type().clone()))
+            .collect(),
+    )?;
+    let known_rows = converter.convert_columns(&known.columns()[..key_columns])?;
+    let known: HashSet<&[u8]> = known_rows.iter().map(|r| r.data()).collect();
+    let candidates = converter.convert_columns(&rows.columns()[..key_columns])?;
+    let fresh: BooleanArray = candidates
+        .iter()
+        .map(|r| Some(!known.contains(r.data())))
+        .collect();
+    Ok(filter_record_batch(rows, &fresh)?)
+}
+
+/// The rows of `state` whose key appears in `touched` (all rows for a global aggregate
+/// that this batch touched).
+fn rows_with_keys_of(
+    state: &RecordBatch,
+    touched: &RecordBatch,
+    key_columns: usize,
+) -> Result<RecordBatch> {
+    if key_columns == 0 {
+        return Ok(if touched.num_rows() > 0 {
+            state.clone()
+        } else {
+            state.slice(0, 0)
+        });
+    }
+    let converter = RowConverter::new(
+        (0..key_columns)
+            .map(|i| SortField::new(state.schema().field(i).data_type().clone()))
+            .collect(),
+    )?;
+    let touched_rows = converter.convert_columns(&touched.columns()[..key_columns])?;
+    let keys: HashSet<&[u8]> = touched_rows.iter().map(|r| r.data()).collect();
+    let rows = converter.convert_columns(&state.columns()[..key_columns])?;
+    let mask: BooleanArray = rows.iter().map(|r| Some(keys.contains(r.data()))).collect();
+    Ok(filter_record_batch(state, &mask)?)
+}
+
+/// Which rows' event time column `key` ended at or before `watermark` (ms).
+fn ended_mask(batch: &RecordBatch, key: usize, watermark: i64) -> Result<BooleanArray> {
     let column = batch.column(key);
     let time = match column.data_type() {
         DataType::Struct(_) => column.as_struct().column(1).clone(),
@@ -539,10 +741,20 @@ fn split_ended(
     };
     let millis = cast(&time, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
     let millis = millis.as_primitive::<TimestampMillisecondType>();
-    let ended: BooleanArray = millis
+    Ok(millis
         .iter()
         .map(|t| Some(t.is_some_and(|t| t <= watermark)))
-        .collect();
+        .collect())
+}
+
+/// Splits state rows into those whose event time column `key` ended at or before
+/// `watermark` (ms) — a window's `end`, or the timestamp itself — and the others.
+fn split_ended(
+    batch: &RecordBatch,
+    key: usize,
+    watermark: i64,
+) -> Result<(RecordBatch, RecordBatch)> {
+    let ended = ended_mask(batch, key, watermark)?;
     let open = not(&ended)?;
     Ok((
         filter_record_batch(batch, &ended)?,

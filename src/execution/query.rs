@@ -24,12 +24,7 @@ use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry};
 use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::planning::{BatchTable, StreamingPlan};
-use crate::sink::console::ConsoleSink;
-use crate::sink::file::FileSink;
-use crate::sink::kafka::KafkaSink;
-use crate::sink::memory::{MemorySink, MemoryWrite};
-use crate::sink::noop::NoopSink;
-use crate::sink::{OutputMode, Sink, SinkSpec};
+use crate::sink::{OutputMode, Sink, SinkContext, SinkSpec};
 use crate::source::{StreamDef, StreamSource};
 use crate::state::StateStoreConfig;
 
@@ -121,7 +116,8 @@ struct Shared {
 #[derive(Default)]
 struct RunState {
     stop_requested: bool,
-    outcome: Option<Result<(), String>>,
+    /// How the loop ended; the failure keeps its type (shared: several waiters get it).
+    outcome: Option<Result<(), Arc<Error>>>,
     progress: VecDeque<QueryProgress>,
     status: QueryStatus,
     /// Triggers that found no new data so far: `process_all_available` waits for one
@@ -165,28 +161,14 @@ impl StreamingQuery {
         // The query's stateful operators, bottom-up; the position is the operator id.
         let operators = find_operators(&config.plan.plan);
         check_chain(&operators, config.output_mode)?;
-        let sink: Box<dyn Sink> = match &config.sink {
-            SinkSpec::Console { num_rows } => Box::new(ConsoleSink::stdout(*num_rows)),
-            SinkSpec::Memory => Box::new(MemorySink::new(
-                config
-                    .memory_table
-                    .clone()
-                    .expect("a memory sink comes with its table"),
-                memory_write(&config, operators.last().map(|o| o.as_ref()))?,
-            )),
-            SinkSpec::Noop => Box::new(NoopSink),
-            SinkSpec::Files { format, path } => {
-                Box::new(FileSink::open(*format, path, checkpoint.query_id())?)
-            }
-            SinkSpec::ForeachBatch(function) => Box::new(
-                crate::sink::foreach_batch::ForeachBatchSink::new(function.clone()),
-            ),
-            SinkSpec::Kafka(options) => Box::new(KafkaSink::open(
-                options.as_ref().clone(),
-                &config.plan.schema,
-                checkpoint.query_id(),
-            )?),
-        };
+        let sink = config.sink.open(&SinkContext {
+            query_id: checkpoint.query_id(),
+            checkpoint_dir: checkpoint.root(),
+            schema: &config.plan.schema,
+            output_mode: config.output_mode,
+            upsert_keys: upsert_keys(&config, operators.last().map(|o| o.as_ref())),
+            memory_table: config.memory_table.clone(),
+        })?;
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             id: checkpoint.query_id().to_string(),
@@ -257,13 +239,13 @@ impl StreamingQuery {
                 if temporary {
                     let _ = std::fs::remove_dir_all(&root);
                 }
-                let outcome = outcome.map_err(|e| e.to_string());
+                let outcome = outcome.map_err(Arc::new);
                 let ended = StreamingQuery {
                     shared: thread_shared.clone(),
                 };
+                let message = outcome.as_ref().err().map(|e| e.to_string());
                 for listener in &thread_shared.listeners {
-                    listener
-                        .on_query_terminated(&ended, outcome.as_ref().err().map(|e| e.as_str()));
+                    listener.on_query_terminated(&ended, message.as_deref());
                 }
                 let mut state = thread_shared.lock();
                 state.status = QueryStatus {
@@ -332,10 +314,16 @@ impl StreamingQuery {
         Self::outcome(&self.shared.name, &state)
     }
 
-    /// The failure that ended the query, if it failed (Spark's `exception()`).
+    /// The failure that ended the query, if it failed (Spark's `exception()`), as text.
     pub fn exception(&self) -> Option<String> {
+        self.error().map(|e| e.to_string())
+    }
+
+    /// The failure that ended the query, if it failed, with its type (e.g.
+    /// [`Error::Checkpoint`], [`Error::Io`]).
+    pub fn error(&self) -> Option<Arc<Error>> {
         match &self.shared.lock().outcome {
-            Some(Err(message)) => Some(message.clone()),
+            Some(Err(error)) => Some(error.clone()),
             _ => None,
         }
     }
@@ -397,9 +385,10 @@ impl StreamingQuery {
 
     fn outcome(name: &str, state: &RunState) -> Result<()> {
         match &state.outcome {
-            Some(Err(message)) => Err(Error::Stopped(format!(
-                "streaming query '{name}' failed: {message}"
-            ))),
+            Some(Err(cause)) => Err(Error::Query {
+                name: name.to_string(),
+                cause: cause.clone(),
+            }),
             _ => Ok(()),
         }
     }
@@ -609,9 +598,9 @@ impl Runner {
     }
 
     /// Opens every stateful operator's state under `<checkpoint>/state/<operator id>/`
-    /// and restores the state of the last committed batch. (A checkpoint written
-    /// before operators had ids kept its one aggregation's state in `state/0/`: the
-    /// same directory as operator 0 now, so it restores as it is.)
+    /// and restores the state of the last committed batch. (A checkpoint written before
+    /// state was partitioned, with version files directly in `state/0/`, is refused
+    /// with a message to start a new checkpoint.)
     async fn open_state(&mut self) -> Result<()> {
         if self.operators.is_empty() {
             return Ok(());
@@ -619,6 +608,11 @@ impl Runner {
         let physical = self.state.create_physical_plan(&self.plan.plan).await?;
         let config = StateStoreConfig {
             retain_versions: self.retain_batches,
+            state_partitions: self
+                .state
+                .config()
+                .get_extension::<crate::state::StatePartitions>()
+                .map(|p| *p),
             ..StateStoreConfig::default()
         };
         for (id, operator) in self.operators.iter_mut().enumerate() {
@@ -950,29 +944,21 @@ impl Runner {
     }
 }
 
-/// How a memory sink writes each batch: the result table in complete mode, upserts
-/// by the GROUP BY columns of the topmost stateful operator in update mode, appends
-/// otherwise.
-fn memory_write(config: &QueryConfig, top: Option<&dyn StatefulOperator>) -> Result<MemoryWrite> {
-    Ok(match (config.output_mode, top) {
-        (OutputMode::Complete, _) => MemoryWrite::Replace,
-        (OutputMode::Update, Some(operator)) => match operator.update_keys() {
-            // A deduplication emits each key once: nothing to update.
-            None => MemoryWrite::Append,
-            Some(groups) => {
-                let keys = output_keys(&config.plan.plan, &groups);
-                if keys.len() < groups.len() {
-                    return Err(Error::Unsupported(format!(
-                        "a memory sink in update mode upserts rows by the GROUP BY columns, so \
-                         the SELECT list must include them (renamed or not): {}",
-                        groups.join(", ")
-                    )));
-                }
-                MemoryWrite::Upsert(keys)
-            }
-        },
-        _ => MemoryWrite::Append,
-    })
+/// In update mode, the topmost stateful operator's update keys (none for a
+/// deduplication, which emits each key once, so there is nothing to update): the output
+/// columns holding the GROUP BY keys, and the group names, for sinks that upsert
+/// (memory, PostgreSQL).
+fn upsert_keys(
+    config: &QueryConfig,
+    top: Option<&dyn StatefulOperator>,
+) -> Option<(Vec<usize>, Vec<String>)> {
+    match (config.output_mode, top) {
+        (OutputMode::Update, Some(operator)) => {
+            let groups = operator.update_keys()?;
+            Some((output_keys(&config.plan.plan, &groups), groups))
+        }
+        _ => None,
+    }
 }
 
 /// Positions of the output columns that carry the GROUP BY columns `groups`, as
@@ -1039,10 +1025,14 @@ fn max_event_time(batches: &[RecordBatch], column: &str, limit: i64) -> Result<(
             array.as_ref(),
             &DataType::Timestamp(TimeUnit::Millisecond, None),
         )?;
-        let millis = millis
+        let Some(millis) = millis
             .as_any()
             .downcast_ref::<datafusion::arrow::array::PrimitiveArray<TimestampMillisecondType>>()
-            .expect("cast to timestamp(ms)");
+        else {
+            return Err(Error::Data(format!(
+                "watermark column '{column}' did not cast to a timestamp"
+            )));
+        };
         for m in millis.iter().flatten() {
             if m > limit {
                 beyond += 1;

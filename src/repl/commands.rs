@@ -21,6 +21,7 @@ use crate::source::{SourceKind, StreamDef};
 pub const COMMAND_NAMES: &[&str] = &[
     "\\?",
     "\\d",
+    "\\dc",
     "\\h",
     "\\help",
     "\\i",
@@ -38,6 +39,8 @@ functions and query names; Up/Down browse the history.
   \\d               tables (unbounded ones marked) and the running queries reading them
   \\d NAME          columns of table NAME; for an unbounded table also its source,
                    options and watermark
+  \\dc              the connectors: every STORED AS format of tables and sinks, with
+                   its LOCATION and options
   \\i FILE          run the statements and commands in FILE (stops at the first error)
   \\pset            show the output settings
   \\pset format table|csv|json
@@ -62,6 +65,7 @@ enum Command {
     Quit,
     Help,
     Tables,
+    Connectors,
     Describe(String),
     Include(String),
     Pset(Vec<String>),
@@ -94,6 +98,7 @@ fn parse(line: &str) -> Result<Command> {
         "\\q" | "quit" | "exit" => none(Command::Quit),
         "\\?" | "\\h" | "\\help" | "help" => Ok(Command::Help),
         "\\d" if rest.is_empty() => Ok(Command::Tables),
+        "\\dc" => none(Command::Connectors),
         "\\d" => Ok(Command::Describe(rest.to_string())),
         "\\i" => Ok(Command::Include(unquote(&argument("a file name")?))),
         "\\pset" => Ok(Command::Pset(
@@ -106,6 +111,39 @@ fn parse(line: &str) -> Result<Command> {
             "unknown command {other}; \\? lists the commands"
         ))),
     }
+}
+
+/// `\\dc`: the connector registry, sources then sinks, one connector a line with its
+/// `LOCATION` and options (each sink also takes checkpoint, output_mode and trigger).
+pub fn connectors_text() -> String {
+    use crate::connector::registry::{CONNECTORS, Location, Role, SINK_COMMON_OPTIONS};
+    let mut text = String::new();
+    for (role, title) in [
+        (
+            Role::Source,
+            "Unbounded tables (CREATE UNBOUNDED EXTERNAL TABLE ... STORED AS)",
+        ),
+        (Role::Sink, "Sinks (CREATE SINK ... STORED AS)"),
+    ] {
+        text.push_str(title);
+        text.push('\n');
+        for c in CONNECTORS.iter().filter(|c| c.role == role && c.sql) {
+            let location = match c.location {
+                Location::None => String::new(),
+                Location::Required(x) => format!(" LOCATION '{x}'"),
+                Location::Optional(x) => format!(" [LOCATION '{x}']"),
+            };
+            text.push_str(&format!("  {}{location}: {}\n", c.name, c.summary));
+            if !c.options.is_empty() {
+                text.push_str(&format!("      options: {}\n", c.options.join(", ")));
+            }
+        }
+    }
+    text.push_str(&format!(
+        "Every sink also takes: {}; a table with a WATERMARK also takes watermark_max_future.\n",
+        SINK_COMMON_OPTIONS.join(", ")
+    ));
+    text
 }
 
 /// A file name as typed, without the quotes around it.
@@ -136,6 +174,10 @@ impl Shell<'_> {
                 Ok(())
             }
             Command::Tables => self.list_tables(),
+            Command::Connectors => {
+                print!("{}", connectors_text());
+                Ok(())
+            }
             Command::Describe(name) => self.describe_table(&name),
             Command::Include(path) => return self.include(&path),
             Command::Pset(words) => self.pset(&words),
@@ -539,6 +581,9 @@ fn stream_details(def: &StreamDef) -> Vec<(&'static str, String)> {
         SourceKind::Rate(rate) => {
             options.push(format!("rows_per_second {}", rate.rows_per_second));
             options.push(format!("num_partitions {}", rate.num_partitions));
+            if let Some(limit) = rate.max_rows_per_trigger {
+                options.push(format!("max_rows_per_trigger {limit}"));
+            }
         }
         SourceKind::Socket => {}
         SourceKind::Kafka(kafka) => kafka_details(kafka, &mut options),

@@ -19,7 +19,9 @@ use rustyline::{Cmd, ConditionalEventHandler, Context, Event, EventContext, Help
 use super::commands::COMMAND_NAMES;
 use crate::sql::split::ends_statement;
 
-/// SQL keywords offered by completion: DataFusion's everyday ones and millrace's own.
+/// SQL keywords offered by completion: DataFusion's everyday ones and millrace's own
+/// (connector formats and options come from the connector registry, see
+/// [`crate::connector::registry::completion_words`]).
 const KEYWORDS: &[&str] = &[
     "ADD",
     "ALL",
@@ -37,8 +39,6 @@ const KEYWORDS: &[&str] = &[
     "COPY",
     "CREATE",
     "CROSS",
-    "CSV",
-    "CONSOLE",
     "DATE",
     "DECIMAL",
     "DESC",
@@ -71,12 +71,10 @@ const KEYWORDS: &[&str] = &[
     "INTO",
     "IS",
     "JOIN",
-    "JSON",
     "LEFT",
     "LIKE",
     "LIMIT",
     "LOCATION",
-    "MEMORY",
     "NOT",
     "NULL",
     "NULLS",
@@ -87,11 +85,9 @@ const KEYWORDS: &[&str] = &[
     "ORDER",
     "OUTER",
     "OVER",
-    "PARQUET",
     "PARTITION",
     "QUERIES",
     "QUERY",
-    "RATE",
     "REPLACE",
     "RIGHT",
     "SELECT",
@@ -100,12 +96,10 @@ const KEYWORDS: &[&str] = &[
     "SHOW",
     "SINK",
     "SMALLINT",
-    "SOCKET",
     "STOP",
     "STORED",
     "TABLE",
     "TABLES",
-    "TEXT",
     "THEN",
     "TIMESTAMP",
     "TO",
@@ -204,13 +198,12 @@ impl ShellHelper {
         }
         let lower = word.chars().any(|c| c.is_ascii_lowercase())
             && !word.chars().any(|c| c.is_ascii_uppercase());
-        let keywords = KEYWORDS.iter().map(|k| {
-            if lower {
-                k.to_ascii_lowercase()
-            } else {
-                k.to_string()
-            }
-        });
+        let connector_words = crate::connector::registry::completion_words();
+        let keywords = KEYWORDS
+            .iter()
+            .map(|k| k.to_string())
+            .chain(connector_words)
+            .map(|k| if lower { k.to_ascii_lowercase() } else { k });
         let columns = self.catalog.columns.values().flatten().map(|c| ident(c));
         let functions = self.catalog.functions.iter().cloned();
         let mut found = matching(columns.chain(tables()), word);

@@ -11,8 +11,8 @@
 //! commands line by line without the editor, and a bare `SELECT` over a stream prints
 //! to the console in the background, as scripts do.
 
-mod commands;
-mod completion;
+pub mod commands;
+pub mod completion;
 mod live;
 mod output;
 mod terminate;

@@ -14,6 +14,18 @@
 //! step 2 leaves a hidden temporary that the replay overwrites (or that is removed
 //! when the sink opens). Names are deterministic per batch, so nothing is written twice.
 //! Batches with no rows write a manifest but no file.
+//!
+//! **Compaction.** Only the newest manifest entry is ever needed again (a replay is
+//! always of the newest batch: batch N runs only once N-1 is in `commits/`). When
+//! batch N with N a multiple of [`COMPACT_INTERVAL`] has been published, the entries
+//! before N (and the previous compaction) are folded into `_millrace_sink/<N-1>.compact`
+//! — the query id, the last batch, and the totals of batches, files and rows — written
+//! atomically before the entries are deleted. The file names are not kept: every
+//! visible `part-*` file in the directory is committed output by construction, so the
+//! directory listing is the list. The manifest thus holds at most
+//! `COMPACT_INTERVAL + 1` files however long the query runs. Data files are never
+//! touched by compaction, so plain readers see exactly the committed files throughout,
+//! a crash during compaction included (the next open deletes entries a compaction covers).
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -24,11 +36,33 @@ use datafusion::parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
 use super::{FileSinkFormat, Sink};
-use crate::checkpoint::{BatchLog, create_dir_all, sync_dir};
+use crate::checkpoint::fault::{self, Op};
+use crate::checkpoint::{BatchLog, create_dir_all, exists, read_file, sync_dir, write_atomic};
 use crate::error::{Error, Result};
 
 /// Name of the manifest directory inside the output directory.
 pub const MANIFEST_DIR: &str = "_millrace_sink";
+
+/// Every this many batches the manifest's older entries are folded into one
+/// `.compact` file (Spark's `spark.sql.streaming.fileSink.log.compactInterval`
+/// default is 10).
+pub const COMPACT_INTERVAL: u64 = 10;
+
+/// A compaction of the manifest: what the folded entries said, in totals.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestCompaction {
+    /// The query that wrote the batches.
+    pub query_id: String,
+    /// The last batch folded in.
+    pub last_batch_id: u64,
+    /// Batches folded in (this and earlier compactions).
+    pub batches: u64,
+    /// Files those batches wrote.
+    pub files: u64,
+    /// Rows in those files.
+    pub num_rows: u64,
+}
 
 /// One batch's entry in the manifest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,6 +84,8 @@ pub struct FileSink {
     dir: PathBuf,
     query_id: String,
     manifest: BatchLog<ManifestEntry>,
+    /// The newest compaction of the manifest, if any.
+    compacted: Option<ManifestCompaction>,
 }
 
 impl FileSink {
@@ -58,24 +94,132 @@ impl FileSink {
     pub fn open(format: FileSinkFormat, dir: &Path, query_id: &str) -> Result<Self> {
         create_dir_all(dir)?;
         let manifest: BatchLog<ManifestEntry> = BatchLog::open(dir.join(MANIFEST_DIR))?;
-        if let Some((batch, entry)) = manifest.latest()?
-            && entry.query_id != query_id
-        {
-            return Err(Error::Checkpoint(format!(
-                "output directory {} holds batch {batch} of another query ({}); a new checkpoint \
-                 cannot append to it safely: use a new output directory or the original checkpoint",
-                dir.display(),
-                entry.query_id
-            )));
-        }
-        let sink = FileSink {
+        let mut sink = FileSink {
             format,
             dir: dir.to_path_buf(),
             query_id: query_id.to_string(),
             manifest,
+            compacted: None,
         };
+        sink.compacted = sink.latest_compaction()?;
+        let owner = match sink.manifest.latest()? {
+            Some((batch, entry)) => Some((batch, entry.query_id)),
+            None => sink
+                .compacted
+                .as_ref()
+                .map(|c| (c.last_batch_id, c.query_id.clone())),
+        };
+        if let Some((batch, owner)) = owner
+            && owner != query_id
+        {
+            return Err(Error::Checkpoint(format!(
+                "output directory {} holds batch {batch} of another query ({owner}); a new \
+                 checkpoint cannot append to it safely: use a new output directory or the \
+                 original checkpoint",
+                dir.display(),
+            )));
+        }
+        if let Some(c) = sink.compacted.clone() {
+            sink.delete_folded(c.last_batch_id)?;
+        }
         sink.remove_uncommitted_temporaries()?;
         Ok(sink)
+    }
+
+    fn manifest_dir(&self) -> PathBuf {
+        self.dir.join(MANIFEST_DIR)
+    }
+
+    fn compaction_path(&self, last: u64) -> PathBuf {
+        self.manifest_dir().join(format!("{last}.compact"))
+    }
+
+    /// The ids of the compactions present, ascending.
+    fn compaction_ids(&self) -> Result<Vec<u64>> {
+        let dir = self.manifest_dir();
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(Error::io(&dir))? {
+            let name = entry.map_err(Error::io(&dir))?.file_name();
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".compact"))
+                .and_then(|n| n.parse().ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn latest_compaction(&self) -> Result<Option<ManifestCompaction>> {
+        let Some(last) = self.compaction_ids()?.pop() else {
+            return Ok(None);
+        };
+        let path = self.compaction_path(last);
+        let bytes = read_file(&path)?.ok_or_else(|| {
+            Error::Checkpoint(format!("{} vanished while it was read", path.display()))
+        })?;
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::Checkpoint(format!(
+                "{} is damaged ({e}); restore it from a backup or use a new checkpoint",
+                path.display()
+            ))
+        })
+    }
+
+    /// Folds every manifest entry before `batch_id` (all committed: `batch_id` is
+    /// being written) and the previous compaction into one file, then deletes them.
+    fn compact(&mut self, batch_id: u64) -> Result<()> {
+        let Some(last) = batch_id.checked_sub(1) else {
+            return Ok(());
+        };
+        let mut folded = self.compacted.clone().unwrap_or(ManifestCompaction {
+            query_id: self.query_id.clone(),
+            last_batch_id: last,
+            batches: 0,
+            files: 0,
+            num_rows: 0,
+        });
+        let from = self.compacted.as_ref().map_or(0, |c| c.last_batch_id + 1);
+        for id in self.manifest.batch_ids()? {
+            if (from..=last).contains(&id)
+                && let Some(entry) = self.manifest.get(id)?
+            {
+                folded.batches += 1;
+                folded.files += entry.files.len() as u64;
+                folded.num_rows += entry.num_rows;
+            }
+        }
+        folded.last_batch_id = last;
+        folded.query_id = self.query_id.clone();
+        write_atomic(&self.compaction_path(last), &serde_json::to_vec(&folded)?)?;
+        crate::crash_point::crash_point("after-sink-compaction");
+        self.compacted = Some(folded);
+        self.delete_folded(last)
+    }
+
+    /// Deletes the manifest entries and older compactions compaction `last` covers.
+    fn delete_folded(&self, last: u64) -> Result<()> {
+        let remove = |path: PathBuf| match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path)(e)),
+            _ => Ok(true),
+        };
+        let mut deleted = false;
+        for id in self.manifest.batch_ids()? {
+            if id <= last {
+                deleted |= remove(self.manifest_dir().join(id.to_string()))?;
+            }
+        }
+        for c in self.compaction_ids()? {
+            if c < last {
+                deleted |= remove(self.compaction_path(c))?;
+            }
+        }
+        if deleted {
+            sync_dir(&self.manifest_dir())?;
+        }
+        Ok(())
     }
 
     fn file_name(&self, batch_id: u64, part: usize) -> String {
@@ -102,7 +246,13 @@ impl FileSink {
             else {
                 continue;
             };
-            if self.manifest.get(batch)?.is_none() {
+            // Batches a compaction covers were all published: no temporary of theirs
+            // is uncommitted.
+            let folded = self
+                .compacted
+                .as_ref()
+                .is_some_and(|c| batch <= c.last_batch_id);
+            if !folded && self.manifest.get(batch)?.is_none() {
                 fs::remove_file(entry.path()).map_err(Error::io(entry.path()))?;
             }
         }
@@ -114,9 +264,9 @@ impl FileSink {
         for name in &entry.files {
             let target = self.dir.join(name);
             let temporary = self.temporary(name);
-            if temporary.exists() {
+            if exists(&temporary)? {
                 fs::rename(&temporary, &target).map_err(Error::io(&target))?;
-            } else if !target.exists() {
+            } else if !exists(&target)? {
                 return Err(Error::Checkpoint(format!(
                     "committed output file {} of batch {} is missing; the output directory was \
                      changed by something other than this query",
@@ -129,6 +279,7 @@ impl FileSink {
     }
 
     fn write_file(&self, path: &Path, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<()> {
+        fault::check(path, Op::Write).map_err(Error::io(path))?;
         let file = File::create(path).map_err(Error::io(path))?;
         let file = match self.format {
             FileSinkFormat::Parquet => {
@@ -186,7 +337,11 @@ impl Sink for FileSink {
         };
         self.manifest.add(batch_id, &entry)?;
         crate::crash_point::crash_point("after-sink-manifest");
-        self.publish(&entry)
+        self.publish(&entry)?;
+        if batch_id > 0 && batch_id.is_multiple_of(COMPACT_INTERVAL) {
+            self.compact(batch_id)?;
+        }
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -274,6 +429,91 @@ mod tests {
             1,
             "only the manifest dir is left"
         );
+    }
+
+    fn manifest_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir.join(MANIFEST_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// After 35 batches the manifest holds one compaction and the entries since (not
+    /// 35 files); the compaction totals what it folded; every batch's file is
+    /// visible exactly once; a replay of the newest batch still writes nothing twice;
+    /// another query is still refused.
+    #[test]
+    fn the_manifest_is_compacted_and_the_output_stays_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (schema, rows) = batch(vec![1, 2]);
+        let mut sink = FileSink::open(FileSinkFormat::Json, dir.path(), "query-a").unwrap();
+        for id in 0..35 {
+            sink.add_batch(id, &schema, std::slice::from_ref(&rows))
+                .unwrap();
+        }
+        let names = manifest_files(dir.path());
+        assert_eq!(names.len(), 6, "{names:?}");
+        assert!(names.contains(&"29.compact".to_string()), "{names:?}");
+        let compaction = sink.latest_compaction().unwrap().unwrap();
+        assert_eq!(
+            (compaction.batches, compaction.files, compaction.num_rows),
+            (30, 30, 60)
+        );
+        sink.add_batch(34, &schema, std::slice::from_ref(&rows))
+            .unwrap();
+        assert_eq!(visible_files(dir.path()).len(), 35);
+        drop(sink);
+        let mut reopened = FileSink::open(FileSinkFormat::Json, dir.path(), "query-a").unwrap();
+        reopened
+            .add_batch(34, &schema, std::slice::from_ref(&rows))
+            .unwrap();
+        reopened.add_batch(35, &schema, &[rows]).unwrap();
+        assert_eq!(visible_files(dir.path()).len(), 36);
+        // Only compactions left behind by a crash: the owner is still known.
+        for name in manifest_files(dir.path()) {
+            if !name.ends_with(".compact") {
+                fs::remove_file(dir.path().join(MANIFEST_DIR).join(name)).unwrap();
+            }
+        }
+        let error = FileSink::open(FileSinkFormat::Json, dir.path(), "query-b")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("another query (query-a)"), "{error}");
+    }
+
+    /// A crash between writing a compaction and deleting the entries it folds: the
+    /// next open finishes the cleanup, and nothing visible changed.
+    #[test]
+    fn a_crash_during_manifest_compaction_is_cleaned_up_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (schema, rows) = batch(vec![1]);
+        let mut sink = FileSink::open(FileSinkFormat::Csv, dir.path(), "query-a").unwrap();
+        for id in 0..10 {
+            sink.add_batch(id, &schema, std::slice::from_ref(&rows))
+                .unwrap();
+        }
+        let saved: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(dir.path().join(MANIFEST_DIR))
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let bytes = fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect();
+        sink.add_batch(10, &schema, std::slice::from_ref(&rows))
+            .unwrap();
+        drop(sink);
+        for (path, bytes) in saved {
+            fs::write(path, bytes).unwrap();
+        }
+        let visible = visible_files(dir.path());
+        FileSink::open(FileSinkFormat::Csv, dir.path(), "query-a").unwrap();
+        assert_eq!(manifest_files(dir.path()), ["10", "9.compact"]);
+        assert_eq!(visible_files(dir.path()), visible);
+        assert_eq!(visible.len(), 11);
     }
 
     #[test]

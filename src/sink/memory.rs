@@ -10,17 +10,9 @@ use super::Sink;
 use crate::error::Result;
 use crate::planning::BatchTable;
 
-/// How each batch's rows change the memory sink's table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MemoryWrite {
-    /// Add the rows (append mode, and update mode without aggregation).
-    Append,
-    /// Replace the table with the rows (complete mode: the whole result each batch).
-    Replace,
-    /// Replace the rows with the same values in these columns (update mode: the GROUP BY
-    /// columns), add the others.
-    Upsert(Vec<usize>),
-}
+/// How each batch's rows change the memory sink's table (the same as any table-like
+/// sink's).
+pub use super::TableWrite as MemoryWrite;
 
 /// Writes each batch into a session table.
 pub struct MemorySink {

@@ -9,6 +9,18 @@
 //!
 //! Files must appear atomically: write them elsewhere (or under a name starting with
 //! `.` or `_`, which are ignored) and rename them into the directory, as Spark asks.
+//!
+//! **Compaction** (Spark's `CompactibleFileStreamLog`): when batch-log entry `n` is
+//! committed and [`COMPACT_INTERVAL`] entries have been added since the last
+//! compaction, every entry up to `n`
+//! (and the previous compaction) is folded into one file `<n>.compact`, written
+//! atomically, and only then are the folded entries deleted. Opening the source reads
+//! the newest compaction and the few entries after it, so restart time does not grow
+//! with the number of batches. The compaction keeps the files still present in the
+//! directory (a file deleted from it cannot be listed again); entries of batches not
+//! yet committed are never folded, so a replay still finds its files. A crash between
+//! writing the compaction and deleting what it folded leaves both: the next open
+//! ignores (and deletes) entries the compaction covers.
 
 use std::collections::HashSet;
 use std::fs;
@@ -21,8 +33,12 @@ use serde_json::json;
 
 use super::format::FileFormat;
 use super::{Offset, SourceBatch, StreamSource};
-use crate::checkpoint::{BatchLog, create_dir_all};
+use crate::checkpoint::{BatchLog, create_dir_all, read_file, sync_dir, write_atomic};
 use crate::error::{Error, Result};
+
+/// Every this many batch-log entries are folded into one `<n>.compact` file (as
+/// Spark's `spark.sql.streaming.fileSource.log.compactInterval`, default 10).
+pub const COMPACT_INTERVAL: u64 = 10;
 
 /// Options of a file source besides its format.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +69,9 @@ pub struct FileSource {
     dir: PathBuf,
     glob: Option<glob::Pattern>,
     log: BatchLog<Vec<FileEntry>>,
+    log_dir: PathBuf,
+    /// The newest compaction: the log entry it covers up to, if any.
+    compacted: Option<u64>,
     seen: HashSet<PathBuf>,
     /// With `available_now`: only these files may be taken.
     bound: Option<HashSet<PathBuf>>,
@@ -69,22 +88,89 @@ impl FileSource {
         let glob = compile_glob(options.path_glob_filter.as_deref())?;
         let log_dir = state_dir.join("files");
         create_dir_all(&log_dir)?;
-        let log: BatchLog<Vec<FileEntry>> = BatchLog::open(log_dir)?;
+        let log: BatchLog<Vec<FileEntry>> = BatchLog::open(log_dir.clone())?;
+        let compactions = compaction_ids(&log_dir)?;
+        let compacted = compactions.last().copied();
         let mut seen = HashSet::new();
+        if let Some(c) = compacted {
+            seen.extend(read_compaction(&log_dir, c)?.into_iter().map(|e| e.path));
+        }
         for id in log.batch_ids()? {
+            if compacted.is_some_and(|c| id <= c) {
+                continue; // folded into the compaction (a crash stopped its cleanup)
+            }
             for entry in log.get(id)?.unwrap_or_default() {
                 seen.insert(entry.path);
             }
         }
-        Ok(FileSource {
+        let source = FileSource {
             schema,
             options,
             dir: dir.to_path_buf(),
             glob,
             log,
+            log_dir,
+            compacted,
             seen,
             bound: None,
-        })
+        };
+        if let Some(c) = compacted {
+            source.delete_folded(c)?;
+        }
+        Ok(source)
+    }
+
+    /// Folds every log entry up to `upto` (all committed) and the previous
+    /// compaction into `<upto>.compact`, then deletes what it folded.
+    fn compact(&mut self, upto: u64) -> Result<()> {
+        let mut entries = match self.compacted {
+            Some(c) => read_compaction(&self.log_dir, c)?,
+            None => Vec::new(),
+        };
+        for id in self.log.batch_ids()? {
+            if id <= upto && self.compacted.is_none_or(|c| id > c) {
+                entries.extend(self.log.get(id)?.unwrap_or_default());
+            }
+        }
+        // A file no longer in the directory cannot be listed again: forget it, so the
+        // compaction holds what is there, not everything ever read.
+        let mut kept = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match fs::symlink_metadata(&entry.path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.seen.remove(&entry.path);
+                }
+                _ => kept.push(entry),
+            }
+        }
+        write_atomic(
+            &compaction_path(&self.log_dir, upto),
+            &serde_json::to_vec(&kept)?,
+        )?;
+        crate::crash_point::crash_point("after-source-compaction");
+        self.compacted = Some(upto);
+        self.delete_folded(upto)
+    }
+
+    /// Deletes the log entries and older compactions that compaction `upto` covers.
+    fn delete_folded(&self, upto: u64) -> Result<()> {
+        let mut deleted = false;
+        for id in self.log.batch_ids()? {
+            if id <= upto {
+                remove_file(&self.log_dir.join(id.to_string()))?;
+                deleted = true;
+            }
+        }
+        for c in compaction_ids(&self.log_dir)? {
+            if c < upto {
+                remove_file(&compaction_path(&self.log_dir, c))?;
+                deleted = true;
+            }
+        }
+        if deleted {
+            sync_dir(&self.log_dir)?;
+        }
+        Ok(())
     }
 
     /// Files in the directory not yet taken, in the order they will be read.
@@ -96,6 +182,47 @@ impl FileSource {
             .collect();
         files.sort_by(|a, b| (a.mtime_ms, &a.path).cmp(&(b.mtime_ms, &b.path)));
         Ok(files)
+    }
+}
+
+fn compaction_path(log_dir: &Path, upto: u64) -> PathBuf {
+    log_dir.join(format!("{upto}.compact"))
+}
+
+/// The ids of the compactions present in the log directory, ascending.
+fn compaction_ids(log_dir: &Path) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(log_dir).map_err(Error::io(log_dir))? {
+        let name = entry.map_err(Error::io(log_dir))?.file_name();
+        if let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".compact"))
+            .and_then(|n| n.parse().ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+fn read_compaction(log_dir: &Path, upto: u64) -> Result<Vec<FileEntry>> {
+    let path = compaction_path(log_dir, upto);
+    let bytes = read_file(&path)?.ok_or_else(|| {
+        Error::Checkpoint(format!("{} vanished while it was read", path.display()))
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Checkpoint(format!(
+            "{} is damaged ({e}); restore it from a backup or use a new checkpoint",
+            path.display()
+        ))
+    })
+}
+
+fn remove_file(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path)(e)),
+        _ => Ok(()),
     }
 }
 
@@ -127,8 +254,12 @@ pub fn list_files(dir: &Path, glob: Option<&glob::Pattern>) -> Result<Vec<FileEn
             continue;
         }
         let path = entry.path();
-        let Ok(meta) = entry.metadata() else {
-            continue; // vanished between listing and stat
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            // Vanished between listing and stat: not there, so not new either.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // Any other error would hide a file that is there: stop and say so.
+            Err(e) => return Err(Error::io(&path)(e)),
         };
         if !meta.is_file() {
             continue;
@@ -189,25 +320,61 @@ impl StreamSource for FileSource {
 
     fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<SourceBatch> {
         let (start, end) = (log_offset(start)?, log_offset(Some(end))?);
-        let mut out = SourceBatch::default();
+        let mut paths = Vec::new();
         for id in (start + 1)..=end {
             let files = self.log.get(id as u64)?.ok_or_else(|| {
                 Error::Checkpoint(format!(
                     "the file source log has no entry {id}: the checkpoint is damaged"
                 ))
             })?;
-            for file in files {
-                let decoded = self.options.format.read_file(&file.path, &self.schema)?;
-                out.malformed_dropped += decoded.malformed_dropped;
-                if decoded.batch.num_rows() > 0 {
-                    out.batches.push(decoded.batch);
-                }
+            paths.extend(files.into_iter().map(|f| f.path));
+        }
+        // Decode the files on as many threads as there are cores, keeping their order.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(paths.len())
+            .max(1);
+        let per_thread = paths.len().div_ceil(threads).max(1);
+        let (format, schema) = (&self.options.format, &self.schema);
+        let decoded = std::thread::scope(|scope| {
+            let handles: Vec<_> = paths
+                .chunks(per_thread)
+                .map(|group| {
+                    scope.spawn(move || {
+                        group
+                            .iter()
+                            .map(|path| format.read_file(path, schema))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| match h.join() {
+                    Ok(result) => result,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let mut out = SourceBatch::default();
+        for decoded in decoded.into_iter().flatten() {
+            out.malformed_dropped += decoded.malformed_dropped;
+            if decoded.batch.num_rows() > 0 {
+                out.batches.push(decoded.batch);
             }
         }
         Ok(out)
     }
 
-    fn commit(&mut self, _end: &Offset) -> Result<()> {
+    fn commit(&mut self, end: &Offset) -> Result<()> {
+        let end = log_offset(Some(end))?;
+        if end >= 0 {
+            let end = end as u64;
+            let folded = self.compacted.map_or(0, |c| c + 1);
+            if end + 1 >= folded + COMPACT_INTERVAL {
+                self.compact(end)?;
+            }
+        }
         Ok(())
     }
 
@@ -217,5 +384,125 @@ impl StreamSource for FileSource {
             self.options.format.name(),
             self.dir.display()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+    use crate::source::format::{Encoding, MalformedMode};
+
+    fn open(input: &Path, state: &Path) -> FileSource {
+        let schema = Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)]));
+        let options = FileSourceOptions {
+            format: FileFormat {
+                encoding: Encoding::Text,
+                mode: MalformedMode::FailFast,
+            },
+            path_glob_filter: None,
+            max_files_per_trigger: Some(1),
+        };
+        FileSource::open(schema, options, input, state).unwrap()
+    }
+
+    /// Runs one batch (one file) to its commit; its offset.
+    fn run_batch(source: &mut FileSource, start: Option<Offset>) -> Offset {
+        let end = source.latest_offset(start.as_ref()).unwrap().unwrap();
+        source.get_batch(start.as_ref(), &end).unwrap();
+        source.commit(&end).unwrap();
+        end
+    }
+
+    fn log_files(state: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(state.join("files"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// After 45 batches the log holds one compaction and at most
+    /// `COMPACT_INTERVAL` entries (not 45), a reopened source takes no file twice,
+    /// and files deleted from the directory are dropped from the compaction.
+    #[test]
+    fn the_log_is_compacted_and_restarts_read_a_bounded_number_of_files() {
+        let input = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let mut source = open(input.path(), state.path());
+        let mut offset = None;
+        for i in 0..45 {
+            fs::write(input.path().join(format!("{i:03}.txt")), format!("{i}\n")).unwrap();
+            offset = Some(run_batch(&mut source, offset));
+        }
+        let files = log_files(state.path());
+        assert!(files.len() <= COMPACT_INTERVAL as usize + 1, "{files:?}");
+        assert!(files.contains(&"39.compact".to_string()), "{files:?}");
+        drop(source);
+
+        let mut reopened = open(input.path(), state.path());
+        assert_eq!(
+            reopened.latest_offset(offset.as_ref()).unwrap(),
+            offset,
+            "no file is new after a restart"
+        );
+        // Files 0..20 are cleaned up by the user; the next compaction forgets them.
+        for i in 0..20 {
+            fs::remove_file(input.path().join(format!("{i:03}.txt"))).unwrap();
+        }
+        for i in 45..50 {
+            fs::write(input.path().join(format!("{i:03}.txt")), format!("{i}\n")).unwrap();
+            offset = Some(run_batch(&mut reopened, offset));
+        }
+        let compaction = read_compaction(&state.path().join("files"), 49).unwrap();
+        assert_eq!(compaction.len(), 30, "files 20..50 are still there");
+        assert_eq!(reopened.latest_offset(offset.as_ref()).unwrap(), offset);
+    }
+
+    /// A crash after the compaction was written but before the entries it folds were
+    /// deleted: the reopened source counts every file once and finishes the cleanup.
+    #[test]
+    fn a_crash_during_compaction_leaves_a_readable_log() {
+        let input = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let mut source = open(input.path(), state.path());
+        let mut offset = None;
+        for i in 0..9 {
+            fs::write(input.path().join(format!("{i:03}.txt")), format!("{i}\n")).unwrap();
+            offset = Some(run_batch(&mut source, offset));
+        }
+        let saved: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(state.path().join("files"))
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let bytes = fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect();
+        fs::write(input.path().join("009.txt"), "9\n").unwrap();
+        offset = Some(run_batch(&mut source, offset));
+        drop(source);
+        // Put back what the compaction deleted: the state of a crash in between.
+        for (path, bytes) in saved {
+            fs::write(path, bytes).unwrap();
+        }
+        assert!(log_files(state.path()).len() > 2);
+        let mut reopened = open(input.path(), state.path());
+        assert_eq!(log_files(state.path()), ["9.compact"]);
+        assert_eq!(reopened.latest_offset(offset.as_ref()).unwrap(), offset);
+        fs::write(input.path().join("010.txt"), "10\n").unwrap();
+        let next = reopened.latest_offset(offset.as_ref()).unwrap().unwrap();
+        let rows: usize = reopened
+            .get_batch(offset.as_ref(), &next)
+            .unwrap()
+            .batches
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows, 1, "only the new file");
     }
 }

@@ -12,7 +12,7 @@
 
 pub mod file;
 pub mod format;
-pub mod kafka;
+pub use crate::connector::kafka::source as kafka;
 pub mod options;
 pub mod rate;
 pub mod socket;

@@ -14,7 +14,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use serde_json::json;
 
 use super::{Offset, SourceBatch, StreamSource};
-use crate::checkpoint::write_atomic;
+use crate::checkpoint::{read_file, write_atomic};
 use crate::error::{Error, Result};
 
 /// Options of `STORED AS RATE`.
@@ -24,6 +24,10 @@ pub struct RateOptions {
     pub rows_per_second: u64,
     /// Number of Arrow batches each micro-batch is split into (default 1).
     pub num_partitions: usize,
+    /// At most this many rows per batch (`max_rows_per_trigger`, like Spark's
+    /// `maxOffsetsPerTrigger`): after a long pause the rows of the paused time arrive
+    /// over several batches instead of in one that may not fit in memory.
+    pub max_rows_per_trigger: Option<u64>,
 }
 
 /// The fixed schema of the rate source: `timestamp TIMESTAMP, value BIGINT`.
@@ -53,11 +57,20 @@ impl RateSource {
     /// Opens the source, reading (or fixing, on the first run) its start time.
     pub fn open(options: RateOptions, state_dir: &Path) -> Result<Self> {
         let path: PathBuf = state_dir.join("start.json");
-        let start_ms = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)?["startTimeMs"]
+        // Only a missing file means a first run: any other read error must stop the
+        // query, or a new start time would change every replayed row.
+        let damaged = || {
+            Error::Checkpoint(format!(
+                "{} is damaged: restore it, or start the query with a new checkpoint directory",
+                path.display()
+            ))
+        };
+        let start_ms = match read_file(&path)? {
+            Some(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes)
+                .map_err(|_| damaged())?["startTimeMs"]
                 .as_i64()
-                .ok_or_else(|| Error::Checkpoint(format!("{} is damaged", path.display())))?,
-            Err(_) => {
+                .ok_or_else(damaged)?,
+            None => {
                 let start = now_ms();
                 write_atomic(
                     &path,
@@ -96,7 +109,10 @@ impl StreamSource for RateSource {
 
     fn latest_offset(&mut self, start: Option<&Offset>) -> Result<Option<Offset>> {
         let start = value_offset(start)?;
-        let end = self.available().max(start);
+        let mut end = self.available().max(start);
+        if let Some(limit) = self.options.max_rows_per_trigger {
+            end = end.min(start.saturating_add(i64::try_from(limit).unwrap_or(i64::MAX)));
+        }
         Ok((end > 0).then(|| json!({ "value": end })))
     }
 
@@ -135,8 +151,102 @@ impl StreamSource for RateSource {
 
     fn describe(&self) -> String {
         format!(
-            "RateStreamSource[rowsPerSecond={}, numPartitions={}]",
-            self.options.rows_per_second, self.options.num_partitions
+            "RateStreamSource[rowsPerSecond={}, numPartitions={}{}]",
+            self.options.rows_per_second,
+            self.options.num_partitions,
+            self.options
+                .max_rows_per_trigger
+                .map_or(String::new(), |n| format!(", maxRowsPerTrigger={n}"))
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::fault::{self, Op};
+
+    fn options() -> RateOptions {
+        RateOptions {
+            rows_per_second: 10,
+            num_partitions: 1,
+            max_rows_per_trigger: None,
+        }
+    }
+
+    /// A read error other than "not found" (here a symbolic link loop, a real
+    /// `ELOOP` from the kernel) must stop the query, not fix a new start time:
+    /// that would change the timestamps of every row a replay re-reads.
+    #[test]
+    fn an_unreadable_start_time_is_an_error_not_a_first_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("start.json");
+        std::os::unix::fs::symlink(&path, &path).unwrap();
+        let error = RateSource::open(options(), dir.path())
+            .err()
+            .expect("an error, not a new start time")
+            .to_string();
+        assert!(error.contains("start.json"), "{error}");
+        assert!(
+            path.symlink_metadata().unwrap().file_type().is_symlink(),
+            "start.json was overwritten"
+        );
+    }
+
+    #[test]
+    fn an_io_error_reading_the_start_time_names_the_file_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = RateSource::open(options(), dir.path()).unwrap().start_ms;
+        let before = std::fs::read(dir.path().join("start.json")).unwrap();
+        {
+            let _eio = fault::inject(dir.path(), Op::Read, libc::EIO);
+            let error = RateSource::open(options(), dir.path())
+                .err()
+                .expect("EIO is not 'absent'")
+                .to_string();
+            assert!(error.contains("start.json"), "{error}");
+            assert!(error.contains("Input/output error"), "{error}");
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join("start.json")).unwrap(),
+            before
+        );
+        let again = RateSource::open(options(), dir.path()).unwrap().start_ms;
+        assert_eq!(again, first, "the start time survives the fault");
+    }
+
+    /// After a pause of an hour at 10 rows/s (36,000 rows waiting), batches take at
+    /// most `max_rows_per_trigger` rows each, and the next one starts where the
+    /// previous one ended.
+    #[test]
+    fn a_long_pause_is_spread_over_batches_of_at_most_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour_ago = now_ms() - 3_600_000;
+        write_atomic(
+            &dir.path().join("start.json"),
+            json!({ "startTimeMs": hour_ago }).to_string().as_bytes(),
+        )
+        .unwrap();
+        let limited = RateOptions {
+            max_rows_per_trigger: Some(1_000),
+            ..options()
+        };
+        let mut source = RateSource::open(limited, dir.path()).unwrap();
+        let first = source.latest_offset(None).unwrap().unwrap();
+        assert_eq!(first, json!({ "value": 1_000 }));
+        let rows: usize = source
+            .get_batch(None, &first)
+            .unwrap()
+            .batches
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows, 1_000);
+        let second = source.latest_offset(Some(&first)).unwrap().unwrap();
+        assert_eq!(second, json!({ "value": 2_000 }));
+        // Without a limit the whole hour would be one batch.
+        let mut unlimited = RateSource::open(options(), dir.path()).unwrap();
+        let all = value_offset(unlimited.latest_offset(None).unwrap().as_ref()).unwrap();
+        assert!(all >= 36_000, "{all}");
     }
 }

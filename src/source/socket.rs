@@ -68,22 +68,30 @@ impl Wal {
 
     /// Reads back every complete line of every segment; cuts a torn last line.
     fn open(dir: &Path) -> Result<Wal> {
-        let mut segments: Vec<u64> = fs::read_dir(dir)
-            .map_err(Error::io(dir))?
-            .filter_map(|e| {
-                let name = e.ok()?.file_name().to_string_lossy().into_owned();
-                name.strip_prefix("wal-")?
-                    .strip_suffix(".log")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
+        let mut segments: Vec<u64> = Vec::new();
+        for entry in fs::read_dir(dir).map_err(Error::io(dir))? {
+            // A listing error is an error: skipping a segment would lose its lines.
+            let name = entry.map_err(Error::io(dir))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(first) = name
+                .strip_prefix("wal-")
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse().ok())
+            {
+                segments.push(first);
+            }
+        }
         segments.sort_unstable();
         let floor = segments.first().copied().unwrap_or(0);
         let mut lines = Vec::new();
         for first in &segments {
             let path = Self::segment_path(dir, *first);
-            let bytes = fs::read(&path).map_err(Error::io(&path))?;
+            let bytes = crate::checkpoint::read_file(&path)?.ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "socket WAL segment {} vanished while it was being read",
+                    path.display()
+                ))
+            })?;
             let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
             if complete < bytes.len() {
                 let file = OpenOptions::new()
@@ -168,10 +176,17 @@ impl Wal {
 }
 
 /// A socket source opened for one query.
+///
+/// Dropping it (the query ended: `STOP QUERY`, a failure, the end of an
+/// `available_now` run) closes the connection and waits for the reader thread, so
+/// a restarted query in the same process is the only writer of its WAL.
 pub struct SocketSource {
     address: String,
     wal: Arc<Mutex<Wal>>,
     bound: Option<u64>,
+    /// A handle on the reader's connection, to shut it down when the query ends.
+    connection: TcpStream,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SocketSource {
@@ -179,8 +194,11 @@ impl SocketSource {
     pub fn open(address: &str, state_dir: &Path) -> Result<Self> {
         let wal = Arc::new(Mutex::new(Wal::open(state_dir)?));
         let stream = connect(address)?;
+        let connection = stream.try_clone().map_err(|e| {
+            Error::Network(format!("cannot share the connection to {address}: {e}"))
+        })?;
         let shared = wal.clone();
-        std::thread::Builder::new()
+        let reader = std::thread::Builder::new()
             .name(format!("socket-source-{address}"))
             .spawn(move || read_lines(stream, shared))
             .map_err(|e| Error::Network(format!("cannot start the socket reader: {e}")))?;
@@ -188,11 +206,24 @@ impl SocketSource {
             address: address.to_string(),
             wal,
             bound: None,
+            connection,
+            reader: Some(reader),
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Wal> {
         self.wal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for SocketSource {
+    fn drop(&mut self) {
+        // Wakes the reader from its blocking read (it sees the end of the stream),
+        // then waits until it has written its last line and let go of the WAL.
+        let _ = self.connection.shutdown(std::net::Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }
 

@@ -13,10 +13,10 @@ use datafusion::execution::SessionState;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::parser::{CreateExternalTable, Statement as DFStatement};
 
+use crate::connector::registry::{self, Location, Role};
 use crate::error::{Error, Result};
 use crate::execution::Trigger;
-use crate::sink::kafka::{KAFKA_SINK_OPTIONS, KafkaSinkOptions};
-use crate::sink::{FileSinkFormat, OutputMode, SinkSpec};
+use crate::sink::{OutputMode, SinkRequest, SinkSpec};
 use crate::source::file::{FileSourceOptions, compile_glob, list_files};
 use crate::source::format::{CORRUPT_RECORD_COLUMN, Encoding, FileFormat, MalformedMode};
 use crate::source::options::Options;
@@ -33,6 +33,7 @@ use ddl::{CreateSink, CreateStream};
 pub async fn declare_stream(state: &SessionState, statement: CreateStream) -> Result<StreamDef> {
     let (name, declared) = plan_columns(state, &statement).await?;
     let what = format!("{} table '{name}'", statement.format);
+    let connector = registry::sql_connector(Role::Source, &statement.format, &what)?;
     let mut options = Options::new(what.clone(), statement.options.clone())?;
     let location = statement.location.clone();
     let (kind, schema, location) = match statement.format.as_str() {
@@ -54,14 +55,18 @@ pub async fn declare_stream(state: &SessionState, statement: CreateStream) -> Re
             let num_partitions = options
                 .take_parsed::<usize>("num_partitions", "a positive whole number")?
                 .unwrap_or(1);
-            if rows_per_second == 0 || num_partitions == 0 {
+            let max_rows_per_trigger =
+                options.take_parsed::<u64>("max_rows_per_trigger", "a positive whole number")?;
+            if rows_per_second == 0 || num_partitions == 0 || max_rows_per_trigger == Some(0) {
                 return Err(Error::Option(format!(
-                    "'rows_per_second' and 'num_partitions' of {what} must be at least 1"
+                    "'rows_per_second', 'num_partitions' and 'max_rows_per_trigger' of {what} \
+                     must be at least 1"
                 )));
             }
             let kind = SourceKind::Rate(RateOptions {
                 rows_per_second,
                 num_partitions,
+                max_rows_per_trigger,
             });
             (kind, rate_schema(), String::new())
         }
@@ -88,10 +93,12 @@ pub async fn declare_stream(state: &SessionState, statement: CreateStream) -> Re
             let location = kafka.location();
             (SourceKind::Kafka(kafka), schema, location)
         }
-        other => {
-            return Err(Error::Sql(format!(
-                "unknown format '{other}' for unbounded table '{name}': use CSV, JSON, PARQUET, TEXT, RATE, SOCKET or KAFKA"
-            )));
+        _ => {
+            return Err(registry::unknown_sql_format(
+                Role::Source,
+                &statement.format,
+                &what,
+            ));
         }
     };
     let max_future = options
@@ -103,9 +110,7 @@ pub async fn declare_stream(state: &SessionState, statement: CreateStream) -> Re
             "'watermark_max_future' of {what} needs a WATERMARK clause in the column list"
         )));
     }
-    let mut allowed = options_keys(&statement.format).to_vec();
-    allowed.push("watermark_max_future");
-    options.finish(&allowed)?;
+    options.finish(&connector.sql_options())?;
     let watermark = match &statement.watermark {
         None => None,
         Some((column, expr)) => Some(WatermarkSpec {
@@ -120,23 +125,6 @@ pub async fn declare_stream(state: &SessionState, statement: CreateStream) -> Re
         location,
         watermark,
     })
-}
-
-fn options_keys(format: &str) -> &'static [&'static str] {
-    match format {
-        "CSV" => &[
-            "has_header",
-            "delimiter",
-            "mode",
-            "max_files_per_trigger",
-            "path_glob_filter",
-        ],
-        "JSON" => &["mode", "max_files_per_trigger", "path_glob_filter"],
-        "PARQUET" | "TEXT" => &["max_files_per_trigger", "path_glob_filter"],
-        "RATE" => &["rows_per_second", "num_partitions"],
-        "KAFKA" => &crate::source::kafka::OPTION_KEYS,
-        _ => &[],
-    }
 }
 
 /// Lets DataFusion's planner convert the column list, so SQL types mean what they mean
@@ -353,19 +341,6 @@ fn watermark_spec(
     })
 }
 
-/// Every option a Kafka sink takes: the common ones, then its own.
-const KAFKA_SINK_KEYS: [&str; 3 + KAFKA_SINK_OPTIONS.len()] = {
-    let mut keys = ["checkpoint"; 3 + KAFKA_SINK_OPTIONS.len()];
-    keys[1] = "output_mode";
-    keys[2] = "trigger";
-    let mut i = 0;
-    while i < KAFKA_SINK_OPTIONS.len() {
-        keys[3 + i] = KAFKA_SINK_OPTIONS[i];
-        i += 1;
-    }
-    keys
-};
-
 /// A `CREATE SINK`'s options, resolved.
 #[derive(Debug)]
 pub struct SinkOptions {
@@ -382,6 +357,7 @@ pub struct SinkOptions {
 /// Resolves and checks a `CREATE SINK`'s format, location and options.
 pub fn sink_options(statement: &CreateSink) -> Result<SinkOptions> {
     let what = format!("{} sink '{}'", statement.format, statement.name);
+    let connector = registry::sql_connector(Role::Sink, &statement.format, &what)?;
     let mut options = Options::new(what.clone(), statement.options.clone())?;
     let checkpoint = options
         .take("checkpoint")
@@ -397,70 +373,20 @@ pub fn sink_options(statement: &CreateSink) -> Result<SinkOptions> {
         .map(|t| Trigger::parse(&t))
         .transpose()?
         .unwrap_or_default();
-    let file_format = match statement.format.as_str() {
-        "PARQUET" => Some(FileSinkFormat::Parquet),
-        "CSV" => Some(FileSinkFormat::Csv),
-        "JSON" => Some(FileSinkFormat::Json),
-        _ => None,
-    };
-    let (spec, allowed): (SinkSpec, &[&str]) = match (statement.format.as_str(), file_format) {
-        ("CONSOLE", _) => {
-            no_location(&statement.location, &what)?;
-            let num_rows = options
-                .take_parsed::<usize>("num_rows", "a whole number")?
-                .unwrap_or(20);
-            if num_rows == 0 {
-                return Err(Error::Option(format!(
-                    "'num_rows' of {what} must be at least 1"
-                )));
-            }
-            (
-                SinkSpec::Console { num_rows },
-                &["checkpoint", "output_mode", "trigger", "num_rows"],
-            )
-        }
-        ("MEMORY", _) => {
-            no_location(&statement.location, &what)?;
-            (SinkSpec::Memory, &["checkpoint", "output_mode", "trigger"])
-        }
-        ("NOOP", _) => {
-            no_location(&statement.location, &what)?;
-            (SinkSpec::Noop, &["checkpoint", "output_mode", "trigger"])
-        }
-        (_, Some(format)) => {
-            let path = statement
-                .location
-                .clone()
-                .ok_or_else(|| Error::Sql(format!("{what} needs LOCATION '<output directory>'")))?;
-            if checkpoint.is_none() {
-                return Err(Error::Option(format!(
-                    "{what} needs a checkpoint for exactly-once output: add OPTIONS ('checkpoint' '<directory>')"
-                )));
-            }
-            (
-                SinkSpec::Files {
-                    format,
-                    path: absolute(Path::new(&path))?,
-                },
-                &["checkpoint", "output_mode", "trigger"],
-            )
-        }
-        ("KAFKA", _) => {
-            let kafka = KafkaSinkOptions::parse(
-                &mut options,
-                statement.location.as_deref(),
-                checkpoint.is_some(),
-                &what,
-            )?;
-            (SinkSpec::Kafka(Box::new(kafka)), &KAFKA_SINK_KEYS)
-        }
-        (other, _) => {
-            return Err(Error::Sql(format!(
-                "unknown sink format '{other}': use CONSOLE, MEMORY, NOOP, PARQUET, CSV, JSON or KAFKA"
-            )));
-        }
-    };
-    options.finish(allowed)?;
+    let spec = SinkSpec::parse(
+        SinkRequest {
+            connector,
+            what: &what,
+            location: statement.location.clone(),
+            location_hint: match connector.location {
+                Location::Required(x) | Location::Optional(x) => format!("LOCATION '{x}'"),
+                Location::None => String::new(),
+            },
+            has_checkpoint: checkpoint.is_some(),
+        },
+        &mut options,
+    )?;
+    options.finish(&connector.sql_options())?;
     if !spec.supports(output_mode) {
         return Err(Error::Unsupported(format!(
             "{what} supports only output_mode 'append' (files cannot be rewritten); use a console \

@@ -62,6 +62,12 @@ use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use crate::checkpoint::{create_dir_all, sync_dir, write_atomic};
 use crate::error::{Error, Result};
 
+pub mod keyed;
+pub mod partitioned;
+
+pub use keyed::KeyedRows;
+pub use partitioned::{PartitionedState, StatePartitions};
+
 /// How often full snapshots are written and how many versions are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateStoreConfig {
@@ -72,6 +78,13 @@ pub struct StateStoreConfig {
     /// Values below `2` are taken as `2`, since a restart may need the version before
     /// the newest.
     pub retain_versions: u64,
+    /// Shifts the versions that get a snapshot: `(N + snapshot_phase) % interval == 0`.
+    /// The partitions of one operator get different phases so that they do not all
+    /// write their snapshot in the same batch (default 0).
+    pub snapshot_phase: u64,
+    /// The `millrace.state_partitions` setting of the query, if set (see
+    /// [`PartitionedState::open`]); a single store ignores it.
+    pub state_partitions: Option<StatePartitions>,
 }
 
 impl Default for StateStoreConfig {
@@ -79,6 +92,8 @@ impl Default for StateStoreConfig {
         StateStoreConfig {
             snapshot_interval: 10,
             retain_versions: 100,
+            snapshot_phase: 0,
+            state_partitions: None,
         }
     }
 }
@@ -290,9 +305,20 @@ impl StateStore {
         removed: &RecordBatch,
         current: &RecordBatch,
     ) -> Result<()> {
+        self.commit_with(version, upserts, removed, || Ok(current.clone()))
+    }
+
+    /// [`commit`](Self::commit), with the whole state built by `current` only when
+    /// this version gets a snapshot (so that other batches cost O(rows touched)).
+    pub fn commit_with(
+        &mut self,
+        version: u64,
+        upserts: &RecordBatch,
+        removed: &RecordBatch,
+        current: impl FnOnce() -> Result<RecordBatch>,
+    ) -> Result<()> {
         let upserts = self.conform(upserts, &self.schema, "the upserted rows")?;
         let removed = self.conform_removed(removed)?;
-        let current = self.conform(current, &self.schema, "the current state")?;
 
         let listing = self.list()?;
         self.delete_versions(&listing, |v| v > version)?;
@@ -308,7 +334,8 @@ impl StateStore {
         let previous_loadable = version
             .checked_sub(1)
             .is_some_and(|previous| self.plan(&listing, previous).is_ok());
-        if version.is_multiple_of(interval) || !previous_loadable {
+        if (version + self.config.snapshot_phase).is_multiple_of(interval) || !previous_loadable {
+            let current = self.conform(&current()?, &self.schema, "the current state")?;
             write_atomic(
                 &self.path(version, Kind::Snapshot),
                 &ipc_bytes(&self.schema, &current)?,
@@ -489,13 +516,8 @@ impl StateStore {
                 path.display()
             ))
         };
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(damaged("the file is missing".into()));
-            }
-            Err(e) => return Err(Error::io(&path)(e)),
-        };
+        let bytes = crate::checkpoint::read_file(&path)?
+            .ok_or_else(|| damaged("the file is missing".into()))?;
         let reader =
             FileReader::try_new(Cursor::new(bytes), None).map_err(|e| damaged(e.to_string()))?;
         let found = reader.schema();
@@ -641,6 +663,8 @@ mod tests {
         StateStoreConfig {
             snapshot_interval,
             retain_versions,
+            snapshot_phase: 0,
+            state_partitions: None,
         }
     }
 

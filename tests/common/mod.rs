@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod postgres;
 pub mod topic;
 
 use std::collections::BTreeMap;

@@ -63,6 +63,21 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
         assert!(Instant::now() < deadline, "topic {topic} did not appear");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The metadata shows a new topic's partitions a moment before their leader serves
+    // them (`NotLeaderForPartition`): wait until each answers.
+    let reader = consumer(bootstrap, "millrace-test-metadata", false);
+    for partition in 0..partitions {
+        while reader
+            .fetch_watermarks(topic, partition, Duration::from_secs(2))
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "partition {partition} of {topic} has no leader"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 fn consumer(bootstrap: &str, group: &str, read_committed: bool) -> BaseConsumer {
@@ -190,4 +205,21 @@ pub fn produce(bootstrap: &str, topic: &str, values: &[&str]) {
             .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
     }
     producer.flush(TIMEOUT).expect("flush");
+}
+
+/// Does what a restarted Kafka sink does first: `init_transactions` with the query's
+/// transactional id (`millrace-<query id>`), which fences every earlier producer of
+/// that id and aborts its open transaction. Until then the broker will not give out a
+/// group offset sent in that open transaction (`UNSTABLE_OFFSET_COMMIT`), so a test
+/// reads the batch marker after a crash only after this.
+#[allow(dead_code)]
+pub fn abort_open_transaction(bootstrap: &str, transactional_id: &str) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", transactional_id)
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(TIMEOUT)
+        .unwrap_or_else(|e| panic!("init_transactions({transactional_id}): {e}"));
 }

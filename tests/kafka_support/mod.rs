@@ -92,7 +92,9 @@ pub fn try_create_topic(bootstrap: &str, topic: &str, partitions: i32) -> KafkaR
     Ok(())
 }
 
-/// Creates `topic` with `partitions` partitions, and waits until its metadata shows them.
+/// Creates `topic` with `partitions` partitions, and waits until every partition has a
+/// leader that answers (a new topic's metadata shows its partitions a moment before
+/// their leader serves them: `NotLeaderForPartition`).
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     try_create_topic(bootstrap, topic, partitions)
         .unwrap_or_else(|e| panic!("create topic {topic} on {bootstrap}: {e}"));
@@ -151,6 +153,19 @@ pub fn wait_for_partitions(bootstrap: &str, topic: &str, partitions: usize) {
             "topic {topic} did not show {partitions} partitions on {bootstrap}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+    let reader = consumer(bootstrap, &[]);
+    for partition in 0..partitions as i32 {
+        while reader
+            .fetch_watermarks(topic, partition, Duration::from_secs(2))
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "partition {partition} of {topic} has no leader on {bootstrap}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 
@@ -12,15 +11,13 @@ use super::{OperatorBatch, OperatorMetrics, StatefulOperator, timed};
 use crate::error::Result;
 use crate::execution::aggregation::{AggregationStep, StreamingAggregation};
 use crate::sink::OutputMode;
-use crate::state::{StateStore, StateStoreConfig};
+use crate::state::StateStoreConfig;
 
 /// [`StreamingAggregation`] as a [`StatefulOperator`]: the aggregation folds each batch
 /// into its state; this adds where the state is saved and what is reported.
 #[derive(Debug)]
 pub struct AggregationOperator {
     aggregation: StreamingAggregation,
-    /// Opened by [`StatefulOperator::open`].
-    store: Option<StateStore>,
     /// The last step, until it is committed.
     last: Option<(AggregationStep, u64)>,
 }
@@ -30,7 +27,6 @@ pub(super) fn from_node(node: &LogicalPlan) -> Option<Box<dyn StatefulOperator>>
     StreamingAggregation::from_node(node).map(|aggregation| {
         Box::new(AggregationOperator {
             aggregation,
-            store: None,
             last: None,
         }) as Box<dyn StatefulOperator>
     })
@@ -50,14 +46,8 @@ impl StatefulOperator for AggregationOperator {
         config: StateStoreConfig,
     ) -> Result<()> {
         self.aggregation.check_mergeable(plan)?;
-        let schema = self.aggregation.state_schema(plan)?;
-        let mut store = StateStore::open(dir, schema, self.aggregation.key_columns(), config)?;
-        let restored = store.load(version)?;
-        if version.is_some() {
-            self.aggregation.restore(restored);
-        }
-        self.store = Some(store);
-        Ok(())
+        self.aggregation
+            .open_state(dir, plan, config.state_partitions, config, version)
     }
 
     async fn step(
@@ -80,26 +70,21 @@ impl StatefulOperator for AggregationOperator {
             .last
             .take()
             .expect("the loop commits an operator after its step");
-        let commit_ms = match &mut self.store {
-            Some(store) => {
-                let (result, ms) =
-                    timed(|| store.commit(batch_id, &step.updated, &step.removed, &step.state));
-                result?;
-                ms
-            }
-            None => 0,
-        };
+        let aggregation = &mut self.aggregation;
+        let (result, commit_ms) = timed(|| aggregation.commit(batch_id));
+        result?;
         Ok(OperatorMetrics {
             operator_name: self.name().to_string(),
-            num_rows_total: step.state.num_rows() as u64,
-            num_rows_updated: step.updated.num_rows() as u64,
+            num_rows_total: step.rows_total as u64,
+            num_rows_updated: step.rows_updated as u64,
             all_updates_time_ms: updates_ms,
-            num_rows_removed: step.removed.num_rows() as u64,
+            num_rows_removed: step.rows_removed as u64,
             commit_time_ms: commit_ms,
-            memory_used_bytes: memory_bytes(&step.state),
+            memory_used_bytes: (step.row_bytes + step.index_bytes) as u64,
             num_rows_dropped_by_watermark: step.dropped_late as u64,
-            num_shuffle_partitions: 1,
-            num_state_store_instances: 1,
+            num_shuffle_partitions: step.partitions as u64,
+            num_state_store_instances: step.partitions as u64,
+            custom_metrics: step.custom_metrics(),
             ..OperatorMetrics::default()
         })
     }
@@ -115,8 +100,4 @@ impl StatefulOperator for AggregationOperator {
     fn revises_output(&self, mode: OutputMode) -> bool {
         !self.aggregation.deduplicates() && mode != OutputMode::Append
     }
-}
-
-fn memory_bytes(state: &RecordBatch) -> u64 {
-    StateStore::memory_bytes(state) as u64
 }

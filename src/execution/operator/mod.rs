@@ -156,6 +156,10 @@ pub struct OperatorMetrics {
     pub num_shuffle_partitions: u64,
     /// State store instances (one per partition).
     pub num_state_store_instances: u64,
+    /// Operator-specific figures (Spark's `customMetrics`): for the aggregation,
+    /// `numStateRowsRead`, `stateRowBytes`, `stateIndexBytes`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub custom_metrics: std::collections::BTreeMap<String, u64>,
 }
 
 /// A kind of stateful operator: how to recognise one in a logical plan.

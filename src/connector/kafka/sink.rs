@@ -21,6 +21,14 @@
 //! aborted by `init_transactions` when the sink opens. Step by step, with every crash
 //! point: `docs/kafka-exactly-once.md`.
 //!
+//! The broker deletes a group's offsets after `offsets.retention.minutes` (7 days by
+//! default) without a commit, so the marker can vanish while a query is down. The sink
+//! therefore also keeps, in the checkpoint (`sinks/kafka-marker.json`), the last marker
+//! it knows committed and the batch it is about to commit ([`MarkerRecord`]). When the
+//! broker's marker is gone, that record says whether the pending batch is committed
+//! (skip it), never reached its commit (write it), or might have been committed just
+//! before a crash: then the sink refuses to guess and says how to set the marker.
+//!
 //! **At-least-once** (`delivery` `at_least_once`) is for brokers without transactions:
 //! an idempotent producer, flushed before `add_batch` returns, so a batch is delivered
 //! before `commits/N`; a batch replayed after a crash is written again.
@@ -35,17 +43,18 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::Sink;
+use crate::checkpoint::write_atomic;
+use crate::connector::kafka::client::{TopicNotCreated, check_topic_name, create_topic};
 use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
+use crate::sink::Sink;
 use crate::source::options::Options;
 
 /// The partition of the output topic whose committed offset (in the query's consumer
@@ -321,22 +330,6 @@ impl KafkaSinkOptions {
         }
         config
     }
-}
-
-fn check_topic_name(topic: &str, what: &str) -> Result<()> {
-    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if topic.is_empty()
-        || topic.len() > 249
-        || !topic.chars().all(legal)
-        || topic == "."
-        || topic == ".."
-    {
-        return Err(Error::Sql(format!(
-            "LOCATION '{topic}' of {what} is not a Kafka topic name: use 1 to 249 letters, \
-             digits, '.', '_' or '-'"
-        )));
-    }
-    Ok(())
 }
 
 fn kafka_setting_error(e: &KafkaError) -> String {
@@ -670,6 +663,63 @@ fn error_code(error: &KafkaError) -> Option<RDKafkaErrorCode> {
     }
 }
 
+/// The sink's own record of the batch marker, in the checkpoint
+/// (`sinks/kafka-marker.json`), for when the broker has expired the group's offsets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MarkerRecord {
+    /// The topic the record is about (a record of another topic says nothing).
+    pub topic: String,
+    /// The last marker the sink knows the broker committed (batches `< marker` are in
+    /// the topic).
+    pub marker: Option<u64>,
+    /// A batch whose `commit_transaction` was called and whose outcome was not yet
+    /// recorded: it may or may not be in the topic.
+    pub committing: Option<u64>,
+}
+
+impl MarkerRecord {
+    /// Reads the record at `path`: `None` only when the file does not exist.
+    fn read(path: &std::path::Path) -> Result<Option<MarkerRecord>> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Error::Checkpoint(format!(
+                    "the Kafka sink's marker record ({}) is not valid JSON: {e}; the checkpoint \
+                     is damaged",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Checkpoint(format!(
+                "the Kafka sink's marker record ({}) cannot be read: {e}",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// What to do with batch N when the broker's marker does not say (it is gone, or older
+/// than what the sink recorded): decided from the sink's own [`MarkerRecord`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostMarker {
+    /// The record says batch N is committed: skip it.
+    Committed,
+    /// Batch N never reached `commit_transaction`: write it.
+    NotCommitted,
+    /// Batch N's commit was called and the marker that would tell its outcome is gone.
+    Unknown,
+}
+
+/// The rule for a marker the broker no longer has (see the module doc).
+pub fn decide_lost_marker(record: &MarkerRecord, batch_id: u64) -> LostMarker {
+    if record.marker.is_some_and(|m| m > batch_id) {
+        LostMarker::Committed
+    } else if record.committing == Some(batch_id) {
+        LostMarker::Unknown
+    } else {
+        LostMarker::NotCommitted
+    }
+}
+
 /// A sink opened for one query: the producer, and for exactly-once the reader of the
 /// batch marker.
 pub struct KafkaSink {
@@ -685,15 +735,31 @@ pub struct KafkaSink {
     group: Option<ConsumerGroupMetadata>,
     /// Whether the producer has a transaction open (to abort it after a failure).
     in_transaction: bool,
+    /// Where the [`MarkerRecord`] lives, and its content.
+    record_path: std::path::PathBuf,
+    record: MarkerRecord,
 }
 
 impl KafkaSink {
     /// Opens the sink for query `query_id`: checks the key and format against the
     /// query's output `schema`, reaches the broker, finds (or creates) the topic, and
     /// for exactly-once starts the transactional producer, which aborts a transaction
-    /// left open by a crashed run of the same query.
-    pub fn open(options: KafkaSinkOptions, schema: &SchemaRef, query_id: &str) -> Result<Self> {
+    /// left open by a crashed run of the same query. `checkpoint` is the query's
+    /// checkpoint directory (the sink keeps its [`MarkerRecord`] there).
+    pub fn open(
+        options: KafkaSinkOptions,
+        schema: &SchemaRef,
+        query_id: &str,
+        checkpoint: &std::path::Path,
+    ) -> Result<Self> {
         let encoder = RecordEncoder::new(options.format, options.key.as_deref(), schema)?;
+        let record_path = checkpoint.join("sinks").join("kafka-marker.json");
+        let record = MarkerRecord::read(&record_path)?
+            .filter(|r| r.topic == options.topic)
+            .unwrap_or_else(|| MarkerRecord {
+                topic: options.topic.clone(),
+                ..MarkerRecord::default()
+            });
         let client_id = format!("millrace-{query_id}");
         let mut reader_config = options.base_config();
         reader_config
@@ -718,6 +784,8 @@ impl KafkaSink {
             reader,
             group,
             in_transaction: false,
+            record_path,
+            record,
         };
         sink.check_topic()?;
         if let Err(failure) = sink.producer() {
@@ -748,20 +816,25 @@ impl KafkaSink {
                 self.options.bootstrap_servers
             )));
         };
-        let admin: AdminClient<DefaultClientContext> = self
-            .options
-            .base_config()
-            .create()
-            .map_err(|e| Error::Option(format!("Kafka sink: {}", kafka_setting_error(&e))))?;
-        let new_topic = NewTopic::new(topic, create, TopicReplication::Fixed(-1));
-        let admin_options = AdminOptions::new().operation_timeout(Some(self.options.timeout));
-        let created =
-            futures::executor::block_on(admin.create_topics([&new_topic], &admin_options))
-                .map_err(|e| self.open_error(self.failure("creating the topic", e)))?;
-        for result in created {
-            if let Err((_, code)) = result
-                && code != RDKafkaErrorCode::TopicAlreadyExists
-            {
+        match create_topic(
+            &self.options.base_config(),
+            topic,
+            create,
+            -1,
+            self.options.timeout,
+        ) {
+            Ok(()) => {}
+            Err(TopicNotCreated::Refused(RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err(TopicNotCreated::Config(e)) => {
+                return Err(Error::Option(format!(
+                    "Kafka sink: {}",
+                    kafka_setting_error(&e)
+                )));
+            }
+            Err(TopicNotCreated::Client(e)) => {
+                return Err(self.open_error(self.failure("creating the topic", e)));
+            }
+            Err(TopicNotCreated::Refused(code)) => {
                 return Err(Error::Network(format!(
                     "Kafka sink cannot create topic '{topic}' with {create} partition(s): {code}{}",
                     hint_for(Some(code))
@@ -772,7 +845,7 @@ impl KafkaSink {
         let deadline = Instant::now() + self.options.timeout;
         loop {
             if self.topic_partitions().map_err(|f| self.open_error(f))? > 0 {
-                eprintln!("millrace: Kafka sink created topic '{topic}' ({create} partition(s))");
+                tracing::info!("Kafka sink created topic '{topic}' ({create} partition(s))");
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -936,6 +1009,46 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Writes the [`MarkerRecord`] (fsynced) before the next step depends on it.
+    fn save_record(&mut self, record: MarkerRecord) -> std::result::Result<(), Failure> {
+        let bytes = serde_json::to_vec(&record).expect("a marker record serializes");
+        if let Some(dir) = self.record_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Failure {
+                message: format!("creating {}: {e}", dir.display()),
+                transient: false,
+            })?;
+        }
+        write_atomic(&self.record_path, &bytes).map_err(|e| Failure {
+            message: e.to_string(),
+            transient: false,
+        })?;
+        self.record = record;
+        Ok(())
+    }
+
+    /// The error for a batch whose fate the lost marker would have told.
+    fn lost_marker_failure(&self, batch_id: u64) -> Failure {
+        Failure {
+            message: format!(
+                "the batch marker of consumer group '{group}' for topic '{topic}' is gone (the \
+                 broker deletes a group's offsets after 'offsets.retention.minutes', 7 days by \
+                 default, without a commit), and batch {batch_id} was being committed when the \
+                 query last stopped ({record}): it may or may not be in the topic, and the sink \
+                 does not guess. Look for batch {batch_id}'s rows in the topic, then set the \
+                 marker and restart: `kafka-consumer-groups.sh --bootstrap-server {servers} \
+                 --group {group} --topic {topic}:{partition} --reset-offsets --to-offset X \
+                 --execute` with X = {next} if the batch is in the topic, {batch_id} if it is not",
+                group = self.client_id,
+                topic = self.options.topic,
+                record = self.record_path.display(),
+                servers = self.options.bootstrap_servers,
+                partition = MARKER_PARTITION,
+                next = batch_id + 1,
+            ),
+            transient: false,
+        }
+    }
+
     /// One attempt at batch `batch_id` as a transaction; `Ok(false)`: the marker showed
     /// the batch already committed, nothing was written.
     fn transaction(
@@ -944,9 +1057,27 @@ impl KafkaSink {
         records: &[KafkaRecord],
     ) -> std::result::Result<bool, Failure> {
         self.producer()?;
-        let marker = self.committed_marker()?;
+        let mut marker = self.committed_marker()?;
+        // The broker's marker is gone, or older than one this sink saw committed: its
+        // group offsets expired. The sink's own record decides.
+        if self
+            .record
+            .marker
+            .is_some_and(|known| marker.is_none_or(|m| m < known))
+        {
+            match decide_lost_marker(&self.record, batch_id) {
+                LostMarker::Committed => marker = Some(batch_id + 1),
+                LostMarker::NotCommitted => marker = None,
+                LostMarker::Unknown => return Err(self.lost_marker_failure(batch_id)),
+            }
+        }
         if let Some(next) = marker {
             if next == batch_id + 1 {
+                self.save_record(MarkerRecord {
+                    topic: self.options.topic.clone(),
+                    marker: Some(next),
+                    committing: None,
+                })?;
                 return Ok(false);
             }
             if next > batch_id + 1 {
@@ -1001,6 +1132,13 @@ impl KafkaSink {
             .send_offsets_to_transaction(&marker, group, timeout)
             .map_err(|e| self.failure("adding the batch marker to the transaction", e))?;
         crash_point("kafka-after-marker");
+        // From here the batch may end up committed: say so before asking.
+        self.save_record(MarkerRecord {
+            topic: self.options.topic.clone(),
+            marker: self.record.marker,
+            committing: Some(batch_id),
+        })?;
+        let producer = self.producer.as_ref().expect("made above");
         producer.commit_transaction(timeout).map_err(|e| {
             let mut failure = self.failure("committing the transaction", e);
             if let Some((_, first)) = producer.context().take_failed().first() {
@@ -1016,6 +1154,11 @@ impl KafkaSink {
         })?;
         self.in_transaction = false;
         crash_point("kafka-after-txn-commit");
+        self.save_record(MarkerRecord {
+            topic: self.options.topic.clone(),
+            marker: Some(batch_id + 1),
+            committing: None,
+        })?;
         Ok(true)
     }
 
@@ -1039,8 +1182,8 @@ impl KafkaSink {
             match sink.transaction(batch_id, records)? {
                 true => Ok(()),
                 false => {
-                    eprintln!(
-                        "millrace: Kafka sink: batch {batch_id} is already committed to topic '{}' \
+                    tracing::warn!(
+                        "Kafka sink: batch {batch_id} is already committed to topic '{}' \
                      (the last run stopped after the broker's commit, before the commit log); \
                      not writing it again",
                         sink.options.topic
@@ -1119,8 +1262,8 @@ impl KafkaSink {
                     self.options.topic, number
                 )));
             }
-            eprintln!(
-                "millrace: Kafka sink: batch {batch_id}, attempt {number} of {ATTEMPTS} failed: \
+            tracing::warn!(
+                "Kafka sink: batch {batch_id}, attempt {number} of {ATTEMPTS} failed: \
                  {failure}; trying again in {backoff:?}"
             );
             std::thread::sleep(backoff);
@@ -1155,7 +1298,7 @@ fn is_permanent(code: RDKafkaErrorCode) -> bool {
 fn hint_for(code: Option<RDKafkaErrorCode>) -> String {
     let hint = match code {
         Some(RDKafkaErrorCode::TransactionalIdAuthorizationFailed) => {
-            "the broker refused the transactional id: it has no transactions (e.g. nisshi) or the \
+            "the broker refused the transactional id: it has no transactions or the \
              principal lacks WRITE on the TransactionalId 'millrace-<query id>'; for a broker \
              without transactions use OPTIONS ('delivery' 'at_least_once')"
         }
@@ -1205,9 +1348,7 @@ impl Sink for KafkaSink {
         for batch in batches {
             self.encoder.encode(batch, &mut records)?;
         }
-        // A batch without rows writes nothing, so it needs no transaction and no marker
-        // (a marker alone would also not survive tansu, which drops the offsets of
-        // transactions without records).
+        // A batch without rows writes nothing, so it needs no transaction and no marker.
         if records.is_empty() {
             return Ok(());
         }
@@ -1266,6 +1407,35 @@ mod tests {
         bytes
             .as_ref()
             .map(|b| String::from_utf8(b.clone()).unwrap())
+    }
+
+    #[test]
+    fn a_lost_marker_is_decided_by_the_sinks_own_record() {
+        let record = |marker, committing| MarkerRecord {
+            topic: "out".into(),
+            marker,
+            committing,
+        };
+        // Recorded as committed: skip.
+        assert_eq!(
+            decide_lost_marker(&record(Some(4), None), 3),
+            LostMarker::Committed
+        );
+        // The last commit was batch 2's, and batch 3 never reached its commit: write.
+        assert_eq!(
+            decide_lost_marker(&record(Some(3), None), 3),
+            LostMarker::NotCommitted
+        );
+        // Batch 3's commit was called, its outcome not recorded: do not guess.
+        assert_eq!(
+            decide_lost_marker(&record(Some(3), Some(3)), 3),
+            LostMarker::Unknown
+        );
+        // An intent for an earlier batch says nothing about this one.
+        assert_eq!(
+            decide_lost_marker(&record(Some(3), Some(2)), 3),
+            LostMarker::NotCommitted
+        );
     }
 
     #[test]

@@ -49,11 +49,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use serde_json::{Map, Value, json};
 
-use super::format::{CORRUPT_RECORD_COLUMN, MalformedMode, RecordEncoding, decode_records};
-use super::options::Options;
-use super::{Offset, SourceBatch, StreamSource};
 use crate::checkpoint::write_atomic;
+use crate::connector::kafka::client::check_topic_name;
 use crate::error::{Error, Result};
+use crate::source::format::{CORRUPT_RECORD_COLUMN, MalformedMode, RecordEncoding, decode_records};
+use crate::source::options::Options;
+use crate::source::{Offset, SourceBatch, StreamSource};
 
 /// The metadata columns every Kafka table has (Spark's names), after the declared ones:
 /// `key BINARY`, `value BINARY` (the raw value), `topic VARCHAR`, `partition INT`,
@@ -423,23 +424,6 @@ pub fn declare(
         .map_err(|e| Error::Option(format!("a 'kafka.*' option of {what} is refused: {e}")))?;
     let schema = table_schema(declared, format, what)?;
     Ok((kafka, schema))
-}
-
-/// Refuses names Kafka would refuse (legal: ASCII letters, digits, `.`, `_`, `-`).
-fn check_topic_name(topic: &str, what: &str) -> Result<()> {
-    let legal = !topic.is_empty()
-        && topic.len() <= 249
-        && topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if legal {
-        Ok(())
-    } else {
-        Err(Error::Sql(format!(
-            "LOCATION '{topic}' of {what} is not a Kafka topic name (letters, digits, '.', '_' \
-             and '-'); for several topics use OPTIONS ('topic_pattern' '<regex>')"
-        )))
-    }
 }
 
 /// A pattern matches whole topic names, as Java's `Pattern.matches` does in Spark.
@@ -821,9 +805,9 @@ impl KafkaSource {
         if let Some(initial) = &self.initial {
             return Ok(initial.clone());
         }
-        let initial = match std::fs::read(&self.initial_path) {
-            Ok(bytes) => offsets_from_json(&serde_json::from_slice(&bytes)?)?,
-            Err(_) => {
+        let initial = match read_initial_offsets(&self.initial_path)? {
+            Some(initial) => initial,
+            None => {
                 let mut initial = PartitionOffsets::new();
                 if let StartingOffsets::Specific(specific) = &self.options.starting_offsets {
                     for (topic, partitions) in specific {
@@ -1101,9 +1085,9 @@ impl StreamSource for KafkaSource {
             }
         }
         if let Err(e) = self.client.commit(&list, CommitMode::Sync) {
-            eprintln!(
-                "warning: Kafka table '{}': committing offsets to group '{group}' (for \
-                 monitoring only) failed: {e}",
+            tracing::warn!(
+                "Kafka table '{}': committing offsets to group '{group}' (for monitoring \
+                 only) failed: {e}",
                 self.table
             );
         }
@@ -1205,9 +1189,9 @@ impl KafkaSource {
             }
             let from = w.low.min(range.to);
             range.skipped += (from - range.from) as u64;
-            eprintln!(
-                "warning: Kafka table '{}': topic '{topic}' partition {partition}: offsets \
-                 {}..{} were deleted before they were read; skipped (fail_on_data_loss is false)",
+            tracing::warn!(
+                "Kafka table '{}': topic '{topic}' partition {partition}: offsets {}..{} were \
+                 deleted before they were read; skipped (fail_on_data_loss is false)",
                 self.table,
                 range.from,
                 from - 1
@@ -1530,9 +1514,59 @@ impl KafkaSource {
     }
 }
 
+/// Reads `initial-offsets.json`: `None` only when the file does not exist (the query's
+/// first start). Any other failure (permissions, an I/O error, a directory in its place,
+/// bad JSON) is an error naming the file: guessing "absent" would resolve
+/// `starting_offsets` again and move batch 0.
+fn read_initial_offsets(path: &std::path::Path) -> Result<Option<PartitionOffsets>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::Checkpoint(format!(
+                "the Kafka source's first offsets ({}) cannot be read: {e}; fix the file's \
+                 permissions or the disk and restart the query (the file is not rewritten, \
+                 so the query keeps the start it had)",
+                path.display()
+            )));
+        }
+    };
+    let json = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Checkpoint(format!(
+            "the Kafka source's first offsets ({}) are not valid JSON: {e}; the checkpoint is \
+             damaged",
+            path.display()
+        ))
+    })?;
+    offsets_from_json(&json).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn initial_offsets_are_absent_only_when_the_file_does_not_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("initial-offsets.json");
+        assert!(read_initial_offsets(&path).unwrap().is_none());
+        std::fs::write(&path, br#"{"clicks":{"0":5}}"#).unwrap();
+        let mut expected = PartitionOffsets::new();
+        expected.insert(("clicks".into(), 0), 5);
+        assert_eq!(read_initial_offsets(&path).unwrap(), Some(expected));
+        // A read that fails for another reason (here: a directory where the file
+        // should be) is an error naming the file, not "absent".
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let error = read_initial_offsets(&path).unwrap_err().to_string();
+        assert!(error.contains("initial-offsets.json"), "{error}");
+        assert!(error.contains("cannot be read"), "{error}");
+        assert!(path.is_dir(), "nothing was written in its place");
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::write(&path, b"{not json").unwrap();
+        let error = read_initial_offsets(&path).unwrap_err().to_string();
+        assert!(error.contains("not valid JSON"), "{error}");
+    }
 
     #[test]
     fn the_limit_is_split_max_min_fairly() {

@@ -1,0 +1,15 @@
+//! Connectors: the sources and sinks millrace reads from and writes to, and the one
+//! [`registry`] that names them.
+//!
+//! Every front end (SQL's `STORED AS`, the DataFrame API's `format(...)`, the shell's
+//! completion and `\d`, the error messages listing formats and options) reads the
+//! registry, so adding a connector is its module plus one entry there. The older
+//! connectors still live in `source/` and `sink/`; new ones get a directory here,
+//! holding their sources, sinks and the client code they share:
+//!
+//! - [`kafka`]: Apache Kafka topics as a source and an exactly-once sink.
+//! - [`postgres`]: PostgreSQL tables as an exactly-once sink.
+
+pub mod kafka;
+pub mod postgres;
+pub mod registry;
