@@ -829,7 +829,8 @@ fn sorts_or_limits(plan: &LogicalPlan) -> bool {
 }
 
 /// The session state a streaming query runs with: DataFusion's, less two optimizer
-/// rules that answer an aggregation from one batch alone.
+/// rules that answer an aggregation from one batch alone, plus the planner of
+/// millrace's own plan nodes (`flat_map_groups_with_state`).
 ///
 /// - `single_distinct_aggregation_to_group_by` rewrites `count(DISTINCT x)` into two
 ///   aggregation levels; the inner one would keep distinct values per micro-batch
@@ -853,5 +854,6 @@ fn streaming_state(state: SessionState) -> SessionState {
     SessionStateBuilder::new_from_existing(state)
         .with_optimizer_rules(rules)
         .with_physical_optimizer_rules(physical_rules)
+        .with_query_planner(Arc::new(crate::execution::operator::StreamingQueryPlanner))
         .build()
 }

@@ -725,3 +725,93 @@ async fn the_kafka_word_count_example_writes_each_runs_changed_counts_keyed_by_w
     assert_eq!(totals["dog"], 3);
     assert_eq!(totals["don't"], 1);
 }
+
+// ---------------------------------------------------------------------------------
+// examples/pump_low_pressure_episodes.rs: a user-defined stateful operator
+
+#[path = "../examples/pump_low_pressure_episodes.rs"]
+#[allow(dead_code)]
+mod pump_low_pressure_episodes;
+
+/// The episodes of `readings` computed in plain Rust, one pump at a time in event-time
+/// order, as the example defines them; open episodes at the end count only if the
+/// final watermark (largest event time - delay) passed their timeout.
+fn expected_episodes(readings: &[(String, i64, f64)]) -> BTreeSet<(String, i64, i64, i64, String)> {
+    use pump_low_pressure_episodes::{LOW_PSI, OPEN_AFTER, TIMEOUT_MS, WATERMARK_DELAY_MS};
+    let final_watermark = readings.iter().map(|r| r.1).max().unwrap() - WATERMARK_DELAY_MS;
+    let mut by_pump: BTreeMap<&str, Vec<(i64, f64)>> = BTreeMap::new();
+    for (pump, ts, psi) in readings {
+        by_pump.entry(pump).or_default().push((*ts, *psi));
+    }
+    let mut episodes = BTreeSet::new();
+    for (pump, mut series) in by_pump {
+        series.sort_by_key(|r| r.0);
+        // (first low, last low, count) of the current run of low readings.
+        let mut run: Option<(i64, i64, i64)> = None;
+        let mut close = |run: (i64, i64, i64), how: &str| {
+            if run.2 >= OPEN_AFTER as i64 {
+                episodes.insert((pump.to_string(), run.0, run.1, run.2, how.to_string()));
+            }
+        };
+        for (ts, psi) in series {
+            if let Some(r) = run
+                && ts - r.1 > TIMEOUT_MS
+            {
+                close(r, "timeout");
+                run = None;
+            }
+            if psi < LOW_PSI {
+                let r = run.get_or_insert((ts, ts, 0));
+                r.1 = ts;
+                r.2 += 1;
+            } else if let Some(r) = run.take() {
+                close(r, "recovery");
+            }
+        }
+        if let Some(r) = run
+            && r.1 + TIMEOUT_MS < final_watermark
+        {
+            close(r, "timeout");
+        }
+    }
+    episodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pump_episodes_example_emits_each_low_pressure_episode_once() {
+    use datafusion::arrow::datatypes::TimestampMillisecondType;
+    let tmp = common::temp_dir();
+    let readings = pump_low_pressure_episodes::readings();
+    pump_low_pressure_episodes::write_files(&tmp.path().join("in"), &readings);
+    let ctx = StreamingContext::new();
+    let query =
+        pump_low_pressure_episodes::run(&ctx, &tmp.path().join("in"), &tmp.path().join("ckpt"))
+            .await
+            .unwrap();
+    assert!(query.exception().is_none(), "{:?}", query.exception());
+    let batches = ctx.session().query("SELECT * FROM episodes").await.unwrap();
+    let mut got = Vec::new();
+    for b in &batches {
+        for i in 0..b.num_rows() {
+            got.push((
+                b.column(0).as_string::<i32>().value(i).to_string(),
+                b.column(1)
+                    .as_primitive::<TimestampMillisecondType>()
+                    .value(i),
+                b.column(2)
+                    .as_primitive::<TimestampMillisecondType>()
+                    .value(i),
+                b.column(3).as_primitive::<Int64Type>().value(i),
+                b.column(5).as_string::<i32>().value(i).to_string(),
+            ));
+        }
+    }
+    let emitted = got.len();
+    let got: BTreeSet<_> = got.into_iter().collect();
+    assert_eq!(emitted, got.len(), "an episode was emitted twice: {got:?}");
+    let expected = expected_episodes(&readings);
+    assert_eq!(got, expected);
+    // The data has both kinds of ending, so both paths are exercised.
+    assert!(expected.iter().any(|e| e.4 == "recovery"), "{expected:?}");
+    assert!(expected.iter().any(|e| e.4 == "timeout"), "{expected:?}");
+}

@@ -16,9 +16,16 @@ use datafusion::prelude::{DataFrame, col};
 use super::{DataStreamWriter, StreamingContext, streams_of};
 use crate::duration::parse_duration;
 use crate::error::{Error, Result};
+use crate::execution::operator::{
+    FlatMapGroupsNode, FlatMapGroupsSpec, GroupState, GroupStateTimeout, Row,
+};
 use crate::functions::SESSION_WINDOW;
 use crate::planning::{DistinctOnMode, StreamTable, rewrite_distinct_on, scanned_stream};
+use crate::sink::OutputMode;
 use crate::source::{DEFAULT_WATERMARK_MAX_FUTURE, WatermarkSpec};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
 
 /// A streaming `DataFrame`: transformations return new frames; `write_stream` runs it.
 #[derive(Clone)]
@@ -159,6 +166,15 @@ impl StreamFrame {
         }
     }
 
+    /// Groups the rows by the values of `columns` for a user-defined stateful operator
+    /// ([`KeyedStream::flat_map_groups_with_state`]), as Spark's `groupByKey`.
+    pub fn group_by_key(&self, columns: &[&str]) -> KeyedStream {
+        KeyedStream {
+            frame: self.clone(),
+            keys: columns.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
     /// Joins with a static DataFusion frame on equal columns (a stream-static join;
     /// the stream stays on the left): inner, left outer, left semi or left anti.
     pub fn join(
@@ -281,5 +297,52 @@ impl GroupedStream {
             })
             .collect();
         Ok(self.frame.with(aggregated.select(columns)?))
+    }
+}
+
+/// A frame grouped by key columns, waiting for its user-defined stateful operator.
+pub struct KeyedStream {
+    frame: StreamFrame,
+    keys: Vec<String>,
+}
+
+impl KeyedStream {
+    /// Spark's `flatMapGroupsWithState`: each batch, `f` is called once per key that
+    /// has new rows, with the key's values, those rows (an Arrow `RecordBatch` of the
+    /// frame's columns, in arrival order) and the key's [`GroupState`]; then once per
+    /// key whose timeout passed without new rows (empty rows,
+    /// [`GroupState::has_timed_out`] true). The rows `f` returns (values in the order
+    /// of `output_schema`'s columns) form the frame's output.
+    ///
+    /// The state (any serde type) is saved as JSON with the batch under the
+    /// checkpoint's `state/<operator id>/`, so a restart continues from it and a replay
+    /// after a crash never applies a batch twice. `output_mode` must be the query's
+    /// (append or update). With [`GroupStateTimeout::EventTimeTimeout`] the frame needs
+    /// a watermark, and a batch runs when it moves even without data, so that keys time
+    /// out; processing-time timeouts are checked when a batch runs.
+    pub fn flat_map_groups_with_state<S, F>(
+        self,
+        output_schema: SchemaRef,
+        output_mode: OutputMode,
+        timeout: GroupStateTimeout,
+        f: F,
+    ) -> Result<StreamFrame>
+    where
+        S: serde::Serialize + serde::de::DeserializeOwned + 'static,
+        F: Fn(&[ScalarValue], &RecordBatch, &mut GroupState<S>) -> Result<Vec<Row>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        if output_mode == OutputMode::Complete {
+            return Err(Error::Unsupported(
+                "flat_map_groups_with_state emits rows in output mode 'append' or 'update', \
+                 not 'complete'"
+                    .to_string(),
+            ));
+        }
+        let spec = FlatMapGroupsSpec::new(self.keys, output_schema, output_mode, timeout, f);
+        let plan = FlatMapGroupsNode::try_new(spec, self.frame.frame.logical_plan().clone())?;
+        Ok(self.frame.with_plan(plan))
     }
 }

@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::runtime::Handle;
 
-pub use frame::{GroupedStream, StreamFrame};
+pub use frame::{GroupedStream, KeyedStream, StreamFrame};
 pub use reader::DataStreamReader;
 pub use writer::DataStreamWriter;
 
@@ -261,14 +261,17 @@ fn streams_of(plan: &datafusion::logical_expr::LogicalPlan) -> Vec<Arc<crate::so
 /// Arrow schema types a reader's `schema` needs.
 pub mod prelude {
     pub use super::{
-        DataStreamReader, DataStreamWriter, GroupedStream, StreamFrame, StreamingContext,
-        StreamingContextBuilder, session_window, window,
+        DataStreamReader, DataStreamWriter, GroupedStream, KeyedStream, StreamFrame,
+        StreamingContext, StreamingContextBuilder, session_window, window,
     };
+    pub use crate::execution::operator::{GroupState, GroupStateTimeout, Row};
     pub use crate::execution::{
         QueryProgress, QueryStatus, StreamingQuery, StreamingQueryListener, Trigger,
     };
     pub use crate::sink::OutputMode;
+    pub use datafusion::arrow::array::RecordBatch;
     pub use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+    pub use datafusion::common::ScalarValue;
     pub use datafusion::functions_aggregate::expr_fn::*;
     pub use datafusion::logical_expr::JoinType;
     pub use datafusion::prelude::{DataFrame, Expr, col, lit};

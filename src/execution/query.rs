@@ -762,6 +762,7 @@ impl Runner {
                 mode: self.operator_mode(id),
                 watermarks,
                 task: state.task_ctx(),
+                batch_timestamp_ms: entry.batch_timestamp_ms,
             };
             let operator = &mut self.operators[id];
             plan = operator.step(plan, &batch).await?;

@@ -19,6 +19,7 @@ pub struct Watermarks {
 }
 
 mod aggregation;
+mod flat_map_groups;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +35,11 @@ use crate::sink::OutputMode;
 use crate::state::StateStoreConfig;
 
 pub use aggregation::AggregationOperator;
+pub(crate) use flat_map_groups::FlatMapGroupsSpec;
+pub use flat_map_groups::{
+    FlatMapGroupsExec, FlatMapGroupsNode, FlatMapGroupsOperator, GroupState, GroupStateTimeout,
+    Row, StreamingQueryPlanner,
+};
 
 /// A stateful operator of a streaming query, as the batch loop drives it.
 ///
@@ -115,6 +121,9 @@ pub struct OperatorBatch {
     pub watermarks: Watermarks,
     /// The DataFusion task context the batch runs in.
     pub task: Arc<TaskContext>,
+    /// The batch's timestamp from the offset log (ms since the epoch): the same on a
+    /// replay, so processing-time decisions (timeouts) replay the same way.
+    pub batch_timestamp_ms: i64,
 }
 
 /// One operator's entry in a progress report's `stateOperators` (Spark's
@@ -162,10 +171,16 @@ pub struct OperatorKind {
 }
 
 /// Every kind of stateful operator: the registration an operator module adds itself to.
-pub const KINDS: &[OperatorKind] = &[OperatorKind {
-    name: "aggregation",
-    from_node: aggregation::from_node,
-}];
+pub const KINDS: &[OperatorKind] = &[
+    OperatorKind {
+        name: "aggregation",
+        from_node: aggregation::from_node,
+    },
+    OperatorKind {
+        name: "flatMapGroupsWithState",
+        from_node: flat_map_groups::from_node,
+    },
+];
 
 /// The stateful operators of a streaming plan, bottom-up (post-order, children left to
 /// right): the index in this list is the operator id, stable for the same query
