@@ -143,12 +143,24 @@ impl DataStreamWriter {
                         .to_string(),
                 )
             })?;
-            if let Some((key, _)) = self.options.first() {
-                return Err(Error::Option(format!(
-                    "unknown option '{key}' for a foreach_batch sink (it takes none)"
-                )));
+            // Its only option is the checkpoint (Spark's `checkpointLocation`): without
+            // one, replays after a restart start from nothing.
+            let mut checkpoint = None;
+            for (key, value) in &self.options {
+                match key.as_str() {
+                    "checkpoint" | "checkpointLocation" => {
+                        let path = PathBuf::from(value);
+                        checkpoint = Some(std::path::absolute(&path).map_err(Error::io(&path))?);
+                    }
+                    other => {
+                        return Err(Error::Option(format!(
+                            "unknown option '{other}' for a foreach_batch sink (its only \
+                             option is 'checkpoint')"
+                        )));
+                    }
+                }
             }
-            return Ok((SinkSpec::ForeachBatch(function), None));
+            return Ok((SinkSpec::ForeachBatch(function), checkpoint));
         }
         let connector = registry::find(Role::Sink, &self.format)
             .filter(|c| c.dataframe && c.sql)

@@ -140,7 +140,10 @@ impl PartitionedState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(&layout_path)(e)),
         };
+        // A state without key columns (a global aggregate) has one key, so one
+        // partition; spreading it would give every partition a row of its own.
         let partitions = match (recorded, asked, committed) {
+            _ if route_columns.is_empty() => 1,
             // Nothing committed yet: the state is empty, the number can still change.
             (_, Some(StatePartitions(n)), None) => n,
             (Some(layout), Some(StatePartitions(n)), Some(_)) if layout.partitions != n => {
