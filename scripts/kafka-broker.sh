@@ -153,10 +153,13 @@ EOF
   local s
   for s in "${sets[@]}"; do echo "$s" >>"$dir/server.properties"; done
   local cluster
+  # A Kafka cluster id is 16 random bytes in URL-safe base64. It may begin with '-',
+  # so it is passed as --cluster-id=ID: as a separate argument the option parser
+  # would take it for an option (one start in 64 failed that way).
   cluster=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
   # shellcheck disable=SC2046
   $(java_cmd 64m 256m tools-log4j2.properties) -cp "$home/lib/*" kafka.tools.StorageTool \
-    format -t "$cluster" -c "$dir/server.properties" >"$dir/format.log" 2>&1 || {
+    format --cluster-id="$cluster" -c "$dir/server.properties" >"$dir/format.log" 2>&1 || {
     echo "formatting the broker's storage failed:" >&2
     cat "$dir/format.log" >&2
     exit 1
