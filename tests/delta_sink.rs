@@ -559,3 +559,74 @@ async fn the_dataframe_api_writes_a_delta_table() {
     assert_eq!(version, 1);
     assert_eq!(project(&rows, &["pump", "seq"]), ["p1|1", "p2|2"]);
 }
+
+/// `(pump, day as YYYY-MM-DD, psi)` of every reading in the generated CSV files.
+fn sensor_readings(dir: &Path) -> Vec<(String, String, f64)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .collect();
+    files.sort();
+    let mut rows = Vec::new();
+    for file in files {
+        for line in std::fs::read_to_string(&file).unwrap().lines() {
+            let fields: Vec<&str> = line.split(',').collect();
+            assert_eq!(fields.len(), 9, "{line}");
+            let date: Vec<u32> = fields[1].split('/').map(|n| n.parse().unwrap()).collect();
+            let day = format!("{:04}-{:02}-{:02}", 2000 + date[2], date[0], date[1]);
+            rows.push((fields[0].to_string(), day, fields[7].parse().unwrap()));
+        }
+    }
+    rows
+}
+
+#[test]
+fn the_sensor_delta_example_appends_alerts_and_merges_daily_statistics() {
+    let tmp = temp_dir();
+    let root = tmp.path();
+    run_in(
+        root,
+        &[
+            "generate-sensors",
+            "data",
+            "--files",
+            "3",
+            "--minutes",
+            "30",
+        ],
+    );
+    let readings = sensor_readings(&root.join("data/sensors"));
+    run_in(
+        root,
+        &[
+            "-f",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/sql/examples/sensor_delta.sql"),
+        ],
+    );
+    let mut expected_alerts: Vec<String> = readings
+        .iter()
+        .filter(|r| r.2 < 5.0)
+        .map(|r| format!("{}|{:?}", r.0, r.2))
+        .collect();
+    expected_alerts.sort();
+    assert!(!expected_alerts.is_empty());
+    let (_, alerts, _) = python_read(&root.join("lake/pump_alerts"));
+    assert_eq!(project(&alerts, &["pump", "psi"]), expected_alerts);
+
+    let mut daily: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    for r in &readings {
+        let entry = daily.entry((r.0.clone(), r.1.clone())).or_default();
+        entry.0 += 1;
+        entry.1 += i64::from(r.2 < 5.0);
+    }
+    let expected_daily: Vec<String> = daily
+        .iter()
+        .map(|((pump, day), (n, low))| format!("{pump}|{day}|{n}|{low}"))
+        .collect();
+    let (_, rows, _) = python_read(&root.join("lake/pump_daily"));
+    assert_eq!(
+        project(&rows, &["pump", "day", "readings", "low_readings"]),
+        expected_daily
+    );
+}
