@@ -86,7 +86,7 @@ fn reads_the_snapshot_then_each_new_commit_exactly_once_across_restarts() {
     let out = root.join("out");
     append(&table, 0..3);
     append(&table, 3..5);
-    let job = copy_job(&root, &table, &out, "");
+    let job = copy_job(root, &table, &out, "");
     run_success(&job, &root.join("run1.err"));
     assert_eq!(ids(&out), (0..5).collect::<Vec<_>>());
     // New commits after a restart: only their rows are added.
@@ -115,7 +115,7 @@ fn max_files_per_trigger_cuts_versions_and_starting_version_skips_older_commits(
     }
     // One file a batch: the snapshot (5 files) gives 5 batches of 2 rows.
     let out = root.join("out");
-    let job = copy_job(&root, &table, &out, "OPTIONS ('max_files_per_trigger' '1')");
+    let job = copy_job(root, &table, &out, "OPTIONS ('max_files_per_trigger' '1')");
     run_success(&job, &root.join("run.err"));
     assert_eq!(ids(&out), [0, 1, 10, 11, 20, 21, 30, 31, 40, 41]);
     assert_eq!(rows_per_batch(&root.join("ckpt")), [2, 2, 2, 2, 2]);
@@ -150,7 +150,7 @@ fn a_commit_that_deletes_rows_is_refused_unless_change_commits_are_skipped() {
     let table = root.join("table");
     append(&table, 0..4);
     let out = root.join("out");
-    let job = copy_job(&root, &table, &out, "");
+    let job = copy_job(root, &table, &out, "");
     run_success(&job, &root.join("run1.err"));
     // A DELETE (version 1) rewrites the file; then an append (version 2).
     delta_python(&["delete", &table.display().to_string(), "id = 2"], "");
@@ -165,12 +165,7 @@ fn a_commit_that_deletes_rows_is_refused_unless_change_commits_are_skipped() {
     assert_eq!(ids(&out), [0, 1, 2, 3], "nothing of the refused commit");
     // With skip_change_commits the DELETE commit is skipped whole (the rows it
     // rewrote are not read again) and the append after it is read.
-    let job = copy_job(
-        &root,
-        &table,
-        &out,
-        "OPTIONS ('skip_change_commits' 'true')",
-    );
+    let job = copy_job(root, &table, &out, "OPTIONS ('skip_change_commits' 'true')");
     run_success(&job, &root.join("run3.err"));
     assert_eq!(ids(&out), [0, 1, 2, 3, 7]);
 }

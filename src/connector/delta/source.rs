@@ -229,16 +229,10 @@ impl DeltaSource {
         let path = self.options.path.clone();
         block_on(self.runtime()?, async move {
             let table = open_table(&path).await?;
-            let v = table
+            table
                 .get_latest_version()
                 .await
-                .map_err(|e| delta_error(&path, "reading the latest version", e))?;
-            u64::try_from(v).map_err(|_| {
-                Error::Data(format!(
-                    "Delta table {}: has no version yet",
-                    path.display()
-                ))
-            })
+                .map_err(|e| delta_error(&path, "reading the latest version", e))
         })
     }
 
