@@ -387,7 +387,8 @@ impl Drop for DeltaSink {
     }
 }
 
-/// Reads back a table, for tests and the source: every row of its current version.
+/// Every row of a table's current version, read with delta-rs (the tests compare it
+/// with what other Delta readers see).
 pub fn read_table(path: &Path) -> Result<Vec<RecordBatch>> {
     let runtime = runtime("Delta reader")?;
     block_on(&runtime, async move {
