@@ -1,4 +1,4 @@
-//! `millrace bench --workload kafka-filter|kafka-window`, driven as a user drives it:
+//! `millrace bench --workload kafka-filter|kafka-window|kafka-latency`, driven as a user drives it:
 //! the workload names parse, a missing or unreachable broker is a clear error (no
 //! broker needed for those), and a real run against a test broker reports its input.
 //! Nothing here depends on how fast anything runs.
@@ -32,7 +32,7 @@ fn unreachable_bootstrap() -> String {
 #[test]
 fn an_unreachable_bootstrap_names_the_address_and_how_to_start_a_broker() {
     let bootstrap = unreachable_bootstrap();
-    for workload in ["kafka-filter", "kafka-window"] {
+    for workload in ["kafka-filter", "kafka-window", "kafka-latency"] {
         let out = millrace(&[
             "bench",
             "--workload",
@@ -79,7 +79,12 @@ fn kafka_workloads_need_a_bootstrap_and_a_known_delivery() {
     let out = millrace(&["bench", "--workload", "kafka-join"]);
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("kafka-filter or kafka-window"), "{stderr}");
+    assert!(
+        stderr.contains("unknown workload 'kafka-join'")
+            && stderr.contains("kafka-filter")
+            && stderr.contains("kafka-latency"),
+        "{stderr}"
+    );
     let out = millrace(&["bench", "--bootstrap", "127.0.0.1:9092", "--rows", "10"]);
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -110,6 +115,40 @@ fn kafka_filter_runs_against_a_real_broker_and_reports_its_input() {
     assert!(report.contains("(1000 rows out)"), "{report}");
     assert!(
         report.contains("rows/s") && report.contains("p95"),
+        "{report}"
+    );
+}
+
+#[test]
+fn kafka_latency_sees_every_record_once_and_reports_percentiles() {
+    let broker = shared();
+    let out = millrace(&[
+        "bench",
+        "--workload",
+        "kafka-latency",
+        "--rate",
+        "500",
+        "--seconds",
+        "2",
+        "--bootstrap",
+        &broker.bootstrap,
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    // The run fails unless a read_committed consumer saw each of the 1000 records once.
+    let report = stdout
+        .lines()
+        .find(|l| l.starts_with("kafka-latency: 1000 records"))
+        .unwrap_or_else(|| panic!("no report line: {stdout}"));
+    let p50: f64 = report
+        .split("p50 ")
+        .nth(1)
+        .and_then(|rest| rest.split(" ms").next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no p50: {report}"));
+    assert!(p50 > 0.0, "{report}");
+    assert!(
+        report.contains("p99") && report.ends_with("(exactly_once)"),
         "{report}"
     );
 }
