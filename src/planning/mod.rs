@@ -123,13 +123,20 @@ pub struct StreamingPlan {
     pub schema: SchemaRef,
 }
 
+/// The session settings that change how a streaming query is planned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// How long `DISTINCT ON` over a stream remembers its keys.
+    pub distinct_on: DistinctOnMode,
+    /// `SET millrace.join.allow_unbounded_state`: whether a stream-stream join whose
+    /// state would grow without bound is accepted.
+    pub allow_unbounded_join: bool,
+}
+
 /// Turns the logical plan of a query over unbounded tables into a [`StreamingPlan`].
 /// Fails if the plan reads no unbounded table, or has a shape that is not supported.
-/// `distinct_on` says how long `DISTINCT ON` over a stream remembers its keys.
-pub fn plan_streaming_query(
-    plan: LogicalPlan,
-    distinct_on: DistinctOnMode,
-) -> Result<StreamingPlan> {
+/// Joins of two unbounded inputs become stream-stream join nodes (or are refused).
+pub fn plan_streaming_query(plan: LogicalPlan, options: PlanOptions) -> Result<StreamingPlan> {
     let mut inputs: BTreeMap<String, (Arc<StreamDef>, Arc<BatchTable>)> = BTreeMap::new();
     let rewritten = plan
         .transform_up(|node| {
@@ -154,7 +161,19 @@ pub fn plan_streaming_query(
         })?
         .data;
     let streams: Vec<Arc<StreamDef>> = inputs.values().map(|(def, _)| def.clone()).collect();
-    let rewritten = distinct_on::rewrite_distinct_on(rewritten, distinct_on, &streams)?;
+    let rewritten = distinct_on::rewrite_distinct_on(rewritten, options.distinct_on, &streams)?;
+    let watermark_of = |table: &str| -> Option<String> {
+        streams
+            .iter()
+            .find(|def| def.name == table)
+            .and_then(|def| def.watermark.as_ref())
+            .map(|w| w.column.clone())
+    };
+    let rewritten = crate::execution::operator::rewrite_stream_joins(
+        rewritten,
+        &watermark_of,
+        options.allow_unbounded_join,
+    )?;
     // First, so a stream read only inside a subquery (not swapped above) gets the
     // subquery message rather than "must read at least one unbounded table".
     check_supported(&rewritten)?;

@@ -1,0 +1,198 @@
+//! Stream-stream joins across restarts: every step of a scenario runs in a new
+//! `millrace` process on the same checkpoint (so each batch starts from the state the
+//! previous process saved), also after a crash right after the state was saved or
+//! after the sink wrote (before the commit log). Scenarios from Spark's
+//! `StreamingJoinSuite` (/work/shared/stream-joins.md §1.8).
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+/// Lands, atomically, a CSV file of `rows` in `dir` (created if missing).
+fn land(dir: &Path, name: &str, rows: &[String]) {
+    fs::create_dir_all(dir).unwrap();
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    let staged = dir.parent().unwrap().join(format!(".{name}"));
+    fs::write(&staged, text).unwrap();
+    fs::rename(&staged, dir.join(name)).unwrap();
+}
+
+/// `key,1970-01-01T00:00:<seconds>` rows.
+fn timed(rows: &[(i64, i64)]) -> Vec<String> {
+    rows.iter()
+        .map(|(k, s)| format!("{k},1970-01-01T00:{:02}:{:02}", s / 60, s % 60))
+        .collect()
+}
+
+/// Runs `millrace -c job`, crashing at `crash_at` if given; returns (success, stdout,
+/// stderr).
+fn run_job(job: &str, crash_at: Option<&str>) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_millrace"));
+    command.arg("-c").arg(job);
+    if let Some(point) = crash_at {
+        command.env("MILLRACE_CRASH_AT", point);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The data rows every batch of a run printed, normalised and sorted.
+fn emitted(stdout: &str) -> Vec<String> {
+    let mut rows: Vec<String> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| k "))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The progress reports of the checkpoint, oldest first.
+fn progress(dir: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(dir.join("ckpt/progress.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn rows(expected: &[&str]) -> Vec<String> {
+    let mut rows: Vec<String> = expected.iter().map(|r| r.to_string()).collect();
+    rows.sort();
+    rows
+}
+
+/// A job over tables `l` and `r` under `dir` (one file per batch), console sink.
+fn job(dir: &Path, tables: &str, select: &str) -> String {
+    fs::create_dir_all(dir.join("l")).unwrap();
+    fs::create_dir_all(dir.join("r")).unwrap();
+    format!(
+        "{tables};
+         CREATE SINK j STORED AS CONSOLE
+           OPTIONS ('checkpoint' '{ckpt}', 'trigger' 'available_now')
+           AS {select}",
+        tables = tables
+            .replace("{l}", &dir.join("l").display().to_string())
+            .replace("{r}", &dir.join("r").display().to_string()),
+        ckpt = dir.join("ckpt").display()
+    )
+}
+
+/// Scenario 1 (inner join on a key, no watermark: both sides unbounded, allowed by the
+/// session setting), one process per step, with a crash around the commit before the
+/// last step's successful run: the state that survives is exactly the committed one.
+#[test]
+fn inner_join_state_survives_restarts_between_every_batch() {
+    for crash_point in [None, Some("after-state-commit"), Some("after-sink")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let job = job(
+            dir,
+            "CREATE UNBOUNDED EXTERNAL TABLE l (k BIGINT) STORED AS CSV LOCATION '{l}'
+               OPTIONS ('max_files_per_trigger' '1');
+             CREATE UNBOUNDED EXTERNAL TABLE r (k BIGINT) STORED AS CSV LOCATION '{r}'
+               OPTIONS ('max_files_per_trigger' '1');
+             SET millrace.join.allow_unbounded_state = true",
+            "SELECT l.k, l.k * 2 AS lv, r.k * 3 AS rv FROM l JOIN r ON l.k = r.k",
+        );
+        let step = |side: &str, name: &str, keys: &[i64], expected: &[&str]| {
+            let lines: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            land(&dir.join(side), name, &lines);
+            let (ok, stdout, stderr) = run_job(&job, None);
+            assert!(ok, "{stderr}");
+            assert_eq!(emitted(&stdout), rows(expected), "step {name}: {stdout}");
+        };
+        step("l", "1.csv", &[1], &[]);
+        step("r", "2.csv", &[1, 10], &["| 1 | 2 | 3 |"]);
+        step("l", "3.csv", &[10], &["| 10 | 20 | 30 |"]);
+        step("r", "4.csv", &[1], &["| 1 | 2 | 3 |"]);
+        land(&dir.join("l"), "5.csv", &["1".to_string()]);
+        if let Some(point) = crash_point {
+            let (ok, _, stderr) = run_job(&job, Some(point));
+            assert!(
+                !ok && stderr.contains(point),
+                "expected a crash at {point}: {stderr}"
+            );
+        }
+        // After the restart, left 1 meets both stored right 1s (and only them).
+        let (ok, stdout, stderr) = run_job(&job, None);
+        assert!(ok, "{stderr}");
+        assert_eq!(
+            emitted(&stdout),
+            rows(&["| 1 | 2 | 3 |", "| 1 | 2 | 3 |"]),
+            "crash point {crash_point:?}: {stdout}"
+        );
+        let last = progress(dir).pop().unwrap();
+        let join = &last["stateOperators"][0];
+        assert_eq!(join["operatorName"], "symmetricHashJoin", "{last}");
+        assert_eq!(
+            join["numRowsTotal"], 6,
+            "3 left + 3 right rows kept: {last}"
+        );
+        assert_eq!(join["customMetrics"]["leftStateUnbounded"], 1, "{last}");
+        assert_eq!(join["customMetrics"]["rightStateUnbounded"], 1, "{last}");
+        // Each side's versions are under the operator's directory.
+        for side in ["left", "right"] {
+            assert!(
+                dir.join("ckpt/state/0")
+                    .join(side)
+                    .join("4.delta.arrow")
+                    .exists(),
+                "state/0/{side}/4.delta.arrow"
+            );
+        }
+    }
+}
+
+/// Scenario 2 (inner join on equal 10-second windows, watermark 10 s on the left), one
+/// process per step: the window key evicts both sides once the watermark passes the
+/// window's end, and after restarts late rows on either side find nothing.
+#[test]
+fn windowed_inner_join_evicts_by_the_window_key_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let job = job(
+        dir,
+        "CREATE UNBOUNDED EXTERNAL TABLE l (k BIGINT, ts TIMESTAMP,
+           WATERMARK FOR ts AS ts - INTERVAL '10' SECOND)
+           STORED AS CSV LOCATION '{l}' OPTIONS ('max_files_per_trigger' '1');
+         CREATE UNBOUNDED EXTERNAL TABLE r (k BIGINT, ts TIMESTAMP)
+           STORED AS CSV LOCATION '{r}' OPTIONS ('max_files_per_trigger' '1')",
+        "SELECT a.k, to_unixtime(a.w['end']) AS e, a.lv, b.rv
+         FROM (SELECT k, window(ts, '10 seconds') AS w, k * 2 AS lv FROM l) a
+         JOIN (SELECT k, window(ts, '10 seconds') AS w, k * 3 AS rv FROM r) b
+           ON a.k = b.k AND a.w = b.w",
+    );
+    let step = |side: &str, name: &str, rows: &[(i64, i64)], expected: &[&str], total: u64| {
+        land(&dir.join(side), name, &timed(rows));
+        let (ok, stdout, stderr) = run_job(&job, None);
+        assert!(ok, "{stderr}");
+        assert_eq!(
+            emitted(&stdout),
+            self::rows(expected),
+            "step {name}: {stdout}"
+        );
+        let last = progress(dir).pop().unwrap();
+        assert_eq!(
+            last["stateOperators"][0]["numRowsTotal"], total,
+            "step {name}: {last}"
+        );
+        last
+    };
+    step("l", "1.csv", &[(1, 1)], &[], 1);
+    step("r", "2.csv", &[(1, 1)], &["| 1 | 10 | 2 | 3 |"], 2);
+    // Watermark 15 after this batch: the closing no-data batch evicts window [0, 10).
+    step("l", "3.csv", &[(25, 25)], &[], 1);
+    step("r", "4.csv", &[(25, 25)], &["| 25 | 30 | 50 | 75 |"], 2);
+    // Window [0, 10) ended by the watermark (15): not stored, nothing to join.
+    step("r", "5.csv", &[(1, 1)], &[], 2);
+    let last = step("l", "6.csv", &[(5, 5)], &[], 2);
+    assert_eq!(
+        last["stateOperators"][0]["customMetrics"]["leftNumRowsDroppedByWatermark"], 1,
+        "{last}"
+    );
+}
