@@ -196,3 +196,99 @@ fn windowed_inner_join_evicts_by_the_window_key_across_restarts() {
         "{last}"
     );
 }
+
+/// Scenario 5 (left outer with the range condition leftTime BETWEEN rightTime - 5 s AND
+/// rightTime + 5 s, watermark 10 s), one process per step: joined rows appear in the
+/// batch that finds them, the NULL row of the never-matched left (3, 5) only in the
+/// batch whose watermark (20) passes it, after a restart that restored its matched
+/// flag; the state then holds the two rows at 30.
+#[test]
+fn left_outer_rows_appear_when_the_watermark_passes_them_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let job = job(
+        dir,
+        "CREATE UNBOUNDED EXTERNAL TABLE l (k BIGINT, ts TIMESTAMP,
+           WATERMARK FOR ts AS ts - INTERVAL '10' SECOND)
+           STORED AS CSV LOCATION '{l}' OPTIONS ('max_files_per_trigger' '1');
+         CREATE UNBOUNDED EXTERNAL TABLE r (k BIGINT, ts TIMESTAMP,
+           WATERMARK FOR ts AS ts - INTERVAL '10' SECOND)
+           STORED AS CSV LOCATION '{r}' OPTIONS ('max_files_per_trigger' '1')",
+        "SELECT l.k, r.k AS rk, to_unixtime(l.ts) AS lt, to_unixtime(r.ts) AS rt
+         FROM l LEFT JOIN r ON l.k = r.k
+           AND l.ts BETWEEN r.ts - INTERVAL '5' SECOND AND r.ts + INTERVAL '5' SECOND",
+    );
+    let step = |side: &str, name: &str, input: &[(i64, i64)], expected: &[&str], total: u64| {
+        land(&dir.join(side), name, &timed(input));
+        let (ok, stdout, stderr) = run_job(&job, None);
+        assert!(ok, "{stderr}");
+        assert_eq!(emitted(&stdout), rows(expected), "step {name}: {stdout}");
+        let last = progress(dir).pop().unwrap();
+        assert_eq!(
+            last["stateOperators"][0]["numRowsTotal"], total,
+            "step {name}: {last}"
+        );
+        last
+    };
+    step("l", "1.csv", &[(1, 5), (3, 5)], &[], 2);
+    step("r", "2.csv", &[(1, 10), (2, 5)], &["| 1 | 1 | 5 | 10 |"], 4);
+    step("r", "3.csv", &[(1, 11)], &[], 5);
+    step(
+        "l",
+        "4.csv",
+        &[(1, 7), (1, 30)],
+        &["| 1 | 1 | 7 | 10 |", "| 1 | 1 | 7 | 11 |"],
+        7,
+    );
+    let last = step("r", "5.csv", &[(0, 30)], &["| 3 | | 5 | |"], 2);
+    assert_eq!(
+        last["eventTime"]["watermark"], "1970-01-01T00:00:20.000Z",
+        "{last}"
+    );
+    assert_eq!(
+        last["stateOperators"][0]["customMetrics"]["numOuterRowsEmitted"], 1,
+        "{last}"
+    );
+}
+
+/// Scenario 11 (early state exclusion), one process per step: a left row failing its
+/// left-only predicate gets its NULL row in the batch it arrives in and is not stored,
+/// so no second NULL row appears when the watermark moves past its window.
+#[test]
+fn left_rows_failing_their_own_predicate_get_their_null_row_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let job = job(
+        dir,
+        "CREATE UNBOUNDED EXTERNAL TABLE l (k BIGINT, ts TIMESTAMP,
+           WATERMARK FOR ts AS ts - INTERVAL '10' SECOND)
+           STORED AS CSV LOCATION '{l}' OPTIONS ('max_files_per_trigger' '1');
+         CREATE UNBOUNDED EXTERNAL TABLE r (k BIGINT, ts TIMESTAMP,
+           WATERMARK FOR ts AS ts - INTERVAL '10' SECOND)
+           STORED AS CSV LOCATION '{r}' OPTIONS ('max_files_per_trigger' '1')",
+        "SELECT a.k, to_unixtime(a.w['end']) AS e, a.lv, b.rv
+         FROM (SELECT k, window(ts, '10 seconds') AS w, k * 2 AS lv FROM l) a
+         LEFT JOIN (SELECT k, window(ts, '10 seconds') AS w, k * 3 AS rv FROM r) b
+           ON a.k = b.k AND a.w = b.w AND a.lv > 4",
+    );
+    let run = |expected: &[&str], total: u64| {
+        let (ok, stdout, stderr) = run_job(&job, None);
+        assert!(ok, "{stderr}");
+        assert_eq!(emitted(&stdout), rows(expected), "{stdout}");
+        let last = progress(dir).pop().unwrap();
+        assert_eq!(last["stateOperators"][0]["numRowsTotal"], total, "{last}");
+    };
+    let seconds = |ks: &[i64]| -> Vec<(i64, i64)> { ks.iter().map(|k| (*k, *k)).collect() };
+    land(&dir.join("l"), "1.csv", &timed(&seconds(&[1, 2, 3])));
+    land(&dir.join("r"), "1.csv", &timed(&seconds(&[3, 4, 5])));
+    // Left 1 and 2 are not stored: left 3 + right 3, 4, 5.
+    run(
+        &["| 1 | 10 | 2 | |", "| 2 | 10 | 4 | |", "| 3 | 10 | 6 | 9 |"],
+        4,
+    );
+    land(&dir.join("l"), "2.csv", &timed(&seconds(&[20])));
+    land(&dir.join("r"), "2.csv", &timed(&seconds(&[21])));
+    run(&[], 2);
+    land(&dir.join("r"), "3.csv", &timed(&seconds(&[20])));
+    run(&["| 20 | 30 | 40 | 60 |"], 3);
+}
