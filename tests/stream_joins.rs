@@ -292,3 +292,53 @@ fn left_rows_failing_their_own_predicate_get_their_null_row_at_once() {
     land(&dir.join("r"), "3.csv", &timed(&seconds(&[20])));
     run(&["| 20 | 30 | 40 | 60 |"], 3);
 }
+
+/// `EXPLAIN` of a stream-stream join shows how each side's rows leave the state, and
+/// says UNBOUNDED for a side whose rows never do (allowed by the session setting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_each_sides_state_bound_and_unbounded_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for side in ["l", "r"] {
+        fs::create_dir_all(dir.join(side)).unwrap();
+    }
+    let session = millrace::Session::new(
+        tokio::runtime::Handle::current(),
+        millrace::SessionSettings::default(),
+    );
+    for side in ["l", "r"] {
+        session
+            .execute(&format!(
+                "CREATE UNBOUNDED EXTERNAL TABLE {side} (k BIGINT, ts TIMESTAMP,
+                   WATERMARK FOR ts AS ts - INTERVAL '10' SECOND)
+                 STORED AS CSV LOCATION '{}'",
+                dir.join(side).display()
+            ))
+            .await
+            .unwrap();
+    }
+    session
+        .execute("SET millrace.join.allow_unbounded_state = true")
+        .await
+        .unwrap();
+    let explained = session
+        .execute(
+            "EXPLAIN SELECT l.k FROM l JOIN r
+               ON l.k = r.k AND l.ts < r.ts - INTERVAL '5' SECOND",
+        )
+        .await
+        .unwrap();
+    let millrace::StatementResult::Rows(batches) = explained else {
+        panic!("EXPLAIN returns rows");
+    };
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("StreamJoin: type=Inner"), "{text}");
+    assert!(text.contains("left state: UNBOUNDED"), "{text}");
+    assert!(
+        text.contains("right state: rows leave when ts <= watermark + 5000 ms"),
+        "{text}"
+    );
+    assert!(text.contains("StreamJoinExec"), "{text}");
+}
