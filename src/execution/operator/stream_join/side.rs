@@ -81,6 +81,11 @@ pub struct SideState {
     removed: Vec<u64>,
     /// Rows evicted since the last commit (committed or not).
     evicted: usize,
+    /// Chunks added since the last commit.
+    fresh_chunks: Vec<u64>,
+    /// Bytes of the Arrow rows and the key bytes held (kept up to date, so the
+    /// progress figure costs nothing per batch).
+    bytes: usize,
 }
 
 impl SideState {
@@ -98,6 +103,8 @@ impl SideState {
             flipped: Vec::new(),
             removed: Vec::new(),
             evicted: 0,
+            fresh_chunks: Vec::new(),
+            bytes: 0,
         }
     }
 
@@ -219,6 +226,10 @@ impl SideState {
                 locs[row] = (chunk_id, i as u32);
             }
             self.rows += members.len();
+            self.bytes += chunk_bytes(&chunk);
+            if fresh {
+                self.fresh_chunks.push(chunk_id);
+            }
             self.chunks.insert(chunk_id, chunk);
             self.buckets.entry(bucket).or_default().push(chunk_id);
         }
@@ -315,6 +326,8 @@ impl SideState {
                 if chunk.live_count > 0 {
                     kept.push(chunk_id);
                     self.chunks.insert(chunk_id, chunk);
+                } else {
+                    self.bytes -= chunk_bytes(&chunk);
                 }
             }
             if !kept.is_empty() {
@@ -328,14 +341,22 @@ impl SideState {
         })
     }
 
-    /// State rows (in the store's schema) of the chunk rows chosen by `pick`.
-    fn state_rows(&self, pick: impl Fn(&Chunk, usize) -> bool) -> Result<RecordBatch> {
+    /// State rows (in the store's schema) of the live rows of `chunks` chosen by
+    /// `pick`, in chunk order.
+    fn state_rows(
+        &self,
+        chunks: impl IntoIterator<Item = u64>,
+        pick: impl Fn(&Chunk, usize) -> bool,
+    ) -> Result<RecordBatch> {
         let schema = self.state_schema();
-        let mut parts = Vec::new();
-        let mut ids: Vec<&u64> = self.chunks.keys().collect();
+        let mut ids: Vec<u64> = chunks.into_iter().collect();
         ids.sort_unstable();
+        ids.dedup();
+        let mut parts = Vec::new();
         for id in ids {
-            let chunk = &self.chunks[id];
+            let Some(chunk) = self.chunks.get(&id) else {
+                continue;
+            };
             let mask: Vec<bool> = (0..chunk.ids.len())
                 .map(|row| chunk.live[row] && pick(chunk, row))
                 .collect();
@@ -356,11 +377,16 @@ impl SideState {
     }
 
     /// Saves version `version`: the rows added or whose flag changed, and the ids of
-    /// the rows evicted since the last commit. Returns (rows updated, rows removed).
+    /// the rows evicted since the last commit (only the chunks the batch touched are
+    /// read; the whole state only for a snapshot). Returns (rows updated, rows
+    /// removed).
     pub fn commit(&mut self, version: u64) -> Result<(usize, usize)> {
         let flipped: std::collections::HashSet<Loc> = self.flipped.drain(..).collect();
-        let updated =
-            self.state_rows(|chunk, row| chunk.fresh || flipped.contains(&(chunk.id, row as u32)))?;
+        let fresh = std::mem::take(&mut self.fresh_chunks);
+        let touched = fresh.iter().copied().chain(flipped.iter().map(|(c, _)| *c));
+        let updated = self.state_rows(touched, |chunk, row| {
+            chunk.fresh || flipped.contains(&(chunk.id, row as u32))
+        })?;
         let removed = RecordBatch::try_new(
             Arc::new(Schema::new(vec![Field::new(
                 ROW_ID,
@@ -373,13 +399,17 @@ impl SideState {
         )?;
         // The store is taken out while the whole state (for a snapshot) is read.
         if let Some(mut store) = self.store.take() {
-            let result =
-                store.commit_with(version, &updated, &removed, || self.state_rows(|_, _| true));
+            let all: Vec<u64> = self.chunks.keys().copied().collect();
+            let result = store.commit_with(version, &updated, &removed, || {
+                self.state_rows(all, |_, _| true)
+            });
             self.store = Some(store);
             result?;
         }
-        for chunk in self.chunks.values_mut() {
-            chunk.fresh = false;
+        for id in fresh {
+            if let Some(chunk) = self.chunks.get_mut(&id) {
+                chunk.fresh = false;
+            }
         }
         let evicted = std::mem::take(&mut self.evicted);
         Ok((updated.num_rows(), evicted))
@@ -390,22 +420,16 @@ impl SideState {
         self.rows
     }
 
-    /// Bytes the rows, keys and index hold (approximately).
+    /// Bytes the rows, keys and index hold (approximately: the index at 40 bytes per
+    /// row).
     pub fn memory_bytes(&self) -> usize {
-        let rows: usize = self
-            .chunks
-            .values()
-            .map(|c| {
-                c.data.get_array_memory_size()
-                    + c.keys.iter().map(|k| k.len() + 16).sum::<usize>()
-                    + c.ids.len() * (8 + 16 + 2)
-            })
-            .sum();
-        let index: usize = self
-            .index
-            .iter()
-            .map(|(k, v)| k.len() + 16 + v.len() * 16 + 24)
-            .sum();
-        rows + index
+        self.bytes + self.rows * 40
     }
+}
+
+/// Bytes a chunk holds: its Arrow rows, keys and per-row fields.
+fn chunk_bytes(chunk: &Chunk) -> usize {
+    chunk.data.get_array_memory_size()
+        + chunk.keys.iter().map(|k| k.len() + 16).sum::<usize>()
+        + chunk.ids.len() * (8 + 16 + 2)
 }
