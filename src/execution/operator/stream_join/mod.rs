@@ -364,6 +364,9 @@ impl StreamJoinOperator {
     }
 }
 
+/// Each row's encoded key, and whether the row can match at all.
+type EncodedKeys = (Vec<Box<[u8]>>, Vec<bool>);
+
 impl Compiled {
     /// Each row's encoded key, and whether it can match at all (no NULL in a key
     /// compared with `=`).
@@ -372,7 +375,7 @@ impl Compiled {
         left: bool,
         batch: &RecordBatch,
         null_equal: &[bool],
-    ) -> Result<(Vec<Box<[u8]>>, Vec<bool>)> {
+    ) -> Result<EncodedKeys> {
         let exprs = if left {
             &self.left_keys
         } else {
