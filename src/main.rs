@@ -96,8 +96,9 @@ enum Action {
         /// filter (files → filter/project → Parquet, JSON then CSV), tumbling (windowed
         /// count/sum per key, append mode to Parquet), groupby (count/sum per key,
         /// update mode to a NOOP sink), kafka-filter (Kafka → filter/project → Kafka) or
-        /// kafka-window (Kafka → count/avg per sensor and 1-minute window → Kafka); the
-        /// kafka workloads need --bootstrap.
+        /// kafka-window (Kafka → count/avg per sensor and 1-minute window → Kafka) or
+        /// kafka-latency (produce → Kafka → query → Kafka → read_committed consumer at a
+        /// steady --rate for --seconds); the kafka workloads need --bootstrap.
         #[arg(long, default_value = "filter")]
         workload: Workload,
         /// Input rows (per format for filter).
@@ -122,7 +123,7 @@ enum Action {
         #[arg(long, value_name = "HOST:PORT")]
         bootstrap: Option<String>,
         /// The Kafka sink's delivery: exactly_once (one transaction per batch; needs a
-        /// broker with transactions, e.g. tansu) or at_least_once (e.g. nisshi).
+        /// broker with transactions, as Apache Kafka is) or at_least_once.
         #[arg(long, default_value = "exactly_once", value_parser = bench::kafka::parse_delivery)]
         delivery: KafkaDelivery,
         /// Partitions of the kafka workloads' input and output topics.
@@ -131,6 +132,12 @@ enum Action {
         /// Records per batch of the kafka workloads [default: a tenth of --rows].
         #[arg(long, value_name = "N")]
         max_offsets_per_trigger: Option<u64>,
+        /// Records per second the kafka-latency producer sends.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// How long the kafka-latency producer sends.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
     },
     /// Small Kafka helpers for the examples: lines to a topic, a topic to lines.
     Kafka {
@@ -310,12 +317,24 @@ fn run_action(cli: Cli, session: &Session, runtime: &Runtime) -> Result<()> {
             delivery,
             partitions,
             max_offsets_per_trigger,
+            rate,
+            seconds,
         }) => {
+            if workload == Workload::KafkaLatency {
+                let Some(bootstrap) = bootstrap else {
+                    return Err(Error::Option(
+                        "--workload kafka-latency needs --bootstrap HOST:PORT, a running Kafka \
+                         broker (scripts/kafka-broker.sh start)"
+                            .into(),
+                    ));
+                };
+                return run_latency_bench(runtime, &bootstrap, rate, seconds, partitions, delivery);
+            }
             if let Some(kafka) = bench::KafkaWorkload::of(workload) {
                 let Some(bootstrap) = bootstrap else {
                     return Err(Error::Option(format!(
                         "--workload {} needs --bootstrap HOST:PORT, a running Kafka broker \
-                         (scripts/kafka-broker.sh start tansu 9093)",
+                         (scripts/kafka-broker.sh start)",
                         workload.name()
                     )));
                 };
@@ -585,6 +604,38 @@ fn run_bench(
         let _ = std::fs::remove_dir_all(&dir);
     }
     println!("{} ({keys} keys)", report?);
+    Ok(())
+}
+
+/// `millrace bench --workload kafka-latency`: see [`bench::kafka_latency`].
+fn run_latency_bench(
+    runtime: &Runtime,
+    bootstrap: &str,
+    rate: u64,
+    seconds: u64,
+    partitions: i32,
+    delivery: KafkaDelivery,
+) -> Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "note: this is a debug build; run `cargo run --release -- bench` for real figures"
+        );
+    }
+    bench::check_reachable(bootstrap)?;
+    let id = format!("latency-{}", uuid::Uuid::new_v4().simple());
+    let dir = std::env::temp_dir().join(format!("millrace-bench-{id}"));
+    let run = bench::LatencyRun {
+        bootstrap,
+        rate,
+        seconds,
+        partitions,
+        delivery,
+        id: &id,
+        checkpoint: &dir.join("checkpoint"),
+    };
+    let report = run.run(runtime);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{} ({})", report?, bench::kafka::delivery_option(delivery));
     Ok(())
 }
 

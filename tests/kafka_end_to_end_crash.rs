@@ -21,12 +21,17 @@
 //!   ever skips that batch (it is written again in a new transaction);
 //! - the marker ends at the last batch with output + 1.
 //!
+//! The second test takes the other way into Kafka: JSON files landing in a directory
+//! (the file source), filtered, to a Kafka topic exactly-once, killed and aborted the
+//! same way while files keep landing; a `read_committed` consumer of the output must
+//! see every passing input row exactly once.
+//!
 //! The kill instants come from a seeded RNG (`MILLRACE_TEST_SEED` replays a schedule).
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -52,6 +57,14 @@ const CRASH_POINTS: [&str; 6] = [
 const AFTER_BROKER_COMMIT: [&str; 2] = ["kafka-after-txn-commit", "after-sink"];
 /// Points inside the transaction before its commit (the replay must write it).
 const BEFORE_BROKER_COMMIT: [&str; 2] = ["kafka-after-produce", "kafka-after-marker"];
+/// The crash points of [`CRASH_POINTS`] a stateless query passes (it commits no state).
+const STATELESS_CRASH_POINTS: [&str; 5] = [
+    "kafka-after-produce",
+    "kafka-after-marker",
+    "kafka-after-txn-commit",
+    "after-sink",
+    "after-offsets",
+];
 /// Kills at random instants.
 const RANDOM_KILLS: usize = 50;
 /// Runs aborted at a crash point (each point twice).
@@ -441,4 +454,189 @@ fn expected_outputs(broker: &Broker, input: &str, checkpoint: &Path) -> BTreeMap
         }
     }
     expected
+}
+
+/// Lands JSON files of 1 to 20 rows (`{"id", "payload"}`, ids counting up from 0) in a
+/// directory until stopped, the way producers must (hidden temporary, then rename).
+struct FileLander {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<i64>,
+}
+
+impl FileLander {
+    fn start(dir: PathBuf, seed: u64) -> FileLander {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut rng = XorShift::new(seed);
+            let (mut next, mut file) = (0i64, 0u64);
+            while !flag.load(Ordering::SeqCst) {
+                let rows = rng.range(1, 20) as i64;
+                write_atomic(
+                    &dir,
+                    &format!("{file:06}.json"),
+                    json_rows(next..next + rows).as_bytes(),
+                );
+                next += rows;
+                file += 1;
+                std::thread::sleep(Duration::from_millis(rng.range(50, 250)));
+            }
+            next
+        });
+        FileLander { stop, thread }
+    }
+
+    /// Stops landing files; returns how many rows were written (ids `0..n`).
+    fn stop(self) -> i64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("the file lander panicked")
+    }
+}
+
+fn file_to_kafka_job(
+    checkpoint: &Path,
+    input: &Path,
+    broker: &Broker,
+    topic: &str,
+    trigger: &str,
+) -> String {
+    format!(
+        "CREATE UNBOUNDED EXTERNAL TABLE events (id BIGINT NOT NULL, payload VARCHAR)\n  \
+         STORED AS JSON LOCATION '{}/' OPTIONS ('max_files_per_trigger' '5');\n\
+         CREATE SINK filtered STORED AS KAFKA LOCATION '{topic}'\n  \
+         OPTIONS ('bootstrap.servers' '{}', 'checkpoint' '{}', 'key' 'payload',\n  \
+                  'timeout' '10 seconds'{})\n  \
+         AS SELECT id, payload FROM events WHERE id % 7 <> 3;\n",
+        input.display(),
+        broker.bootstrap,
+        checkpoint.display(),
+        trigger_option(Some(trigger).filter(|t| !t.is_empty()))
+    )
+}
+
+#[test]
+fn kill_minus_nine_anywhere_on_the_file_to_kafka_path_writes_each_row_once() {
+    let test_start = Instant::now();
+    let seed = test_seed("kafka_end_to_end_crash_files");
+    let mut rng = XorShift::new(seed);
+    let broker = shared();
+    let output = unique("filtered");
+    create_topic(&broker.bootstrap, &output, 3);
+    let root = temp_dir();
+    let input = make_dir(root.path(), "input");
+    let checkpoint = root.path().join("ckpt");
+    let logs = make_dir(root.path(), "logs");
+    let continuous = write_job(
+        root.path(),
+        "continuous.sql",
+        &file_to_kafka_job(&checkpoint, &input, broker, &output, ""),
+    );
+    let drain = write_job(
+        root.path(),
+        "drain.sql",
+        &file_to_kafka_job(&checkpoint, &input, broker, &output, "available_now"),
+    );
+
+    let lander = FileLander::start(input.clone(), rng.next_u64());
+    let mut committed_before_crash: BTreeSet<u64> = BTreeSet::new();
+    let mut must_rewrite: BTreeSet<u64> = BTreeSet::new();
+    let (mut killed, mut aimed, mut runs_that_committed) = (0, 0, 0);
+    let commits = |c: &Path| log_ids(&c.join("commits")).last().copied();
+    let aimed_runs = 2 * STATELESS_CRASH_POINTS.len();
+    for run in 0..RANDOM_KILLS + aimed_runs {
+        let stderr_path = logs.join(format!("run-{run:02}.err"));
+        let before = commits(&checkpoint);
+        if run % 5 == 4 && aimed < aimed_runs {
+            let point = STATELESS_CRASH_POINTS[aimed % STATELESS_CRASH_POINTS.len()];
+            aimed += 1;
+            let (status, stderr) =
+                run_to_end(&continuous, &[("MILLRACE_CRASH_AT", point)], &stderr_path);
+            assert_crashed_at(status, &stderr, point);
+            let batch = pending_batch(&checkpoint).expect("a crash point leaves a batch pending");
+            let marker = marker(broker, &checkpoint, &output);
+            if AFTER_BROKER_COMMIT.contains(&point) {
+                assert_eq!(
+                    marker,
+                    Some(batch as i64 + 1),
+                    "{point}: the broker committed batch {batch} with its marker"
+                );
+            } else if BEFORE_BROKER_COMMIT.contains(&point) {
+                assert!(
+                    marker.is_none_or(|m| m <= batch as i64),
+                    "{point}: marker {marker:?} names batch {batch}, which was not committed"
+                );
+                must_rewrite.insert(batch);
+            }
+        } else {
+            kill9_after_random_delay(
+                &continuous,
+                &stderr_path,
+                &mut rng,
+                (100, 1500),
+                &format!("run {run}"),
+            );
+            killed += 1;
+        }
+        if commits(&checkpoint) > before {
+            runs_that_committed += 1;
+        }
+        if let Some(batch) = pending_batch(&checkpoint)
+            && marker(broker, &checkpoint, &output) == Some(batch as i64 + 1)
+        {
+            committed_before_crash.insert(batch);
+        }
+    }
+    let written = lander.stop();
+    Millrace::spawn(&drain, &[], &logs.join("drain.err")).wait_success(Duration::from_secs(600));
+    assert_eq!(pending_batch(&checkpoint), None, "the drain ends committed");
+
+    // Exactly once, as a read_committed consumer sees the topic: every passing row once,
+    // nothing else (a batch written twice would repeat its ids; an aborted attempt's
+    // records would too if they were visible).
+    let records = read_topic(&broker.bootstrap, &output, true);
+    let ids: Vec<i64> = records
+        .iter()
+        .map(|record| {
+            let value: serde_json::Value =
+                serde_json::from_str(record.value.as_deref().expect("a value")).expect("JSON");
+            let id = value["id"].as_i64().expect("id");
+            assert_eq!(
+                record.key.as_deref(),
+                Some(format!("p{id}").as_str()),
+                "key = payload column"
+            );
+            id
+        })
+        .collect();
+    assert_exactly_once(
+        "ids a read_committed consumer of the output sees",
+        ids,
+        passing_ids(written),
+    );
+    let skipped = skipped_batches(&logs);
+    for batch in &committed_before_crash {
+        assert!(
+            skipped.contains(batch),
+            "batch {batch} was committed to Kafka before the crash, but no run reported skipping it"
+        );
+    }
+    for batch in &must_rewrite {
+        assert!(
+            !skipped.contains(batch),
+            "batch {batch} crashed before the broker's commit, but a run skipped it"
+        );
+    }
+    assert!(
+        runs_that_committed > 5,
+        "only {runs_that_committed} runs committed a batch: the test exercised little"
+    );
+    eprintln!(
+        "kafka_end_to_end_crash (files): {killed} kill -9 + {aimed} crash-point aborts, \
+         {runs_that_committed} runs committed batches, {} batches, {written} rows landed, {} \
+         records read; {} kills after the broker's commit checked, in {:?}",
+        log_ids(&checkpoint.join("commits")).last().unwrap_or(&0) + 1,
+        records.len(),
+        committed_before_crash.len(),
+        test_start.elapsed()
+    );
 }

@@ -38,7 +38,10 @@ impl AggregationWorkload {
     /// The stateful workload a [`Workload`] names, if it is one.
     pub fn of(workload: Workload) -> Option<Self> {
         match workload {
-            Workload::Filter | Workload::KafkaFilter | Workload::KafkaWindow => None,
+            Workload::Filter
+            | Workload::KafkaFilter
+            | Workload::KafkaWindow
+            | Workload::KafkaLatency => None,
             Workload::Tumbling => Some(AggregationWorkload::Tumbling),
             Workload::Groupby => Some(AggregationWorkload::Groupby),
         }

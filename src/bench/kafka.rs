@@ -50,7 +50,9 @@ impl KafkaWorkload {
         match workload {
             Workload::KafkaFilter => Some(KafkaWorkload::Filter),
             Workload::KafkaWindow => Some(KafkaWorkload::Window),
-            Workload::Filter | Workload::Tumbling | Workload::Groupby => None,
+            Workload::Filter | Workload::Tumbling | Workload::Groupby | Workload::KafkaLatency => {
+                None
+            }
         }
     }
 

@@ -5,13 +5,15 @@
 //! - [`filter`]: files (JSON lines, CSV) → filter/project → Parquet, stateless;
 //! - [`aggregation`]: a tumbling event-time window and a plain `GROUP BY`, stateful;
 //! - [`kafka`]: Kafka → filter → Kafka and Kafka → window aggregation → Kafka, on a
-//!   broker given with `--bootstrap`.
+//!   broker given with `--bootstrap`;
+//! - [`kafka_latency`]: end-to-end latency of Kafka → Kafka at a steady input rate.
 //!
 //! Figures and how they were taken: `docs/benchmarks.md`.
 
 pub mod aggregation;
 pub mod filter;
 pub mod kafka;
+pub mod kafka_latency;
 
 use std::fmt;
 use std::str::FromStr;
@@ -22,6 +24,7 @@ use tokio::runtime::Runtime;
 pub use aggregation::{AggregationWorkload, run_aggregation, write_keyed_input};
 pub use filter::{BenchFormat, SensorReading, run_pipeline, write_input};
 pub use kafka::{KafkaRun, KafkaWorkload, check_reachable, produce_readings};
+pub use kafka_latency::{LatencyReport, LatencyRun};
 
 use crate::error::{Error, Result};
 use crate::execution::QueryProgress;
@@ -43,6 +46,8 @@ pub enum Workload {
     KafkaFilter,
     /// Kafka → count/avg per sensor and 1-minute tumbling window → Kafka, append mode.
     KafkaWindow,
+    /// Produce → Kafka → query → Kafka → `read_committed` consumer latency at a steady rate.
+    KafkaLatency,
 }
 
 impl Workload {
@@ -54,6 +59,7 @@ impl Workload {
             Workload::Groupby => "groupby",
             Workload::KafkaFilter => "kafka-filter",
             Workload::KafkaWindow => "kafka-window",
+            Workload::KafkaLatency => "kafka-latency",
         }
     }
 }
@@ -68,9 +74,10 @@ impl FromStr for Workload {
             "groupby" | "group_by" | "group-by" => Ok(Workload::Groupby),
             "kafka-filter" | "kafka_filter" => Ok(Workload::KafkaFilter),
             "kafka-window" | "kafka_window" => Ok(Workload::KafkaWindow),
+            "kafka-latency" | "kafka_latency" => Ok(Workload::KafkaLatency),
             _ => Err(Error::Option(format!(
-                "unknown workload '{value}': use filter, tumbling, groupby, kafka-filter or \
-                 kafka-window"
+                "unknown workload '{value}': use filter, tumbling, groupby, kafka-filter, \
+                 kafka-window or kafka-latency"
             ))),
         }
     }
@@ -284,12 +291,13 @@ mod tests {
             Workload::Groupby,
             Workload::KafkaFilter,
             Workload::KafkaWindow,
+            Workload::KafkaLatency,
         ] {
             assert_eq!(workload.name().parse::<Workload>().unwrap(), workload);
         }
         assert_eq!("GROUP-BY".parse::<Workload>().unwrap(), Workload::Groupby);
         let error = "join".parse::<Workload>().unwrap_err().to_string();
-        assert!(error.contains("kafka-filter or kafka-window"), "{error}");
+        assert!(error.contains("kafka-window or kafka-latency"), "{error}");
         assert_eq!(
             "KAFKA_WINDOW".parse::<Workload>().unwrap(),
             Workload::KafkaWindow

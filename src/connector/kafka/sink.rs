@@ -51,7 +51,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::checkpoint::write_atomic;
-use crate::connector::kafka::client::{TopicNotCreated, check_topic_name, create_topic};
+use crate::connector::kafka::client::{Backoff, TopicNotCreated, check_topic_name, create_topic};
 use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::sink::Sink;
@@ -62,8 +62,10 @@ use crate::source::options::Options;
 pub const MARKER_PARTITION: i32 = 0;
 /// Attempts at delivering one batch before the query fails.
 const ATTEMPTS: u32 = 3;
-/// Wait before the second attempt; doubled before each later one.
+/// Wait before the second attempt; doubled before each later one, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
 /// How much longer than `timeout` a flush waits: every queued record has been
 /// delivered or has failed by then (`message.timeout.ms` is `timeout`).
 const FLUSH_MARGIN: Duration = Duration::from_secs(2);
@@ -1248,7 +1250,7 @@ impl KafkaSink {
         batch_id: u64,
         mut attempt: impl FnMut(&mut Self) -> std::result::Result<(), Failure>,
     ) -> Result<()> {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         for number in 1..=ATTEMPTS {
             let failure = match attempt(self) {
                 Ok(()) => return Ok(()),
@@ -1262,12 +1264,12 @@ impl KafkaSink {
                     self.options.topic, number
                 )));
             }
+            let wait = backoff.next_wait();
             tracing::warn!(
                 "Kafka sink: batch {batch_id}, attempt {number} of {ATTEMPTS} failed: \
-                 {failure}; trying again in {backoff:?}"
+                 {failure}; trying again in {wait:?}"
             );
-            std::thread::sleep(backoff);
-            backoff *= 2;
+            std::thread::sleep(wait);
         }
         unreachable!("the last attempt returns")
     }

@@ -50,7 +50,7 @@ use rdkafka::message::{Headers, Message};
 use serde_json::{Map, Value, json};
 
 use crate::checkpoint::write_atomic;
-use crate::connector::kafka::client::check_topic_name;
+use crate::connector::kafka::client::{Backoff, check_topic_name};
 use crate::error::{Error, Result};
 use crate::source::format::{CORRUPT_RECORD_COLUMN, MalformedMode, RecordEncoding, decode_records};
 use crate::source::options::Options;
@@ -692,13 +692,14 @@ impl KafkaSource {
     /// for `broker_retry_timeout`; `what` says what was being done, for the error.
     fn retry<T>(&self, what: &str, mut call: impl FnMut() -> Attempt<T>) -> Result<T> {
         let deadline = Instant::now() + self.options.broker_retry_timeout;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             match call() {
                 Attempt::Done(value) => return Ok(value),
                 Attempt::Fail(error) => return Err(error),
                 Attempt::Retry(why) => {
-                    if Instant::now() + backoff > deadline {
+                    let wait = backoff.next_wait();
+                    if Instant::now() + wait > deadline {
                         return Err(Error::Network(format!(
                             "Kafka table '{}': {what} failed for {} s ({why}); check that the \
                              brokers at '{}' run and are reachable, or raise the table option \
@@ -708,8 +709,7 @@ impl KafkaSource {
                             self.options.bootstrap_servers
                         )));
                     }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    std::thread::sleep(wait);
                 }
             }
         }
