@@ -342,3 +342,86 @@ async fn explain_shows_each_sides_state_bound_and_unbounded_state() {
     );
     assert!(text.contains("StreamJoinExec"), "{text}");
 }
+
+/// `watermark_idle_timeout` (beyond Spark): an input that delivers no rows for that
+/// long stops holding the query's watermark back, so a LEFT join's NULL row is emitted
+/// although the right input stays quiet. Without it the watermark would stay at the
+/// right input's 0 s for ever. (The wait is for an outcome, bounded generously; what
+/// is asserted does not depend on how long anything takes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_input_with_an_idle_timeout_stops_holding_outer_rows_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    land(&dir.join("l"), "1.csv", &timed(&[(1, 0)]));
+    land(&dir.join("r"), "1.csv", &timed(&[(9, 0)]));
+    let session = millrace::Session::new(
+        tokio::runtime::Handle::current(),
+        millrace::SessionSettings::default(),
+    );
+    for (side, options) in [
+        ("l", ""),
+        ("r", "OPTIONS ('watermark_idle_timeout' '1 second')"),
+    ] {
+        session
+            .execute(&format!(
+                "CREATE UNBOUNDED EXTERNAL TABLE {side} (k BIGINT, ts TIMESTAMP,
+                   WATERMARK FOR ts AS ts - INTERVAL '0' SECOND)
+                 STORED AS CSV LOCATION '{}' {options}",
+                dir.join(side).display()
+            ))
+            .await
+            .unwrap();
+    }
+    let started = session
+        .execute(
+            "CREATE SINK j STORED AS MEMORY AS
+             SELECT l.k, r.k AS rk FROM l LEFT JOIN r
+               ON l.k = r.k AND r.ts BETWEEN l.ts AND l.ts + INTERVAL '10' SECOND",
+        )
+        .await
+        .unwrap();
+    let millrace::StatementResult::QueryStarted(query) = started else {
+        panic!("CREATE SINK starts a query");
+    };
+    query.process_all_available().await.unwrap();
+    land(&dir.join("l"), "2.csv", &timed(&[(2, 100)]));
+    query.process_all_available().await.unwrap();
+    // Left 1 (at 0 s) leaves once no right row can match it, at watermark 10 s: with
+    // the right input idle, the watermark is the left's, 100 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let nulls = loop {
+        let result = session
+            .execute("SELECT k FROM j WHERE rk IS NULL ORDER BY k")
+            .await
+            .unwrap();
+        let batches = match result {
+            millrace::StatementResult::Rows(batches) => batches,
+            millrace::StatementResult::Done => Vec::new(),
+            _ => panic!("a query returns rows"),
+        };
+        let keys: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        if !keys.is_empty() || std::time::Instant::now() > deadline {
+            break keys;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(nulls, vec![1], "the NULL row of left 1");
+    let last = query.last_progress().unwrap();
+    assert_eq!(
+        last.event_time.watermark.as_deref(),
+        Some("1970-01-01T00:01:40.000Z"),
+        "the idle right input no longer holds the watermark back"
+    );
+    query.stop();
+    query.await_termination().await.unwrap();
+}

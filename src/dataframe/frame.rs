@@ -129,6 +129,7 @@ impl StreamFrame {
                 .as_ref()
                 .map(|w| w.max_future)
                 .unwrap_or(DEFAULT_WATERMARK_MAX_FUTURE),
+            idle_timeout: def.watermark.as_ref().and_then(|w| w.idle_timeout),
         });
         let table = Arc::new(StreamTable {
             def: Arc::new(watermarked),

@@ -370,12 +370,7 @@ type EncodedKeys = (Vec<Box<[u8]>>, Vec<bool>);
 impl Compiled {
     /// Each row's encoded key, and whether it can match at all (no NULL in a key
     /// compared with `=`).
-    fn keys(
-        &self,
-        left: bool,
-        batch: &RecordBatch,
-        null_equal: &[bool],
-    ) -> Result<EncodedKeys> {
+    fn keys(&self, left: bool, batch: &RecordBatch, null_equal: &[bool]) -> Result<EncodedKeys> {
         let exprs = if left {
             &self.left_keys
         } else {
