@@ -137,6 +137,7 @@ pub struct PlanOptions {
 /// Fails if the plan reads no unbounded table, or has a shape that is not supported.
 /// Joins of two unbounded inputs become stream-stream join nodes (or are refused).
 pub fn plan_streaming_query(plan: LogicalPlan, options: PlanOptions) -> Result<StreamingPlan> {
+    let plan = decorrelate_stream_subqueries(plan)?;
     let mut inputs: BTreeMap<String, (Arc<StreamDef>, Arc<BatchTable>)> = BTreeMap::new();
     let rewritten = plan
         .transform_up(|node| {
@@ -190,6 +191,32 @@ pub fn plan_streaming_query(plan: LogicalPlan, options: PlanOptions) -> Result<S
         inputs,
         schema,
     })
+}
+
+/// `WHERE [NOT] EXISTS (SELECT ... FROM stream ...)` and `[NOT] IN (SELECT ... FROM
+/// stream)`: DataFusion's own rule (`DecorrelatePredicateSubquery`) turns them into
+/// semi and anti joins, which become stream-stream joins like `LEFT SEMI JOIN` /
+/// `LEFT ANTI JOIN`. Only applied when a subquery reads a stream (a subquery over
+/// static tables is left to DataFusion, as before); a subquery it cannot turn into a
+/// join stays and is refused by [`check_supported`].
+fn decorrelate_stream_subqueries(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let mut streams_in_subqueries = false;
+    visit_all(&plan, &mut |node, in_subquery| {
+        if in_subquery && reads_stream(node) {
+            streams_in_subqueries = true;
+        }
+        Ok(())
+    })?;
+    if !streams_in_subqueries {
+        return Ok(plan);
+    }
+    use datafusion::optimizer::decorrelate_predicate_subquery::DecorrelatePredicateSubquery;
+    use datafusion::optimizer::{OptimizerContext, OptimizerRule};
+    let rule = DecorrelatePredicateSubquery::new();
+    let context = OptimizerContext::new();
+    Ok(plan
+        .transform_down(|node| rule.rewrite(node, &context))?
+        .data)
 }
 
 /// Visits every node of `plan`, including those inside subqueries.

@@ -349,6 +349,14 @@ fn build(
             )));
         }
     };
+    if join.null_aware {
+        return Err(refuse(
+            "NOT IN (SELECT ... FROM <unbounded table>) is not supported (its NULL rule \
+             needs the whole right side): write NOT EXISTS (SELECT ... WHERE r.k = l.k ...) \
+             or a LEFT ANTI JOIN"
+                .to_string(),
+        ));
+    }
     let left_schema = join.left.schema().clone();
     let right_schema = join.right.schema().clone();
     let mut left_keys = Vec::new();
@@ -462,10 +470,19 @@ fn build(
         if side.bound.is_some() {
             return Ok(());
         }
+        let what = if join.join_type == JoinType::LeftSemi {
+            "keeps each left row, waiting for its first match, until no right row can match \
+             it any more"
+                .to_string()
+        } else {
+            format!(
+                "emits a {name} row without a match only once no row of the other side can \
+                 match it any more"
+            )
+        };
         Err(refuse(format!(
-            "a {kind} join between two unbounded tables emits a {name} row without a match \
-             only once no row of the other side can match it any more, so it needs to know \
-             when that is: {how}"
+            "a {kind} join between two unbounded tables {what}, so it needs to know when \
+             that is: {how}"
         )))
     };
     match join.join_type {
