@@ -1,5 +1,6 @@
-//! A stream-stream LEFT OUTER join to Parquet, `kill -9`ed at random instants (at least
-//! 30 times) while both inputs keep growing, and restarted: a plain Parquet reader of
+//! A stream-stream LEFT OUTER join to Parquet, aborted at each crash point of a batch
+//! and then `kill -9`ed at random instants (at least 30 times) while both inputs keep
+//! growing, and restarted: a plain Parquet reader of
 //! the output directory sees, after every kill, each output row at most once and no
 //! NULL row for an impression that was joined; at the end exactly the rows an oracle
 //! computes from the input (every impression-click pair within 10 seconds, and a NULL
@@ -188,6 +189,18 @@ fn kill_9_while_both_inputs_grow_leaves_each_joined_row_once() {
     let output = root.join("out");
     let job = job(root, &output, &root.join("ckpt"));
     land_next(&mut landed, 3);
+    // Aimed crashes first, one batch each (scenario 16: between the state version and
+    // the sink, between the sink's manifest and its rename, before the commit log).
+    for point in [
+        "after-state-commit",
+        "after-sink-manifest",
+        "after-sink",
+        "after-commit",
+    ] {
+        run_to_crash_point(&job, point, &root.join(format!("{point}.err")));
+        check_reader_view(&read_rows(&output), &format!("after a crash at {point}"));
+        land_next(&mut landed, 1);
+    }
     let mut kills = 0;
     for attempt in 0..400 {
         if kills >= 30 && landed > LAST {
