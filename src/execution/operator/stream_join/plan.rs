@@ -416,9 +416,16 @@ fn build(
         bound: None,
     };
 
-    // State key watermark: equal event-time windows.
+    // State key watermark: equal event-time windows, at least one of them over its
+    // side's watermarked column (then every later row of either side is in a window
+    // ending after the watermark: the other side's rows at or before it are dropped
+    // as late by that window's end).
+    let left_windows = event_time_windows(&join.left, watermark_of);
+    let right_windows = event_time_windows(&join.right, watermark_of);
     for (l, r) in left_keys.iter().zip(&right_keys) {
-        if let (Some(lc), Some(rc)) = (window_key(l, &left_schema), window_key(r, &right_schema)) {
+        if let (Some(lc), Some(rc)) = (window_key(l, &left_schema), window_key(r, &right_schema))
+            && (left_windows.contains(&lc) || right_windows.contains(&rc))
+        {
             left.bound.get_or_insert(Bound::Key { column: lc });
             right.bound.get_or_insert(Bound::Key { column: rc });
         }
@@ -578,6 +585,67 @@ fn event_time_column(plan: &LogicalPlan, watermark_of: WatermarkOf) -> Option<us
             }
         }
         _ => None,
+    }
+}
+
+/// The positions in `plan`'s output of event-time windows over the watermarked column
+/// of the table it reads: `window(ts, ...)` in a projection or a `GROUP BY`, followed
+/// through projections, aliases, filters and stream-stream joins.
+fn event_time_windows(plan: &LogicalPlan, watermark_of: WatermarkOf) -> Vec<usize> {
+    let is_window_of = |expr: &Expr, input: &LogicalPlan, below: &[usize]| -> bool {
+        let inner = match expr {
+            Expr::Alias(alias) => alias.expr.as_ref(),
+            other => other,
+        };
+        match inner {
+            Expr::ScalarFunction(f) if f.name() == "window" => {
+                let Some(ts) = event_time_column(input, watermark_of) else {
+                    return false;
+                };
+                let ts = Column::from(input.schema().qualified_field(ts));
+                f.args.first().and_then(|a| a.try_as_col()) == Some(&ts)
+            }
+            Expr::Column(c) => input
+                .schema()
+                .maybe_index_of_column(c)
+                .is_some_and(|i| below.contains(&i)),
+            _ => false,
+        }
+    };
+    match plan {
+        LogicalPlan::Projection(projection) => {
+            let below = event_time_windows(&projection.input, watermark_of);
+            (0..projection.expr.len())
+                .filter(|&i| is_window_of(&projection.expr[i], &projection.input, &below))
+                .collect()
+        }
+        LogicalPlan::Aggregate(aggregate) => {
+            let below = event_time_windows(&aggregate.input, watermark_of);
+            (0..aggregate.group_expr.len())
+                .filter(|&i| is_window_of(&aggregate.group_expr[i], &aggregate.input, &below))
+                .collect()
+        }
+        LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Filter(_)
+        | LogicalPlan::Repartition(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_) => event_time_windows(plan.inputs()[0], watermark_of),
+        LogicalPlan::Extension(extension) => {
+            let Some(node) = extension.node.as_any().downcast_ref::<StreamJoinNode>() else {
+                return Vec::new();
+            };
+            let mut windows = event_time_windows(&node.left, watermark_of);
+            if !matches!(node.spec.join_type, JoinType::LeftSemi | JoinType::LeftAnti) {
+                let offset = node.left.schema().fields().len();
+                windows.extend(
+                    event_time_windows(&node.right, watermark_of)
+                        .into_iter()
+                        .map(|i| i + offset),
+                );
+            }
+            windows
+        }
+        _ => Vec::new(),
     }
 }
 

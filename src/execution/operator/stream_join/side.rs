@@ -293,6 +293,10 @@ impl SideState {
         let buckets: Vec<i64> = self.buckets.range(..=last).map(|(b, _)| *b).collect();
         let mut unmatched = Vec::new();
         let mut rows = 0;
+        // Keys that lost rows: their index entries are cleaned once, at the end (a key
+        // with many rows is not rescanned per evicted row).
+        let mut touched_keys: std::collections::HashSet<Box<[u8]>> =
+            std::collections::HashSet::new();
         for bucket in buckets {
             let chunk_ids = self.buckets.remove(&bucket).unwrap_or_default();
             let mut kept = Vec::new();
@@ -312,13 +316,7 @@ impl SideState {
                     if !chunk.fresh {
                         self.removed.push(chunk.ids[row]);
                     }
-                    let key = &chunk.keys[row];
-                    if let Some(locs) = self.index.get_mut(key) {
-                        locs.retain(|l| *l != (chunk_id, row as u32));
-                        if locs.is_empty() {
-                            self.index.remove(key);
-                        }
-                    }
+                    touched_keys.insert(chunk.keys[row].clone());
                 }
                 if out.iter().any(|o| *o) {
                     unmatched.push(filter_record_batch(&chunk.data, &BooleanArray::from(out))?);
@@ -332,6 +330,16 @@ impl SideState {
             }
             if !kept.is_empty() {
                 self.buckets.insert(bucket, kept);
+            }
+        }
+        for key in touched_keys {
+            let Some(locs) = self.index.get_mut(&key) else {
+                continue;
+            };
+            let chunks = &self.chunks;
+            locs.retain(|(chunk, row)| chunks.get(chunk).is_some_and(|c| c.live[*row as usize]));
+            if locs.is_empty() {
+                self.index.remove(&key);
             }
         }
         self.rows -= rows;
