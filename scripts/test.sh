@@ -7,7 +7,8 @@
 # is installed first (Maven Central, once per machine, into ~/.cache/millrace/: about
 # 30 seconds the first time; needs Java 17 and Maven). The web UI test drives
 # a real headless chromium, installed by scripts/browser.sh (apt-get, npm). The
-# PostgreSQL tests start a real server the same way through scripts/postgres.sh.
+# PostgreSQL tests start a real server the same way through scripts/postgres.sh. The
+# Delta Lake tests read and write tables with the Python deltalake package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/millrace/target}"
@@ -15,6 +16,9 @@ scripts/kafka-broker.sh install
 # Debian's postgresql for the PostgreSQL sink's tests (tests/postgres_sink.rs starts
 # its own throwaway server on a free loopback port through scripts/postgres.sh).
 scripts/postgres.sh install
+# The Delta tests' independent reader and writer: the Python `deltalake` package and
+# pyarrow from PyPI, in a venv under ~/.cache/millrace/deltalake-py/ (once per machine).
+scripts/delta-python.sh install
 # The web UI test's headless browser (Debian's chromium, playwright-core from npm);
 # without them that test prints SKIPPED and why.
 scripts/browser.sh install

@@ -47,6 +47,38 @@ fn required(name: &str) -> &'static str {
     }
 }
 
+/// A Delta table (one column `a`) for the DELTA source, which reads the table's schema
+/// when declared.
+async fn delta_table(dir: &str) -> String {
+    use millrace::prelude::*;
+    let path = format!("{dir}/delta");
+    if !std::path::Path::new(&path).join("_delta_log").exists() {
+        let ctx = StreamingContext::new();
+        std::fs::create_dir_all(format!("{dir}/delta-in")).unwrap();
+        std::fs::write(format!("{dir}/delta-in/a.json"), "{\"a\": \"x\"}\n").unwrap();
+        ctx.sql(&format!(
+            "CREATE UNBOUNDED EXTERNAL TABLE d (a VARCHAR) STORED AS JSON LOCATION '{dir}/delta-in'"
+        ))
+        .await
+        .unwrap();
+        let query = ctx
+            .table("d")
+            .await
+            .unwrap()
+            .write_stream()
+            .format("delta")
+            .option("path", &path)
+            .option("checkpoint", &format!("{dir}/delta-ckpt"))
+            .trigger(Trigger::AvailableNow)
+            .query_name("make_delta")
+            .start()
+            .await
+            .unwrap();
+        query.await_termination().await.unwrap();
+    }
+    path
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_dataframe_and_completion_agree_with_the_registry() {
     let tmp = tempfile::tempdir().unwrap();
@@ -66,6 +98,7 @@ async fn sql_dataframe_and_completion_agree_with_the_registry() {
             "RATE" => String::new(),
             "SOCKET" => "LOCATION 'localhost:1'".to_string(),
             "KAFKA" => "LOCATION 'topic'".to_string(),
+            "DELTA" => format!("LOCATION '{}'", delta_table(&dir).await),
             _ => format!("LOCATION '{dir}'"),
         };
         let sql = format!(

@@ -7,9 +7,11 @@
 //! connectors still live in `source/` and `sink/`; new ones get a directory here,
 //! holding their sources, sinks and the client code they share:
 //!
+//! - [`delta`]: Delta Lake tables as a source and an exactly-once sink.
 //! - [`kafka`]: Apache Kafka topics as a source and an exactly-once sink.
 //! - [`postgres`]: PostgreSQL tables as an exactly-once sink.
 
+pub mod delta;
 pub mod kafka;
 pub mod postgres;
 pub mod registry;

@@ -154,6 +154,12 @@ pub static CONNECTORS: &[Connector] = &[
         &crate::source::kafka::OPTION_KEYS,
         "records of Kafka topics",
     ),
+    source(
+        "DELTA",
+        Location::Required("<table directory>"),
+        crate::connector::delta::source::OPTIONS,
+        "rows of a Delta Lake table's new commits",
+    ),
     sink(
         "CONSOLE",
         Location::None,
@@ -209,6 +215,13 @@ pub static CONNECTORS: &[Connector] = &[
         Some("table"),
         crate::connector::postgres::OPTIONS,
         "rows of a PostgreSQL table",
+    ),
+    sink(
+        "DELTA",
+        Location::Required("<table directory>"),
+        Some("path"),
+        crate::connector::delta::sink::OPTIONS,
+        "commits of a Delta Lake table",
     ),
     Connector {
         name: "FOREACH_BATCH",

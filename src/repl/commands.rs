@@ -498,6 +498,7 @@ fn format_name(def: &StreamDef) -> &'static str {
         SourceKind::Rate(_) => "RATE",
         SourceKind::Socket => "SOCKET",
         SourceKind::Kafka(_) => "KAFKA",
+        SourceKind::Delta(_) => "DELTA",
     }
 }
 
@@ -587,6 +588,22 @@ fn stream_details(def: &StreamDef) -> Vec<(&'static str, String)> {
         }
         SourceKind::Socket => {}
         SourceKind::Kafka(kafka) => kafka_details(kafka, &mut options),
+        SourceKind::Delta(delta) => {
+            use crate::connector::delta::source::StartingVersion;
+            options.push(format!(
+                "starting_version {}",
+                match delta.starting_version {
+                    StartingVersion::Snapshot => "(snapshot, then new commits)".to_string(),
+                    StartingVersion::Version(v) => v.to_string(),
+                    StartingVersion::Latest => "latest".to_string(),
+                }
+            ));
+            options.push(format!(
+                "max_files_per_trigger {}",
+                delta.max_files_per_trigger
+            ));
+            options.push(format!("skip_change_commits {}", delta.skip_change_commits));
+        }
     }
     if let Some(watermark) = &def.watermark {
         options.push(format!(

@@ -15,7 +15,10 @@
 //! - [`noop`]: drops the rows (for benchmarks), so there is nothing to guarantee;
 //! - [`postgres`](crate::connector::postgres): rows of a PostgreSQL table, exactly-once
 //!   for any reader of the database (one transaction per batch that also records the
-//!   batch id).
+//!   batch id);
+//! - [`delta`](crate::connector::delta::sink): commits of a Delta Lake table,
+//!   exactly-once for any Delta reader (each commit carries a `txn` action with the
+//!   query id and batch id).
 //!
 //! Which formats exist and which options each takes is the connector registry's
 //! ([`crate::connector::registry`]); [`SinkSpec::parse`] turns a format and its options
@@ -35,6 +38,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
+use crate::connector::delta::sink::{DeltaSink, DeltaSinkOptions};
 use crate::connector::postgres::{PostgresSink, PostgresSinkOptions};
 use crate::connector::registry::{Connector, Location};
 use crate::error::{Error, Result};
@@ -129,6 +133,8 @@ pub enum SinkSpec {
     Kafka(Box<kafka::KafkaSinkOptions>),
     /// Rows of a PostgreSQL table.
     Postgres(Box<PostgresSinkOptions>),
+    /// Commits of a Delta Lake table.
+    Delta(DeltaSinkOptions),
 }
 
 /// How a batch's rows change a table-like sink (memory table, database table).
@@ -265,6 +271,12 @@ impl SinkSpec {
                 has_checkpoint,
                 what,
             )?)),
+            "DELTA" => SinkSpec::Delta(DeltaSinkOptions::parse(
+                options,
+                location.as_deref().unwrap_or_default(),
+                has_checkpoint,
+                what,
+            )?),
             other => {
                 return Err(Error::Unsupported(format!(
                     "sink connector {other} is registered but SinkSpec::parse does not know it"
@@ -306,6 +318,12 @@ impl SinkSpec {
                 ctx.schema,
                 ctx.query_id,
                 ctx.table_write("POSTGRES")?,
+            )?),
+            SinkSpec::Delta(options) => Box::new(DeltaSink::open(
+                options.clone(),
+                ctx.schema,
+                ctx.query_id,
+                ctx.table_write("DELTA")?,
             )?),
         })
     }

@@ -9,6 +9,8 @@
 //! - [`rate`]: a generator of `(timestamp, value)` rows at a fixed rate
 //! - [`socket`]: lines from a TCP server, made replayable by a write-ahead log
 //! - [`kafka`]: records of Kafka topics, by per-partition offsets kept in the checkpoint
+//! - [`delta`](crate::connector::delta::source): the commits of a Delta Lake table, by
+//!   table version and file index
 
 pub mod file;
 pub mod format;
@@ -88,6 +90,8 @@ pub enum SourceKind {
     Socket,
     /// Records of Kafka topics.
     Kafka(kafka::KafkaOptions),
+    /// The commits of a Delta Lake table.
+    Delta(crate::connector::delta::source::DeltaSourceOptions),
 }
 
 /// An event-time watermark declared with `WATERMARK FOR col AS col - INTERVAL ...`.
@@ -134,6 +138,7 @@ impl StreamDef {
             SourceKind::Rate(_) => "RATE".to_string(),
             SourceKind::Socket => "SOCKET".to_string(),
             SourceKind::Kafka(options) => return options.identity(),
+            SourceKind::Delta(_) => "DELTA".to_string(),
         };
         format!("{kind} {}", self.location).trim().to_string()
     }
@@ -158,6 +163,12 @@ impl StreamDef {
                 options.clone(),
                 state_dir,
             )?),
+            SourceKind::Delta(options) => {
+                Box::new(crate::connector::delta::source::DeltaSource::open(
+                    self.schema.clone(),
+                    options.clone(),
+                )?)
+            }
         })
     }
 }

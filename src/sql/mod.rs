@@ -93,6 +93,12 @@ pub async fn declare_stream(state: &SessionState, statement: CreateStream) -> Re
             let location = kafka.location();
             (SourceKind::Kafka(kafka), schema, location)
         }
+        "DELTA" => {
+            let (delta, schema) =
+                crate::connector::delta::source::declare(declared, location, &mut options, &what)?;
+            let location = delta.path.display().to_string();
+            (SourceKind::Delta(delta), schema, location)
+        }
         _ => {
             return Err(registry::unknown_sql_format(
                 Role::Source,
