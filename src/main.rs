@@ -98,10 +98,12 @@ enum Action {
         /// update mode to a NOOP sink), kafka-filter (Kafka → filter/project → Kafka) or
         /// kafka-window (Kafka → count/avg per sensor and 1-minute window → Kafka) or
         /// kafka-latency (produce → Kafka → query → Kafka → read_committed consumer at a
-        /// steady --rate for --seconds); the kafka workloads need --bootstrap.
+        /// steady --rate for --seconds), join / join-outer (impressions JOIN / LEFT JOIN
+        /// clicks within 10 minutes, --rows each, NOOP sink); the kafka workloads need
+        /// --bootstrap.
         #[arg(long, default_value = "filter")]
         workload: Workload,
-        /// Input rows (per format for filter).
+        /// Input rows (per format for filter, per input for join and join-outer).
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
         /// Input files (per format for filter).
@@ -571,6 +573,23 @@ fn run_bench(
     }
     let rows_per_file = size.rows.div_ceil(size.files);
     let temp_dir = || std::env::temp_dir().join(format!("millrace-bench-{}", uuid::Uuid::new_v4()));
+    if let Some(join) = bench::JoinWorkload::of(workload) {
+        if keys.is_some() {
+            return Err(Error::Option(
+                "--keys applies to the tumbling and groupby workloads".into(),
+            ));
+        }
+        // --rows is per input: impressions and as many click rows.
+        let dir = keep_dir.clone().unwrap_or_else(temp_dir);
+        let report = bench::write_join_input(&dir, size.files, rows_per_file).and_then(|written| {
+            bench::run_join(runtime, &dir, join, size.files_per_trigger, written)
+        });
+        if keep_dir.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        println!("{}", report?);
+        return Ok(());
+    }
     let Some(aggregation) = AggregationWorkload::of(workload) else {
         if keys.is_some() || keep_dir.is_some() {
             return Err(Error::Option(

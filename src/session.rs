@@ -18,9 +18,9 @@ use crate::execution::{
     QueryConfig, StreamingQuery, StreamingQueryListener, Trigger, WatermarkPolicy,
 };
 use crate::planning::{
-    BatchTable, DistinctOnMode, StreamTable, StreamingPlan, aggregates_stream, deduplicates_stream,
-    expand_sliding_windows, is_distinct_on, plan_streaming_query, reads_stream,
-    reads_stream_anywhere,
+    BatchTable, DistinctOnMode, PlanOptions, StreamTable, StreamingPlan, aggregates_stream,
+    deduplicates_stream, expand_sliding_windows, is_distinct_on, plan_streaming_query,
+    reads_stream, reads_stream_anywhere,
 };
 use crate::sink::{OutputMode, SinkSpec};
 use crate::sql::ddl::{self, StatementKind};
@@ -91,6 +91,9 @@ pub struct Session {
     /// `spark.sql.streaming.minBatchesToRetain`): how many offset and commit log
     /// entries the queries started after it keep; `None` keeps the session default.
     retain_batches: Mutex<Option<u64>>,
+    /// Set with `SET millrace.join.allow_unbounded_state = true`: stream-stream joins
+    /// whose state would grow without bound are accepted (queries started after it).
+    allow_unbounded_join: Mutex<bool>,
     /// Told about every query started from this session.
     listeners: Mutex<Vec<Arc<dyn StreamingQueryListener>>>,
 }
@@ -116,6 +119,7 @@ impl Session {
             distinct_on: Mutex::new(DistinctOnMode::default()),
             state_partitions: Mutex::new(None),
             retain_batches: Mutex::new(None),
+            allow_unbounded_join: Mutex::new(false),
             listeners: Mutex::new(vec![metrics]),
         }
     }
@@ -256,8 +260,10 @@ impl Session {
                     }
                     if matches!(analyzed, LogicalPlan::Explain(_)) {
                         // EXPLAIN of a streaming query: the plan each batch runs.
-                        let streaming = plan_streaming_query(analyzed, self.distinct_on_mode())?;
-                        let frame = self.ctx.execute_logical_plan(streaming.plan).await?;
+                        let streaming = plan_streaming_query(analyzed, self.plan_options())?;
+                        // With the streaming planner, which knows millrace's nodes.
+                        let ctx = SessionContext::new_with_state(streaming_state(self.state()));
+                        let frame = ctx.execute_logical_plan(streaming.plan).await?;
                         return Ok(StatementResult::Rows(frame.collect().await?));
                     }
                     let plan = analyzed;
@@ -331,11 +337,34 @@ impl Session {
                     .unwrap_or_else(|p| p.into_inner()) = Some(n);
                 Ok(StatementResult::Done)
             }
+            "join.allow_unbounded_state" => {
+                let allow = match value
+                    .trim()
+                    .trim_matches('\'')
+                    .to_ascii_lowercase()
+                    .as_str()
+                {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(Error::Option(format!(
+                            "millrace.join.allow_unbounded_state must be true or false, got \
+                             '{value}'"
+                        )));
+                    }
+                };
+                *self
+                    .allow_unbounded_join
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = allow;
+                Ok(StatementResult::Done)
+            }
             "ui" => self.apply_ui_setting(value),
             other => Err(Error::Option(format!(
                 "unknown setting 'millrace.{other}': the settings are \
                  millrace.multiple_watermark_policy, millrace.distinct_on, \
-                 millrace.state_partitions, millrace.min_batches_to_retain and millrace.ui"
+                 millrace.state_partitions, millrace.min_batches_to_retain, \
+                 millrace.join.allow_unbounded_state and millrace.ui"
             ))),
         }
     }
@@ -425,9 +454,15 @@ impl Session {
             .push(listener);
     }
 
-    /// How `DISTINCT ON` over a stream remembers keys, for the next query started.
-    fn distinct_on_mode(&self) -> DistinctOnMode {
-        *self.distinct_on.lock().unwrap_or_else(|p| p.into_inner())
+    /// The planning settings for the next query started.
+    fn plan_options(&self) -> PlanOptions {
+        PlanOptions {
+            distinct_on: *self.distinct_on.lock().unwrap_or_else(|p| p.into_inner()),
+            allow_unbounded_join: *self
+                .allow_unbounded_join
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        }
     }
 
     /// Starts a streaming query from a logical plan over unbounded tables.
@@ -449,7 +484,7 @@ impl Session {
                 "a streaming query named '{name}' is already running; stop it or choose another name"
             )));
         }
-        let plan = plan_streaming_query(plan, self.distinct_on_mode())?;
+        let plan = plan_streaming_query(plan, self.plan_options())?;
         check_output_mode(&plan, output_mode)?;
         let memory_table = match sink {
             SinkSpec::Memory => {
@@ -726,6 +761,21 @@ fn describe_query(query: &StreamingQuery) -> serde_json::Value {
 /// Spark's output-mode rules, checked before a query starts.
 fn check_output_mode(streaming: &StreamingPlan, mode: OutputMode) -> Result<()> {
     let plan = &streaming.plan;
+    // A stream-stream join emits each joined row once, final: append only (Spark's
+    // rule), unless an operator above it (an aggregation) emits in the query's mode.
+    if mode != OutputMode::Append
+        && crate::execution::operator::find_operators(plan)
+            .last()
+            .is_some_and(|top| top.name() == "symmetricHashJoin")
+    {
+        return Err(Error::Unsupported(format!(
+            "a join between two unbounded tables emits each joined row once, when it is \
+             found (and each unmatched outer row once, when the watermark passes it): \
+             output_mode '{}' is not supported for it, use 'append' (or aggregate its \
+             output)",
+            format!("{mode:?}").to_lowercase()
+        )));
+    }
     let aggregates = aggregates_stream(plan);
     match (aggregates, mode) {
         // Deduplication emits each distinct row once, when first seen: every mode works.

@@ -815,3 +815,93 @@ async fn the_pump_episodes_example_emits_each_low_pressure_episode_once() {
     assert!(expected.iter().any(|e| e.4 == "recovery"), "{expected:?}");
     assert!(expected.iter().any(|e| e.4 == "timeout"), "{expected:?}");
 }
+
+/// What a stream-stream join delivered: (left sensor, right temp or None) per batch.
+type JoinedByBatch = BTreeMap<u64, Vec<(String, Option<f64>)>>;
+
+/// A stream-stream LEFT OUTER join through the DataFrame API (`join_stream`): the
+/// joined row in the batch that finds it, the NULL-padded row of the never-matched
+/// left reading in the batch whose watermark passes it (the closing no-data batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_stream_joins_two_streams_and_emits_outer_rows_at_the_watermark() {
+    let tmp = common::temp_dir();
+    let left_dir = common::make_dir(tmp.path(), "left");
+    let right_dir = common::make_dir(tmp.path(), "right");
+    land(&left_dir, "1.json", &[("s1", 5, 1.0), ("s3", 5, 3.0)]);
+    land(&left_dir, "2.json", &[("s1", 30, 4.0)]);
+    land(&right_dir, "1.json", &[("s1", 10, 10.0)]);
+    land(&right_dir, "2.json", &[("s0", 30, 0.0)]);
+    let ctx = StreamingContext::new();
+    let seconds = |n: i64| lit(ScalarValue::new_interval_mdn(0, 0, n * 1_000_000_000));
+    let left = one_file_per_batch(&ctx, &left_dir)
+        .await
+        .with_watermark("ts", "10 seconds")
+        .unwrap()
+        .alias("l")
+        .unwrap();
+    let right = one_file_per_batch(&ctx, &right_dir)
+        .await
+        .with_watermark("ts", "10 seconds")
+        .unwrap()
+        .alias("r")
+        .unwrap();
+    let joined = left
+        .join_stream(
+            &right,
+            JoinType::Left,
+            col("l.sensor")
+                .eq(col("r.sensor"))
+                .and(col("l.ts").between(col("r.ts") - seconds(5), col("r.ts") + seconds(5))),
+        )
+        .unwrap()
+        .select(vec![
+            col("l.sensor").alias("sensor"),
+            col("r.temp").alias("right_temp"),
+        ])
+        .unwrap();
+    let seen: Arc<Mutex<JoinedByBatch>> = Arc::default();
+    let sink = seen.clone();
+    let query = joined
+        .write_stream()
+        .foreach_batch(move |batch_id, frame| {
+            let sink = sink.clone();
+            async move {
+                let mut rows = Vec::new();
+                for batch in frame.collect().await? {
+                    let sensor = datafusion::arrow::compute::cast(
+                        batch.column_by_name("sensor").unwrap(),
+                        &DataType::Utf8,
+                    )?;
+                    let temp = batch.column_by_name("right_temp").unwrap();
+                    let temp = temp.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+                    for i in 0..batch.num_rows() {
+                        rows.push((
+                            sensor.as_string::<i32>().value(i).to_string(),
+                            temp.iter().nth(i).flatten(),
+                        ));
+                    }
+                }
+                sink.lock().unwrap().insert(batch_id, rows);
+                Ok(())
+            }
+        })
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await
+        .unwrap();
+    query.await_termination().await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        BTreeMap::from([
+            (0, vec![("s1".to_string(), Some(10.0))]),
+            (1, vec![]),
+            (2, vec![("s3".to_string(), None)]),
+        ])
+    );
+    let progress = query.last_progress().unwrap();
+    assert_eq!(
+        progress.state_operators[0]["operatorName"],
+        "symmetricHashJoin"
+    );
+}

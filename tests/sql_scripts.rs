@@ -467,6 +467,7 @@ scripts!(
     operator_chains,
     session_windows,
     stateless_select,
+    stream_joins,
     stream_static_join,
     streaming_aggregation,
     unsupported_queries,

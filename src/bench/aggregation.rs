@@ -41,7 +41,9 @@ impl AggregationWorkload {
             Workload::Filter
             | Workload::KafkaFilter
             | Workload::KafkaWindow
-            | Workload::KafkaLatency => None,
+            | Workload::KafkaLatency
+            | Workload::Join
+            | Workload::JoinOuter => None,
             Workload::Tumbling => Some(AggregationWorkload::Tumbling),
             Workload::Groupby => Some(AggregationWorkload::Groupby),
         }

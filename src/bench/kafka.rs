@@ -50,9 +50,12 @@ impl KafkaWorkload {
         match workload {
             Workload::KafkaFilter => Some(KafkaWorkload::Filter),
             Workload::KafkaWindow => Some(KafkaWorkload::Window),
-            Workload::Filter | Workload::Tumbling | Workload::Groupby | Workload::KafkaLatency => {
-                None
-            }
+            Workload::Filter
+            | Workload::Tumbling
+            | Workload::Groupby
+            | Workload::KafkaLatency
+            | Workload::Join
+            | Workload::JoinOuter => None,
         }
     }
 

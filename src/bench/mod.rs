@@ -6,12 +6,14 @@
 //! - [`aggregation`]: a tumbling event-time window and a plain `GROUP BY`, stateful;
 //! - [`kafka`]: Kafka → filter → Kafka and Kafka → window aggregation → Kafka, on a
 //!   broker given with `--bootstrap`;
-//! - [`kafka_latency`]: end-to-end latency of Kafka → Kafka at a steady input rate.
+//! - [`kafka_latency`]: end-to-end latency of Kafka → Kafka at a steady input rate;
+//! - [`join`]: impressions joined with clicks (stream-stream inner and left outer join).
 //!
 //! Figures and how they were taken: `docs/benchmarks.md`.
 
 pub mod aggregation;
 pub mod filter;
+pub mod join;
 pub mod kafka;
 pub mod kafka_latency;
 
@@ -23,6 +25,7 @@ use tokio::runtime::Runtime;
 
 pub use aggregation::{AggregationWorkload, run_aggregation, write_keyed_input};
 pub use filter::{BenchFormat, SensorReading, run_pipeline, write_input};
+pub use join::{JoinWorkload, run_join, write_join_input};
 pub use kafka::{KafkaRun, KafkaWorkload, check_reachable, produce_readings};
 pub use kafka_latency::{LatencyReport, LatencyRun};
 
@@ -48,6 +51,10 @@ pub enum Workload {
     KafkaWindow,
     /// Produce → Kafka → query → Kafka → `read_committed` consumer latency at a steady rate.
     KafkaLatency,
+    /// Impressions JOIN clicks within 10 minutes (stream-stream inner join), `NOOP` sink.
+    Join,
+    /// The same as a LEFT OUTER join (NULL rows for impressions without a click).
+    JoinOuter,
 }
 
 impl Workload {
@@ -60,6 +67,8 @@ impl Workload {
             Workload::KafkaFilter => "kafka-filter",
             Workload::KafkaWindow => "kafka-window",
             Workload::KafkaLatency => "kafka-latency",
+            Workload::Join => "join",
+            Workload::JoinOuter => "join-outer",
         }
     }
 }
@@ -75,9 +84,11 @@ impl FromStr for Workload {
             "kafka-filter" | "kafka_filter" => Ok(Workload::KafkaFilter),
             "kafka-window" | "kafka_window" => Ok(Workload::KafkaWindow),
             "kafka-latency" | "kafka_latency" => Ok(Workload::KafkaLatency),
+            "join" => Ok(Workload::Join),
+            "join-outer" | "join_outer" => Ok(Workload::JoinOuter),
             _ => Err(Error::Option(format!(
                 "unknown workload '{value}': use filter, tumbling, groupby, kafka-filter, \
-                 kafka-window or kafka-latency"
+                 kafka-window, kafka-latency, join or join-outer"
             ))),
         }
     }
@@ -292,12 +303,17 @@ mod tests {
             Workload::KafkaFilter,
             Workload::KafkaWindow,
             Workload::KafkaLatency,
+            Workload::Join,
+            Workload::JoinOuter,
         ] {
             assert_eq!(workload.name().parse::<Workload>().unwrap(), workload);
         }
         assert_eq!("GROUP-BY".parse::<Workload>().unwrap(), Workload::Groupby);
-        let error = "join".parse::<Workload>().unwrap_err().to_string();
-        assert!(error.contains("kafka-window or kafka-latency"), "{error}");
+        let error = "joins".parse::<Workload>().unwrap_err().to_string();
+        assert!(
+            error.contains("kafka-latency, join or join-outer"),
+            "{error}"
+        );
         assert_eq!(
             "KAFKA_WINDOW".parse::<Workload>().unwrap(),
             Workload::KafkaWindow

@@ -61,7 +61,7 @@ pub struct Connector {
 pub const SINK_COMMON_OPTIONS: &[&str] = &["checkpoint", "output_mode", "trigger"];
 
 /// Option of a table with a watermark, whatever its format.
-pub const SOURCE_COMMON_OPTIONS: &[&str] = &["watermark_max_future"];
+pub const SOURCE_COMMON_OPTIONS: &[&str] = &["watermark_max_future", "watermark_idle_timeout"];
 
 const FILE_SOURCE_CSV: &[&str] = &[
     "has_header",

@@ -129,6 +129,7 @@ impl StreamFrame {
                 .as_ref()
                 .map(|w| w.max_future)
                 .unwrap_or(DEFAULT_WATERMARK_MAX_FUTURE),
+            idle_timeout: def.watermark.as_ref().and_then(|w| w.idle_timeout),
         });
         let table = Arc::new(StreamTable {
             def: Arc::new(watermarked),
@@ -191,6 +192,32 @@ impl StreamFrame {
             right_columns,
             None,
         )?))
+    }
+
+    /// Joins with another stream (a stream-stream join, Spark's `join` of two
+    /// streaming frames): `join_type` Inner, Left, Right, Full, LeftSemi or LeftAnti;
+    /// `condition` needs an equality between the two sides and, except for an inner
+    /// join allowed to keep unbounded state, a time bound between their watermarked
+    /// event times (`l.ts BETWEEN r.ts - interval AND r.ts + interval`) or equal
+    /// event-time windows. Name the frames with [`alias`](Self::alias) to tell their
+    /// columns apart. The same checks as SQL apply when the query starts.
+    pub fn join_stream(
+        &self,
+        other: &StreamFrame,
+        join_type: JoinType,
+        condition: Expr,
+    ) -> Result<Self> {
+        Ok(self.with(
+            self.frame
+                .clone()
+                .join_on(other.frame.clone(), join_type, [condition])?,
+        ))
+    }
+
+    /// Names the frame, so its columns can be referred to as `name.column` (e.g. on
+    /// both sides of [`join_stream`](Self::join_stream)).
+    pub fn alias(&self, name: &str) -> Result<Self> {
+        Ok(self.with(self.frame.clone().alias(name)?))
     }
 
     /// The rows of both streams (Spark's `union`, keeping duplicates).

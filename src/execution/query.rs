@@ -197,6 +197,7 @@ impl StreamingQuery {
             committed: BTreeMap::new(),
             pending: None,
             max_event_ms: BTreeMap::new(),
+            last_data_ms: BTreeMap::new(),
             last_trigger_start: None,
             last_batch_start: None,
         };
@@ -479,6 +480,11 @@ struct Runner {
     pending: Option<OffsetEntry>,
     /// Largest event time seen per watermarked source (ms since epoch).
     max_event_ms: BTreeMap<String, i64>,
+    /// When each source last delivered rows (batch timestamp, ms; the query's start
+    /// until it does): a table with `watermark_idle_timeout` idle longer than that no
+    /// longer holds the watermark back. Not in the checkpoint: after a restart an input
+    /// counts as active until it has been idle for the timeout again.
+    last_data_ms: BTreeMap<String, i64>,
     /// When the last trigger started (batch or idle poll): paces interval triggers.
     last_trigger_start: Option<Instant>,
     /// When the last batch that ran started: the base of `inputRowsPerSecond`.
@@ -540,6 +546,10 @@ impl Runner {
 
     async fn run(mut self) -> Result<()> {
         self.open_state().await?;
+        let started = Utc::now().timestamp_millis();
+        for open in &self.sources {
+            self.last_data_ms.insert(open.name.clone(), started);
+        }
         loop {
             if self.shared.stop_requested() {
                 return Ok(());
@@ -648,9 +658,36 @@ impl Runner {
 
     /// The watermark for a batch planned now: min over watermarked sources of
     /// (max event time - delay); none until every watermarked source has seen data.
+    /// A source with `watermark_idle_timeout` that has delivered no rows for that long
+    /// is left out (unless every watermarked source is); the watermark never goes back.
     fn watermark_ms(&self) -> Option<i64> {
+        let now = Utc::now().timestamp_millis();
+        let idle = |open: &OpenSource| {
+            open.def
+                .watermark
+                .as_ref()
+                .and_then(|spec| spec.idle_timeout)
+                .is_some_and(|timeout| {
+                    let since = self.last_data_ms.get(&open.name).copied();
+                    since.is_some_and(|since| now - since >= timeout.as_millis() as i64)
+                })
+        };
+        let watermarked = self.sources.iter().filter(|o| o.def.watermark.is_some());
+        let all_idle = watermarked.clone().all(&idle);
+        let computed = self.combined_watermark(|open| !all_idle && idle(open));
+        match (computed, self.last_watermark) {
+            (Some(w), Some(last)) => Some(w.max(last)),
+            (w, _) => w,
+        }
+    }
+
+    /// [`watermark_ms`](Self::watermark_ms) over the watermarked sources not `skipped`.
+    fn combined_watermark(&self, skipped: impl Fn(&OpenSource) -> bool) -> Option<i64> {
         let mut watermark: Option<i64> = None;
         for open in &self.sources {
+            if skipped(open) {
+                continue;
+            }
             if let Some(spec) = &open.def.watermark {
                 let value = match self.max_event_ms.get(&open.name) {
                     Some(max) => max - spec.delay.as_millis() as i64,
@@ -722,6 +759,10 @@ impl Runner {
                 _ => Default::default(),
             };
             rows_per_source.insert(open.name.clone(), batch.num_rows());
+            if batch.num_rows() > 0 {
+                self.last_data_ms
+                    .insert(open.name.clone(), entry.batch_timestamp_ms);
+            }
             malformed_per_source.insert(open.name.clone(), batch.malformed_dropped);
             metrics_per_source.insert(open.name.clone(), batch.metrics);
             if let Some(spec) = &open.def.watermark {

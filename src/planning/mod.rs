@@ -123,13 +123,21 @@ pub struct StreamingPlan {
     pub schema: SchemaRef,
 }
 
+/// The session settings that change how a streaming query is planned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// How long `DISTINCT ON` over a stream remembers its keys.
+    pub distinct_on: DistinctOnMode,
+    /// `SET millrace.join.allow_unbounded_state`: whether a stream-stream join whose
+    /// state would grow without bound is accepted.
+    pub allow_unbounded_join: bool,
+}
+
 /// Turns the logical plan of a query over unbounded tables into a [`StreamingPlan`].
 /// Fails if the plan reads no unbounded table, or has a shape that is not supported.
-/// `distinct_on` says how long `DISTINCT ON` over a stream remembers its keys.
-pub fn plan_streaming_query(
-    plan: LogicalPlan,
-    distinct_on: DistinctOnMode,
-) -> Result<StreamingPlan> {
+/// Joins of two unbounded inputs become stream-stream join nodes (or are refused).
+pub fn plan_streaming_query(plan: LogicalPlan, options: PlanOptions) -> Result<StreamingPlan> {
+    let plan = decorrelate_stream_subqueries(plan)?;
     let mut inputs: BTreeMap<String, (Arc<StreamDef>, Arc<BatchTable>)> = BTreeMap::new();
     let rewritten = plan
         .transform_up(|node| {
@@ -154,7 +162,19 @@ pub fn plan_streaming_query(
         })?
         .data;
     let streams: Vec<Arc<StreamDef>> = inputs.values().map(|(def, _)| def.clone()).collect();
-    let rewritten = distinct_on::rewrite_distinct_on(rewritten, distinct_on, &streams)?;
+    let rewritten = distinct_on::rewrite_distinct_on(rewritten, options.distinct_on, &streams)?;
+    let watermark_of = |table: &str| -> Option<String> {
+        streams
+            .iter()
+            .find(|def| def.name == table)
+            .and_then(|def| def.watermark.as_ref())
+            .map(|w| w.column.clone())
+    };
+    let rewritten = crate::execution::operator::rewrite_stream_joins(
+        rewritten,
+        &watermark_of,
+        options.allow_unbounded_join,
+    )?;
     // First, so a stream read only inside a subquery (not swapped above) gets the
     // subquery message rather than "must read at least one unbounded table".
     check_supported(&rewritten)?;
@@ -171,6 +191,32 @@ pub fn plan_streaming_query(
         inputs,
         schema,
     })
+}
+
+/// `WHERE [NOT] EXISTS (SELECT ... FROM stream ...)` and `[NOT] IN (SELECT ... FROM
+/// stream)`: DataFusion's own rule (`DecorrelatePredicateSubquery`) turns them into
+/// semi and anti joins, which become stream-stream joins like `LEFT SEMI JOIN` /
+/// `LEFT ANTI JOIN`. Only applied when a subquery reads a stream (a subquery over
+/// static tables is left to DataFusion, as before); a subquery it cannot turn into a
+/// join stays and is refused by [`check_supported`].
+fn decorrelate_stream_subqueries(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let mut streams_in_subqueries = false;
+    visit_all(&plan, &mut |node, in_subquery| {
+        if in_subquery && reads_stream(node) {
+            streams_in_subqueries = true;
+        }
+        Ok(())
+    })?;
+    if !streams_in_subqueries {
+        return Ok(plan);
+    }
+    use datafusion::optimizer::decorrelate_predicate_subquery::DecorrelatePredicateSubquery;
+    use datafusion::optimizer::{OptimizerContext, OptimizerRule};
+    let rule = DecorrelatePredicateSubquery::new();
+    let context = OptimizerContext::new();
+    Ok(plan
+        .transform_down(|node| rule.rewrite(node, &context))?
+        .data)
 }
 
 /// Visits every node of `plan`, including those inside subqueries.

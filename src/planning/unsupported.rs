@@ -99,9 +99,11 @@ pub fn check_supported(plan: &LogicalPlan) -> Result<()> {
             LogicalPlan::Join(join) => {
                 let (left, right) = (reads_stream(&join.left), reads_stream(&join.right));
                 if left && right {
+                    // Joins of two streams became stream-stream join nodes (or were
+                    // refused) before this check; one left here was not recognised.
                     return Err(unsupported(
-                        "joins between two unbounded tables (stream-stream joins) are not \
-                         supported yet; join a stream with static tables",
+                        "this join between two unbounded tables could not be planned as a \
+                         stream-stream join; write it as `a JOIN b ON a.key = b.key AND ...`",
                     ));
                 }
                 if right {

@@ -140,7 +140,7 @@ pub fn connectors_text() -> String {
         }
     }
     text.push_str(&format!(
-        "Every sink also takes: {}; a table with a WATERMARK also takes watermark_max_future.\n",
+        "Every sink also takes: {}; a table with a WATERMARK also takes watermark_max_future and watermark_idle_timeout.\n",
         SINK_COMMON_OPTIONS.join(", ")
     ));
     text
@@ -610,6 +610,9 @@ fn stream_details(def: &StreamDef) -> Vec<(&'static str, String)> {
             "watermark_max_future '{}'",
             human_duration(watermark.max_future)
         ));
+        if let Some(idle) = watermark.idle_timeout {
+            options.push(format!("watermark_idle_timeout '{}'", human_duration(idle)));
+        }
     }
     if !options.is_empty() {
         details.push(("options", options.join(", ")));

@@ -105,6 +105,10 @@ pub struct WatermarkSpec {
     /// the watermark (they are still processed as data, and counted): one row with a
     /// wrong, far-future timestamp would otherwise make every later row late.
     pub max_future: Duration,
+    /// `watermark_idle_timeout`: once the table has delivered no rows for this long
+    /// (processing time), it no longer holds the query's watermark back (opt-in; it can
+    /// change results: its later rows may be late).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Default of the `watermark_max_future` table option.

@@ -116,11 +116,21 @@ pub async fn declare_stream(state: &SessionState, statement: CreateStream) -> Re
             "'watermark_max_future' of {what} needs a WATERMARK clause in the column list"
         )));
     }
+    let idle_timeout = options
+        .take("watermark_idle_timeout")
+        .map(|d| crate::duration::parse_duration(&d))
+        .transpose()?;
+    if idle_timeout.is_some() && statement.watermark.is_none() {
+        return Err(Error::Option(format!(
+            "'watermark_idle_timeout' of {what} needs a WATERMARK clause in the column list"
+        )));
+    }
     options.finish(&connector.sql_options())?;
     let watermark = match &statement.watermark {
         None => None,
         Some((column, expr)) => Some(WatermarkSpec {
             max_future: max_future.unwrap_or(DEFAULT_WATERMARK_MAX_FUTURE),
+            idle_timeout,
             ..watermark_spec(&schema, column, expr, &name)?
         }),
     };
@@ -344,6 +354,7 @@ fn watermark_spec(
         column: field.name().clone(),
         delay: ddl::watermark_delay(column, expr)?,
         max_future: DEFAULT_WATERMARK_MAX_FUTURE,
+        idle_timeout: None,
     })
 }
 

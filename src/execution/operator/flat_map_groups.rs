@@ -453,7 +453,8 @@ impl ExecutionPlan for FlatMapGroupsExec {
     }
 }
 
-/// Plans millrace's logical extension nodes (today [`FlatMapGroupsNode`]).
+/// Plans millrace's logical extension nodes ([`FlatMapGroupsNode`], and the
+/// stream-stream join's [`super::StreamJoinNode`]).
 #[derive(Debug)]
 pub struct StreamingExtensionPlanner;
 
@@ -468,6 +469,9 @@ impl ExtensionPlanner for StreamingExtensionPlanner {
         _session: &dyn DataFusionSession,
         _planning_ctx: &PhysicalPlanningContext,
     ) -> datafusion::error::Result<Option<Arc<dyn ExecutionPlan>>> {
+        if let Some(join) = super::stream_join::plan_node(node, physical_inputs) {
+            return Ok(Some(join));
+        }
         Ok(node
             .as_any()
             .downcast_ref::<FlatMapGroupsNode>()

@@ -20,6 +20,7 @@ pub struct Watermarks {
 
 mod aggregation;
 mod flat_map_groups;
+mod stream_join;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -39,6 +40,10 @@ pub(crate) use flat_map_groups::FlatMapGroupsSpec;
 pub use flat_map_groups::{
     FlatMapGroupsExec, FlatMapGroupsNode, FlatMapGroupsOperator, GroupState, GroupStateTimeout,
     Row, StreamingQueryPlanner,
+};
+pub use stream_join::{
+    Bound, SideSpec, StreamJoinExec, StreamJoinNode, StreamJoinOperator, StreamJoinSpec,
+    WatermarkOf, rewrite_stream_joins,
 };
 
 /// A stateful operator of a streaming query, as the batch loop drives it.
@@ -179,6 +184,10 @@ pub const KINDS: &[OperatorKind] = &[
     OperatorKind {
         name: "flatMapGroupsWithState",
         from_node: flat_map_groups::from_node,
+    },
+    OperatorKind {
+        name: "stream-stream join",
+        from_node: stream_join::from_node,
     },
 ];
 
