@@ -118,24 +118,36 @@ fn spark_output(dir: &Path) -> Result<Batches, String> {
 }
 
 /// Copies the scenario's input files to `to`, with modification times one second apart
-/// in name order (the file source reads the oldest first, as Spark's does).
+/// in name order (the file source reads the oldest first, as Spark's does). A scenario
+/// over several tables has a directory of files per table under `input/`, copied to
+/// `to/<table>/`.
 fn stage_input(dir: &Path, to: &Path) {
+    stage_files(&dir.join("input"), to);
+}
+
+fn stage_files(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
-    let mut names: Vec<PathBuf> = fs::read_dir(dir.join("input"))
+    let mut names: Vec<PathBuf> = fs::read_dir(from)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     names.sort();
     let start = SystemTime::now() - Duration::from_secs(3600);
-    for (i, path) in names.iter().enumerate() {
+    let mut files = 0;
+    for path in &names {
         let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            stage_files(path, &target);
+            continue;
+        }
         fs::copy(path, &target).unwrap();
         fs::File::options()
             .write(true)
             .open(&target)
             .unwrap()
-            .set_modified(start + Duration::from_secs(i as u64))
+            .set_modified(start + Duration::from_secs(files))
             .unwrap();
+        files += 1;
     }
 }
 
