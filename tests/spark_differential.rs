@@ -53,6 +53,31 @@ const EXPECTED_DIFFERENCES: &[(&str, &str)] = &[
          k with its unchanged count, as update mode does for every group a batch touched \
          (kept: same rule, different plan)",
     ),
+    (
+        "join_left_outer_range",
+        "a left row with a NULL key can never match (`=` is never true for NULL): millrace emits \
+         its NULL-padded row in the batch that reads it, without storing it; Spark stores it \
+         and emits the same row when the watermark evicts it (batch 4) (kept: same rows, \
+         sooner, less state)",
+    ),
+    (
+        "join_right_outer_range",
+        "the mirror of join_left_outer_range: the right row with a NULL key gets its \
+         NULL-padded row in the batch that reads it, Spark's at eviction (kept)",
+    ),
+    (
+        "join_full_outer_range",
+        "Spark 4.3 joins the left and the right row whose keys are both NULL (batch 0), as if \
+         NULL = NULL: a full outer join can push no `IS NOT NULL` filter to either side, and \
+         the streaming join compares keys as binary rows; millrace follows SQL (NULL never \
+         equals NULL) and emits each of them NULL-padded, in the batch that reads it (kept: \
+         Spark's row is a wrong answer)",
+    ),
+    (
+        "join_left_anti_range",
+        "Spark refuses a left anti join of two streams; millrace runs it, emitting each left \
+         row once the watermark shows it can no longer match (kept: a superset of Spark)",
+    ),
 ];
 
 /// Rows emitted per batch id, each row a JSON object by column name.
