@@ -194,13 +194,76 @@ NULL_TS_PLAIN = [
     [("b", 31, 7, 7.0), ("c", 32, 8, 8.0)],
 ]
 
+# Stream-stream joins: two tables, `left_events` and `right_events`, one file of each
+# per micro-batch (an empty list is an empty file: that side adds nothing in the
+# batch). Both watermarks 10 s unless a scenario says otherwise; the query's watermark
+# is the smaller of the two (Spark's default `multipleWatermarkPolicy` min), so a
+# quiet side holds it back.
+#
+# The range condition `l.ts BETWEEN r.ts - 5 s AND r.ts + 5 s`: a left row can still
+# find a right row while the right side's rows may be 5 s before it, so it leaves the
+# state once the watermark passes its ts + 5 s (and the mirror for right rows).
+#   batch 0: a@5 matches a@10 within the batch; c@5 and the NULL keys wait; b@5 waits
+#   batch 1: right a@11 is 6 s after left a@5: no match
+#   batch 2: left a@7 matches right a@10 and a@11 from the state; left a@30 waits;
+#            right c@4 matches left c@5 from the state (c never gets a NULL row)
+#   batch 3: right d@30
+#   batch 4: left a@14 and right a@16 match each other if neither is late; e@41/e@40
+#   then the no-data batch that runs when the watermark moves evicts what is left
+JOIN_RANGE_LEFT = [
+    [("a", 5, 1, 1.0), ("c", 5, 2, 2.0), (None, 6, 3, 3.0)],
+    [],
+    [("a", 7, 4, 4.0), ("a", 30, 5, 5.0)],
+    [],
+    [("a", 14, 6, 6.0), ("e", 41, 7, 7.0)],
+]
+JOIN_RANGE_RIGHT = [
+    [("a", 10, 10, 10.0), ("b", 5, 20, 20.0), (None, 6, 30, 30.0)],
+    [("a", 11, 11, 11.0)],
+    [("c", 4, 31, 31.0)],
+    [("d", 30, 40, 40.0)],
+    [("a", 16, 41, 41.0), ("e", 40, 42, 42.0)],
+]
+
+# Equal 10 s windows (Spark's StreamingJoinSuite "windowed left outer join"): keys 1-5
+# on the left, 3-7 on the right at ts = key; then left 21 and right 22 move the
+# watermark to 11 and close window [0, 10): its unmatched rows get their NULL rows;
+# then left 22 matches right 22 in window [20, 30).
+JOIN_WINDOW_LEFT = [
+    [(str(i), i, 2 * i, float(i)) for i in range(1, 6)],
+    [("21", 21, 42, 21.0)],
+    [("22", 22, 44, 22.0)],
+]
+JOIN_WINDOW_RIGHT = [
+    [(str(i), i, 3 * i, float(i)) for i in range(3, 8)],
+    [("22", 22, 66, 22.0)],
+    [],
+]
+
+# A one-sided range `l.ts < r.ts - 5 s` (inner): left rows wait for later right rows;
+# right rows leave once the left watermark passes their ts - 5 s.
+JOIN_ONE_SIDED_LEFT = [
+    [("1", 5, 1, 1.0)],
+    [],
+    [("1", 3, 2, 2.0), ("1", 30, 3, 3.0)],
+    [],
+    [("1", 21, 4, 4.0), ("1", 12, 5, 5.0)],
+]
+JOIN_ONE_SIDED_RIGHT = [
+    [("1", 11, 10, 10.0)],
+    [("1", 10, 11, 11.0)],
+    [],
+    [("0", 30, 12, 12.0)],
+    [("1", 28, 13, 13.0), ("1", 19, 14, 14.0)],
+]
+
 # ---------------------------------------------------------------------------
 # Scenarios
 # ---------------------------------------------------------------------------
 
-TABLE = """CREATE UNBOUNDED EXTERNAL TABLE events (
+TABLE = """CREATE UNBOUNDED EXTERNAL TABLE {table} (
   k VARCHAR, ts TIMESTAMP, v BIGINT, x DOUBLE{watermark}
-) STORED AS JSON LOCATION '{{input}}' OPTIONS ('max_files_per_trigger' '1');"""
+) STORED AS JSON LOCATION '{location}' OPTIONS ('max_files_per_trigger' '1');"""
 
 AGGS_SQL = "count(*) AS n, count(v) AS nv, sum(v) AS s, avg(x) AS a, min(v) AS lo, max(x) AS hi"
 WIN_SQL = "count(*) AS n, sum(v) AS s, avg(x) AS a"
@@ -208,12 +271,17 @@ WIN_SQL = "count(*) AS n, sum(v) AS s, avg(x) AS a"
 SCENARIOS = []
 
 
-def scenario(name, description, data, mode, millrace, spark, watermark=None, settings=()):
+def scenario(name, description, data, mode, millrace, spark, watermark=None, settings=(),
+             tables=None):
     """One scenario: `millrace` is the SELECT over `events`, `spark` the body of
-    `query(spark, events)` (Python, returning a streaming DataFrame)."""
-    SCENARIOS.append(dict(name=name, description=description, data=data, mode=mode,
-                          millrace=millrace, spark=spark, watermark=watermark,
-                          settings=list(settings)))
+    `query(spark, events)` (Python, returning a streaming DataFrame).
+
+    With `tables` (a dict: table name -> (files, watermark delay or None)) the
+    scenario reads several tables instead of `events`; `query` then gets a dict of
+    streaming DataFrames by table name (each also registered as a view)."""
+    tables = tables or {"events": (data, watermark)}
+    SCENARIOS.append(dict(name=name, description=description, tables=tables, mode=mode,
+                          millrace=millrace, spark=spark, settings=list(settings)))
 
 
 def sql(text):
@@ -347,6 +415,49 @@ q = ("SELECT k, session_window(ts, '5 seconds') AS session_window, count(*) AS n
 scenario("null_ts_session_append", "session_window() over NULL event times, watermark 10 s, append mode",
          NULL_TS_PLAIN, "append", q, sql(q), watermark=WM10)
 
+JOIN_COLUMNS = "l.k AS lk, l.ts AS lts, l.v AS lv, r.k AS rk, r.ts AS rts, r.v AS rv"
+RANGE_ON = ("l.k = r.k AND l.ts BETWEEN r.ts - INTERVAL '5' SECOND "
+            "AND r.ts + INTERVAL '5' SECOND")
+RANGE_TABLES = {"left_events": (JOIN_RANGE_LEFT, WM10), "right_events": (JOIN_RANGE_RIGHT, WM10)}
+for kind in ("inner", "left outer", "right outer", "full outer"):
+    q = (f"SELECT {JOIN_COLUMNS} FROM left_events l {kind.upper()} JOIN right_events r "
+         f"ON {RANGE_ON}")
+    scenario(f"join_{kind.replace(' ', '_')}_range",
+             f"{kind} stream-stream join on k with ts within 5 s, watermarks 10 s, NULL keys, "
+             f"matches within and across batches, rows evicted unmatched, append mode",
+             None, "append", q, sql(q), tables=RANGE_TABLES)
+q = f"SELECT l.k, l.ts, l.v FROM left_events l LEFT SEMI JOIN right_events r ON {RANGE_ON}"
+scenario("join_left_semi_range",
+         "left semi stream-stream join with a 5 s range: each left row once, when it first matches",
+         None, "append", q, sql(q), tables=RANGE_TABLES)
+q = f"SELECT l.k, l.ts, l.v FROM left_events l LEFT ANTI JOIN right_events r ON {RANGE_ON}"
+scenario("join_left_anti_range",
+         "left anti stream-stream join with a 5 s range: a left row once it can no longer match",
+         None, "append", q, sql(q), tables=RANGE_TABLES)
+q = ("SELECT l.k AS k, l.w AS w, l.v AS lv, r.v AS rv FROM "
+     "(SELECT k, window(ts, '10 seconds') AS w, v FROM left_events) l LEFT OUTER JOIN "
+     "(SELECT k, window(ts, '10 seconds') AS w, v FROM right_events) r "
+     "ON l.k = r.k AND l.w = r.w")
+scenario("join_left_outer_window",
+         "left outer stream-stream join on k and equal 10 s windows, watermarks 10 s, append mode",
+         None, "append", q, sql(q),
+         tables={"left_events": (JOIN_WINDOW_LEFT, WM10), "right_events": (JOIN_WINDOW_RIGHT, WM10)})
+q = (f"SELECT {JOIN_COLUMNS} FROM left_events l JOIN right_events r "
+     f"ON l.k = r.k AND l.ts < r.ts - INTERVAL '5' SECOND")
+# A left row can match any later right row: the left side's state has no bound, which
+# millrace refuses unless the session allows it (Spark runs it, and warns).
+scenario("join_inner_one_sided_range",
+         "inner stream-stream join with a one-sided range l.ts < r.ts - 5 s, late rows, append mode",
+         None, "append", q, sql(q), settings=["SET millrace.join.allow_unbounded_state = true"],
+         tables={"left_events": (JOIN_ONE_SIDED_LEFT, WM10),
+                 "right_events": (JOIN_ONE_SIDED_RIGHT, WM10)})
+q = (f"SELECT window(l.ts, '10 seconds') AS window, count(*) AS n, sum(r.v) AS s "
+     f"FROM left_events l JOIN right_events r ON {RANGE_ON} "
+     f"GROUP BY window(l.ts, '10 seconds')")
+scenario("join_then_window_aggregation",
+         "inner stream-stream join followed by 10 s windows over the left event time, append mode",
+         None, "append", q, sql(q), tables=RANGE_TABLES)
+
 
 # ---------------------------------------------------------------------------
 # Writing scenario directories
@@ -361,30 +472,55 @@ def row_json(row):
     return json.dumps({"k": k, "ts": None if ts is None else ts_text(ts), "v": v, "x": x})
 
 
+def single_table(sc):
+    """Whether the scenario reads the one table `events` (its files directly under
+    `input/`) rather than several (`input/<table>/`)."""
+    return list(sc["tables"]) == ["events"]
+
+
+def input_dirs(root, sc):
+    """(table name, directory of its input files) for each table of the scenario."""
+    base = os.path.join(root, "input")
+    if single_table(sc):
+        return [("events", base)]
+    return [(name, os.path.join(base, name)) for name in sc["tables"]]
+
+
 def write_scenario(sc):
     root = os.path.join(HERE, sc["name"])
-    input_dir = os.path.join(root, "input")
-    if os.path.isdir(input_dir):
-        shutil.rmtree(input_dir)
-    os.makedirs(input_dir)
-    for i, rows in enumerate(sc["data"]):
-        with open(os.path.join(input_dir, f"{i:03}.json"), "w") as f:
-            f.writelines(row_json(r) + "\n" for r in rows)
+    if os.path.isdir(os.path.join(root, "input")):
+        shutil.rmtree(os.path.join(root, "input"))
+    statements = []
+    tables = {}
+    for name, directory in input_dirs(root, sc):
+        files, watermark = sc["tables"][name]
+        os.makedirs(directory)
+        for i, rows in enumerate(files):
+            with open(os.path.join(directory, f"{i:03}.json"), "w") as f:
+                f.writelines(row_json(r) + "\n" for r in rows)
+        tables[name] = {"schema": [list(c) for c in SCHEMA],
+                        "watermark": watermark and {"column": "ts", "delay": watermark}}
+        wm = ""
+        if watermark:
+            secs = int(watermark.split()[0])
+            wm = f",\n  WATERMARK FOR ts AS ts - INTERVAL '{secs}' SECOND"
+        location = "{input}" if single_table(sc) else "{input}" + name + "/"
+        statements.append(TABLE.format(table=name, watermark=wm, location=location))
     with open(os.path.join(root, "scenario.json"), "w") as f:
-        json.dump({"description": sc["description"], "output_mode": sc["mode"],
-                   "schema": [list(c) for c in SCHEMA], "watermark": sc["watermark"]
-                   and {"column": "ts", "delay": sc["watermark"]}}, f, indent=2)
+        described = {"description": sc["description"], "output_mode": sc["mode"]}
+        if single_table(sc):
+            described.update(tables["events"])
+        else:
+            described["tables"] = tables
+        json.dump(described, f, indent=2)
         f.write("\n")
-    wm = ""
-    if sc["watermark"]:
-        secs = int(sc["watermark"].split()[0])
-        wm = f",\n  WATERMARK FOR ts AS ts - INTERVAL '{secs}' SECOND"
-    statements = [TABLE.format(watermark=wm)] + [s + ";" for s in sc["settings"]]
+    statements += [s + ";" for s in sc["settings"]]
     statements.append(sc["millrace"] + ";")
     with open(os.path.join(root, "millrace.sql"), "w") as f:
         f.write("\n".join(statements) + "\n")
+    argument = "events" if single_table(sc) else "tables"
     with open(os.path.join(root, "spark.py"), "w") as f:
-        f.write("def query(spark, events):\n" + textwrap.indent(sc["spark"], "    ") + "\n")
+        f.write(f"def query(spark, {argument}):\n" + textwrap.indent(sc["spark"], "    ") + "\n")
 
 
 # ---------------------------------------------------------------------------
@@ -415,20 +551,23 @@ def run_spark(spark, sc):
     os.makedirs(out)
     work = tempfile.mkdtemp(prefix="millrace-spark-")
     try:
-        # The files in a directory of their own, modification times one second apart in
-        # name order: Spark's file source reads the oldest first.
-        src = os.path.join(work, "input")
-        os.makedirs(src)
-        names = sorted(os.listdir(os.path.join(root, "input")))
-        start = time.time() - 3600
-        for i, name in enumerate(names):
-            shutil.copy(os.path.join(root, "input", name), os.path.join(src, name))
-            os.utime(os.path.join(src, name), (start + i, start + i))
+        # Each table's files in a directory of its own, modification times one second
+        # apart in name order: Spark's file source reads the oldest first.
         ddl = ", ".join(f"{n} {t.upper()}" for n, t in SCHEMA)
-        events = (spark.readStream.schema(ddl).option("maxFilesPerTrigger", 1).json(src))
-        if sc["watermark"]:
-            events = events.withWatermark("ts", sc["watermark"])
-        events.createOrReplaceTempView("events")
+        frames = {}
+        for name, directory in input_dirs(root, sc):
+            src = os.path.join(work, "input", name)
+            os.makedirs(src)
+            start = time.time() - 3600
+            for i, file in enumerate(sorted(os.listdir(directory))):
+                shutil.copy(os.path.join(directory, file), os.path.join(src, file))
+                os.utime(os.path.join(src, file), (start + i, start + i))
+            frame = spark.readStream.schema(ddl).option("maxFilesPerTrigger", 1).json(src)
+            watermark = sc["tables"][name][1]
+            if watermark:
+                frame = frame.withWatermark("ts", watermark)
+            frame.createOrReplaceTempView(name)
+            frames[name] = frame
         namespace = {}
         with open(os.path.join(root, "spark.py")) as f:
             exec(f.read(), namespace)
@@ -440,7 +579,8 @@ def run_spark(spark, sc):
                 f.writelines(r + "\n" for r in sorted(rows))
 
         try:
-            result = namespace["query"](spark, events)
+            argument = frames["events"] if single_table(sc) else frames
+            result = namespace["query"](spark, argument)
             query = (result.writeStream.outputMode(sc["mode"]).foreachBatch(write_batch)
                      .option("checkpointLocation", os.path.join(work, "checkpoint"))
                      .trigger(availableNow=True).start())
