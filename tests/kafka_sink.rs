@@ -319,8 +319,10 @@ fn ids(records: &[Record]) -> Vec<i64> {
 /// transaction.
 fn assert_crash_before_commit(run: &CrashRun) {
     assert_eq!(
-        run.marker_after_crash, None,
-        "the marker of an uncommitted transaction is not visible"
+        run.marker_after_crash,
+        Some(0),
+        "the marker stays at 0, committed before the first transaction: the marker of \
+         the uncommitted transaction is not visible"
     );
     let crashed: Vec<i64> = ids(&run.after_crash);
     assert_exactly_once(
@@ -769,11 +771,58 @@ fn a_marker_that_expired_during_a_long_stop_is_never_guessed() {
     );
     let ids_in_topic = || ids(&read_topic(&broker.bootstrap, "out", true));
 
+    // A second query whose very first batch commits on the broker, then the process
+    // dies before anything else is recorded (its expiry is awaited with the first
+    // query's below).
+    let first_input = make_dir(root.path(), "in-first");
+    create_topic(&broker.bootstrap, "first", 1);
+    let first_checkpoint = root.path().join("ckpt-first");
+    let first_job = write_job(
+        root.path(),
+        "first.sql",
+        &(source(&first_input)
+            + &kafka_sink(
+                "first",
+                "first",
+                &broker,
+                &first_checkpoint,
+                ", 'timeout' '10 seconds'",
+                "SELECT id, payload FROM events",
+            )),
+    );
+    write_atomic(&first_input, "f-000.json", json_rows(0..5).as_bytes());
+    run_to_crash_point(
+        &first_job,
+        "kafka-after-txn-commit",
+        &root.path().join("first-crash.err"),
+    );
+    assert_eq!(marker(&broker, &first_checkpoint, "first"), Some(1));
+
     // Batch 0, then a stop longer than the retention: the marker is gone.
     write_atomic(&input, "f-000.json", json_rows(0..10).as_bytes());
     run_success(&job, &root.path().join("run-0.err"));
     assert_eq!(marker(&broker, &checkpoint, "out"), Some(1));
     wait_for_marker_expiry(&broker, &checkpoint, "out");
+
+    // The first query's marker expired too (committed earlier): its batch 0 may be in
+    // the topic, and nothing on the broker says so any more. The sink committed marker
+    // 0 before its first transaction, so its record knows a marker existed: it stops
+    // instead of writing batch 0 again.
+    wait_for_marker_expiry(&broker, &first_checkpoint, "first");
+    let (status, stderr) = run_to_end(&first_job, &[], &root.path().join("first-refused.err"));
+    assert!(
+        !status.success(),
+        "the sink must not guess batch 0: {stderr}"
+    );
+    assert!(
+        stderr.contains("batch 0 was being committed when the query last stopped"),
+        "{stderr}"
+    );
+    assert_exactly_once(
+        "the first batch, once",
+        ids(&read_topic(&broker.bootstrap, "first", true)),
+        0..5,
+    );
     // A new batch after the stop: the sink's record says batch 1 never reached its
     // commit, so it is written (once).
     write_atomic(&input, "f-001.json", json_rows(10..20).as_bytes());

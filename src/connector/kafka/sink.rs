@@ -45,7 +45,9 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -974,9 +976,30 @@ impl KafkaSink {
         Ok(committed
             .find_partition(&self.options.topic, MARKER_PARTITION)
             .and_then(|p| match p.offset() {
-                Offset::Offset(n) if n > 0 => Some(n as u64),
+                Offset::Offset(n) if n >= 0 => Some(n as u64),
                 _ => None,
             }))
+    }
+
+    /// Before the query's first transaction: commits marker 0 ("no batch committed
+    /// yet") to the broker and records it, so that the broker's marker is known to
+    /// exist from then on and its loss (expired group offsets) is noticed for every
+    /// batch, the first included. Without it, a first batch whose process died between
+    /// the broker's commit and the record's update, then stayed down past the
+    /// retention, would find no marker anywhere and be written twice.
+    fn mark_start(&mut self) -> std::result::Result<(), Failure> {
+        let mut marker = TopicPartitionList::new();
+        marker
+            .add_partition_offset(&self.options.topic, MARKER_PARTITION, Offset::Offset(0))
+            .map_err(|e| self.failure("building the initial batch marker", e))?;
+        self.reader
+            .commit(&marker, CommitMode::Sync)
+            .map_err(|e| self.failure("committing the initial batch marker", e))?;
+        self.save_record(MarkerRecord {
+            topic: self.options.topic.clone(),
+            marker: Some(0),
+            committing: None,
+        })
     }
 
     /// Queues every record (waiting while librdkafka's queue is full).
@@ -1060,6 +1083,10 @@ impl KafkaSink {
     ) -> std::result::Result<bool, Failure> {
         self.producer()?;
         let mut marker = self.committed_marker()?;
+        if marker.is_none() && self.record.marker.is_none() && self.record.committing.is_none() {
+            self.mark_start()?;
+            marker = Some(0);
+        }
         // The broker's marker is gone, or older than one this sink saw committed: its
         // group offsets expired. The sink's own record decides.
         if self
