@@ -11,7 +11,9 @@
 # Delta Lake tests read and write tables with the Python deltalake package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/millrace/target}"
+# Cargo's default target directory (./target) unless CARGO_TARGET_DIR says otherwise,
+# so `cargo run -- demo` and this script share one build; .ci/run points it outside
+# the clone to stay incremental across fresh clones.
 scripts/kafka-broker.sh install
 # Debian's postgresql for the PostgreSQL sink's tests (tests/postgres_sink.rs starts
 # its own throwaway server on a free loopback port through scripts/postgres.sh).
