@@ -67,8 +67,6 @@ const STATELESS_CRASH_POINTS: [&str; 5] = [
 ];
 /// Kills at random instants.
 const RANDOM_KILLS: usize = 50;
-/// Runs aborted at a crash point (each point twice).
-const AIMED: usize = 2 * CRASH_POINTS.len();
 const WORDS: u64 = 12;
 
 /// The input topic (3 partitions) and the output topic (3 partitions) of one test.
@@ -220,6 +218,102 @@ fn snapshot(broker: &Broker, topic: &str, batch: u64) -> Snapshot {
     snapshot
 }
 
+/// The query a crash schedule runs, and what it watches.
+struct Crashes<'a> {
+    /// The continuous job (no `available_now`).
+    job: &'a Path,
+    checkpoint: &'a Path,
+    broker: &'a Broker,
+    /// The output topic, whose batch marker is checked.
+    output: &'a str,
+    /// Where each run's standard error goes.
+    logs: &'a Path,
+    /// The crash points aimed at, in turn, twice each.
+    points: &'a [&'a str],
+}
+
+/// What a crash schedule did, for the test's checks.
+struct Schedule {
+    killed: usize,
+    aimed: usize,
+    runs_that_committed: usize,
+    /// Batches a run aborted inside the transaction: a later run must write them.
+    must_rewrite: BTreeSet<u64>,
+    /// Batches the broker committed before the run ended (aimed or killed): a later
+    /// run must skip them.
+    committed_before_crash: BTreeSet<u64>,
+}
+
+/// Runs the job [`RANDOM_KILLS`] times killed with `kill -9` at a random instant and,
+/// every fifth run, aborted at the next of `points` (each point twice), checking after
+/// each aimed abort what the marker must say. `after_commit_crash(N)` is called when a
+/// run ended after the broker committed batch N but before its commit log.
+fn crash_schedule(
+    crashes: &Crashes,
+    rng: &mut XorShift,
+    mut after_commit_crash: impl FnMut(u64),
+) -> Schedule {
+    let Crashes {
+        job,
+        checkpoint,
+        broker,
+        output,
+        logs,
+        points,
+    } = *crashes;
+    let aimed_runs = 2 * points.len();
+    let mut schedule = Schedule {
+        killed: 0,
+        aimed: 0,
+        runs_that_committed: 0,
+        must_rewrite: BTreeSet::new(),
+        committed_before_crash: BTreeSet::new(),
+    };
+    let commits = |c: &Path| log_ids(&c.join("commits")).last().copied();
+    for run in 0..RANDOM_KILLS + aimed_runs {
+        let stderr_path = logs.join(format!("run-{run:02}.err"));
+        let before = commits(checkpoint);
+        if run % 5 == 4 && schedule.aimed < aimed_runs {
+            let point = points[schedule.aimed % points.len()];
+            schedule.aimed += 1;
+            let (status, stderr) = run_to_end(job, &[("MILLRACE_CRASH_AT", point)], &stderr_path);
+            assert_crashed_at(status, &stderr, point);
+            let batch = pending_batch(checkpoint).expect("a crash point leaves a batch pending");
+            let marker = marker(broker, checkpoint, output);
+            if AFTER_BROKER_COMMIT.contains(&point) {
+                assert_eq!(
+                    marker,
+                    Some(batch as i64 + 1),
+                    "{point}: the broker committed batch {batch} with its marker"
+                );
+            } else if BEFORE_BROKER_COMMIT.contains(&point) {
+                // The run was inside batch N's transaction (so the marker it read did
+                // not name N), and the transaction never committed.
+                assert!(
+                    marker.is_none_or(|m| m <= batch as i64),
+                    "{point}: marker {marker:?} names batch {batch}, which was not committed"
+                );
+                schedule.must_rewrite.insert(batch);
+            }
+            // (after-offsets, after-state-commit: the batch may be a replay of one an
+            // earlier, killed run had already committed to Kafka; nothing to assert.)
+        } else {
+            kill9_after_random_delay(job, &stderr_path, rng, (100, 1500), &format!("run {run}"));
+            schedule.killed += 1;
+        }
+        if commits(checkpoint) > before {
+            schedule.runs_that_committed += 1;
+        }
+        if let Some(batch) = pending_batch(checkpoint)
+            && marker(broker, checkpoint, output) == Some(batch as i64 + 1)
+        {
+            schedule.committed_before_crash.insert(batch);
+            after_commit_crash(batch);
+        }
+    }
+    schedule
+}
+
 #[test]
 fn kill_minus_nine_anywhere_keeps_the_counts_exact_and_never_rewrites_a_committed_batch() {
     let test_start = Instant::now();
@@ -253,58 +347,27 @@ fn kill_minus_nine_anywhere_keeps_the_counts_exact_and_never_rewrites_a_committe
         rng.next_u64(),
     );
     let mut snapshots: Vec<Snapshot> = Vec::new();
-    let mut must_rewrite: BTreeSet<u64> = BTreeSet::new();
-    let (mut killed, mut aimed, mut runs_that_committed) = (0, 0, 0);
-    let commits = |c: &Path| log_ids(&c.join("commits")).last().copied();
-    for run in 0..RANDOM_KILLS + AIMED {
-        let stderr_path = logs.join(format!("run-{run:02}.err"));
-        let before = commits(&checkpoint);
-        if run % 5 == 4 && aimed < AIMED {
-            let point = CRASH_POINTS[aimed % CRASH_POINTS.len()];
-            aimed += 1;
-            let (status, stderr) =
-                run_to_end(&continuous, &[("MILLRACE_CRASH_AT", point)], &stderr_path);
-            assert_crashed_at(status, &stderr, point);
-            let batch = pending_batch(&checkpoint).expect("a crash point leaves a batch pending");
-            let marker = marker(broker, &checkpoint, output);
-            if AFTER_BROKER_COMMIT.contains(&point) {
-                assert_eq!(
-                    marker,
-                    Some(batch as i64 + 1),
-                    "{point}: the broker committed batch {batch} with its marker"
-                );
-            } else if BEFORE_BROKER_COMMIT.contains(&point) {
-                // The run was inside batch N's transaction (so the marker it read did
-                // not name N), and the transaction never committed.
-                assert!(
-                    marker.is_none_or(|m| m <= batch as i64),
-                    "{point}: marker {marker:?} names batch {batch}, which was not committed"
-                );
-                must_rewrite.insert(batch);
-            }
-            // (after-offsets, after-state-commit: the batch may be a replay of one an
-            // earlier, killed run had already committed to Kafka; nothing to assert.)
-        } else {
-            kill9_after_random_delay(
-                &continuous,
-                &stderr_path,
-                &mut rng,
-                (100, 1500),
-                &format!("run {run}"),
-            );
-            killed += 1;
-        }
-        if commits(&checkpoint) > before {
-            runs_that_committed += 1;
-        }
-        // Whenever a run (aimed or killed at random) ended after the broker committed
-        // the pending batch, remember what the topic held then.
-        if let Some(batch) = pending_batch(&checkpoint)
-            && marker(broker, &checkpoint, output) == Some(batch as i64 + 1)
-        {
-            snapshots.push(snapshot(broker, output, batch));
-        }
-    }
+    let schedule = crash_schedule(
+        &Crashes {
+            job: &continuous,
+            checkpoint: &checkpoint,
+            broker,
+            output,
+            logs: &logs,
+            points: &CRASH_POINTS,
+        },
+        &mut rng,
+        // Whenever a run ended after the broker committed the pending batch, remember
+        // what the topic held then.
+        |batch| snapshots.push(snapshot(broker, output, batch)),
+    );
+    let Schedule {
+        killed,
+        aimed,
+        runs_that_committed,
+        must_rewrite,
+        ..
+    } = schedule;
     let expected = generator.stop();
     // The drain may have a backlog of many batches: a generous deadline, no timing asserted.
     Millrace::spawn(&drain, &[], &logs.join("drain.err")).wait_success(Duration::from_secs(600));
@@ -538,54 +601,24 @@ fn kill_minus_nine_anywhere_on_the_file_to_kafka_path_writes_each_row_once() {
     );
 
     let lander = FileLander::start(input.clone(), rng.next_u64());
-    let mut committed_before_crash: BTreeSet<u64> = BTreeSet::new();
-    let mut must_rewrite: BTreeSet<u64> = BTreeSet::new();
-    let (mut killed, mut aimed, mut runs_that_committed) = (0, 0, 0);
-    let commits = |c: &Path| log_ids(&c.join("commits")).last().copied();
-    let aimed_runs = 2 * STATELESS_CRASH_POINTS.len();
-    for run in 0..RANDOM_KILLS + aimed_runs {
-        let stderr_path = logs.join(format!("run-{run:02}.err"));
-        let before = commits(&checkpoint);
-        if run % 5 == 4 && aimed < aimed_runs {
-            let point = STATELESS_CRASH_POINTS[aimed % STATELESS_CRASH_POINTS.len()];
-            aimed += 1;
-            let (status, stderr) =
-                run_to_end(&continuous, &[("MILLRACE_CRASH_AT", point)], &stderr_path);
-            assert_crashed_at(status, &stderr, point);
-            let batch = pending_batch(&checkpoint).expect("a crash point leaves a batch pending");
-            let marker = marker(broker, &checkpoint, &output);
-            if AFTER_BROKER_COMMIT.contains(&point) {
-                assert_eq!(
-                    marker,
-                    Some(batch as i64 + 1),
-                    "{point}: the broker committed batch {batch} with its marker"
-                );
-            } else if BEFORE_BROKER_COMMIT.contains(&point) {
-                assert!(
-                    marker.is_none_or(|m| m <= batch as i64),
-                    "{point}: marker {marker:?} names batch {batch}, which was not committed"
-                );
-                must_rewrite.insert(batch);
-            }
-        } else {
-            kill9_after_random_delay(
-                &continuous,
-                &stderr_path,
-                &mut rng,
-                (100, 1500),
-                &format!("run {run}"),
-            );
-            killed += 1;
-        }
-        if commits(&checkpoint) > before {
-            runs_that_committed += 1;
-        }
-        if let Some(batch) = pending_batch(&checkpoint)
-            && marker(broker, &checkpoint, &output) == Some(batch as i64 + 1)
-        {
-            committed_before_crash.insert(batch);
-        }
-    }
+    let Schedule {
+        killed,
+        aimed,
+        runs_that_committed,
+        must_rewrite,
+        committed_before_crash,
+    } = crash_schedule(
+        &Crashes {
+            job: &continuous,
+            checkpoint: &checkpoint,
+            broker,
+            output: &output,
+            logs: &logs,
+            points: &STATELESS_CRASH_POINTS,
+        },
+        &mut rng,
+        |_| {},
+    );
     let written = lander.stop();
     Millrace::spawn(&drain, &[], &logs.join("drain.err")).wait_success(Duration::from_secs(600));
     assert_eq!(pending_batch(&checkpoint), None, "the drain ends committed");
