@@ -11,7 +11,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -392,28 +391,7 @@ fn kill_9_during_files_to_aggregation_to_delta_changes_nothing_in_the_table() {
     ] {
         run_to_crash_point(&crashed, point, &root.join(format!("{point}.err")));
     }
-    let (mut kills, mut finished) = (0, false);
-    for attempt in 0..400 {
-        if kills >= 30 && finished {
-            break;
-        }
-        let mut run = Millrace::spawn(&crashed, &[], &root.join(format!("run-{attempt}.err")));
-        // Kills land anywhere from start-up to the end of the job; the range widens
-        // with every attempt (the assertions never depend on where a kill lands).
-        std::thread::sleep(Duration::from_millis(rng.range(5, 200 + 10 * attempt)));
-        let status = run.kill9();
-        if status.success() {
-            finished = true;
-        } else {
-            assert!(
-                status.code().is_none(),
-                "millrace failed by itself ({status}):\n{}",
-                run.stderr()
-            );
-            kills += 1;
-        }
-    }
-    assert!(kills >= 30, "{kills} kills, finished: {finished}");
+    let kills = kill9_until_finished(&crashed, root, &mut rng, 30, 200);
     run_success(&crashed, &root.join("final.err"));
 
     let (version, rows, history) = python_read(&table);

@@ -244,6 +244,42 @@ impl Drop for Millrace {
         }
     }
 }
+/// Runs `job` again and again, killing each run with `kill -9` after a random delay
+/// (5 ms up to `base_ms + 10 ms × attempt`: the range widens with every attempt, so on
+/// a loaded machine kills still land anywhere from start-up to the end of the job),
+/// until at least `kills` runs were killed and one run finished by itself. A run that
+/// fails by itself fails the test. Returns the number of kills; each run's standard
+/// error goes to `dir/run-<attempt>.err`. The assertions of a crash test never depend
+/// on where a kill lands.
+pub fn kill9_until_finished(
+    job: &Path,
+    dir: &Path,
+    rng: &mut XorShift,
+    kills: usize,
+    base_ms: u64,
+) -> usize {
+    let (mut killed, mut finished) = (0, false);
+    for attempt in 0..400 {
+        if killed >= kills && finished {
+            break;
+        }
+        let mut run = Millrace::spawn(job, &[], &dir.join(format!("run-{attempt}.err")));
+        std::thread::sleep(Duration::from_millis(rng.range(5, base_ms + 10 * attempt)));
+        let status = run.kill9();
+        if status.success() {
+            finished = true;
+        } else {
+            assert!(
+                status.code().is_none(),
+                "millrace failed by itself ({status}):\n{}",
+                run.stderr()
+            );
+            killed += 1;
+        }
+    }
+    assert!(killed >= kills, "{killed} kills, finished: {finished}");
+    killed
+}
 
 /// Runs `millrace -f job` for a random time within `delay_ms` (from `rng`), checks that it is still
 /// running, then kills it with `kill -9`, as a crash would; panics if it ended some
