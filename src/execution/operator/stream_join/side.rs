@@ -286,6 +286,15 @@ impl SideState {
         true
     }
 
+    /// Whether a bucket [`evict`](Self::evict) at `watermark` (ms) would look at holds
+    /// rows (so a partition without new rows is worked on only when it may evict).
+    pub fn may_evict(&self, watermark: i64) -> bool {
+        self.buckets
+            .range(..=watermark.div_euclid(BUCKET_MS))
+            .next()
+            .is_some()
+    }
+
     /// Removes the rows that expire at or before `watermark` (ms): whole buckets, and
     /// the rows of the bucket the watermark is in that expired.
     pub fn evict(&mut self, watermark: i64) -> Result<Evicted> {
