@@ -733,7 +733,7 @@ fn rows_with_keys_of(
 }
 
 /// Which rows' event time column `key` ended at or before `watermark` (ms).
-fn ended_mask(batch: &RecordBatch, key: usize, watermark: i64) -> Result<BooleanArray> {
+pub(crate) fn ended_mask(batch: &RecordBatch, key: usize, watermark: i64) -> Result<BooleanArray> {
     let column = batch.column(key);
     let time = match column.data_type() {
         DataType::Struct(_) => column.as_struct().column(1).clone(),

@@ -39,7 +39,7 @@ pub use aggregation::AggregationOperator;
 pub(crate) use flat_map_groups::FlatMapGroupsSpec;
 pub use flat_map_groups::{
     FlatMapGroupsExec, FlatMapGroupsNode, FlatMapGroupsOperator, GroupState, GroupStateTimeout,
-    Row, StreamingQueryPlanner,
+    Row, StreamingQueryPlanner, resolve_event_time,
 };
 pub use stream_join::{
     Bound, SideSpec, StreamJoinExec, StreamJoinNode, StreamJoinOperator, StreamJoinSpec,
