@@ -123,6 +123,13 @@ async fn run_until_read(
         .await
         .unwrap();
     query.await_termination().await.unwrap();
+    let mut rows = memory_rows(ctx, name).await;
+    rows.sort();
+    (rows, query)
+}
+
+/// The rows of memory table `name` (rows of [`output_schema`]) as `user|total|event`.
+async fn memory_rows(ctx: &StreamingContext, name: &str) -> Vec<String> {
     let batches = ctx
         .session()
         .query(&format!("SELECT * FROM {name}"))
@@ -139,8 +146,7 @@ async fn run_until_read(
             ));
         }
     }
-    rows.sort();
-    (rows, query)
+    rows
 }
 
 fn land(dir: &Path, name: &str, rows: &[(&str, i64)]) {
@@ -240,6 +246,48 @@ async fn a_processing_time_timeout_calls_the_keys_without_new_rows_once() {
     let ctx = StreamingContext::new();
     let third = run_to_memory(&ctx, &input, &checkpoint, "run3", timeout).await;
     assert_eq!(third, sorted(&["x|6|timed_out", "z|1|updated"]));
+}
+
+/// A running query fires a processing-time timeout when it is due, without new data
+/// (Spark runs no-data batches for it): x's timeout passes while no file lands, and x is
+/// called once more, timed out, which removes its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_processing_time_timeout_fires_without_new_data() {
+    let tmp = common::temp_dir();
+    let input = common::make_dir(tmp.path(), "in");
+    land(&input, "1.json", &[("x", 1)]);
+    let ctx = StreamingContext::new();
+    let query = running_totals(&ctx, &input, GroupStateTimeout::ProcessingTimeTimeout)
+        .await
+        .write_stream()
+        .format("memory")
+        .query_name("live")
+        .option("checkpoint", tmp.path().join("ckpt").to_str().unwrap())
+        .output_mode(OutputMode::Append)
+        .start()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let rows = memory_rows(&ctx, "live").await;
+        if rows.iter().any(|r| r.ends_with("timed_out")) {
+            break rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "x's processing-time timeout never fired without new data; rows: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    query.stop();
+    query.await_termination().await.unwrap();
+    let batches = query.recent_progress().len();
+    let mut rows = rows;
+    rows.sort();
+    assert_eq!(rows, sorted(&["x|1|timed_out", "x|1|updated"]));
+    // One batch for the file, one no-data batch for the timeout; the state is gone, so
+    // no further batch ran for it.
+    assert_eq!(batches, 2, "{:?}", query.recent_progress());
 }
 
 /// Runs a running total of `n` per user over JSON files of `user, n, ts` (one file per

@@ -556,6 +556,9 @@ pub struct FlatMapGroupsOperator {
     pending: Option<Pending>,
     /// The input's watermarked event-time column (see [`FlatMapGroupsNode`]).
     event_time: Option<usize>,
+    /// With processing-time timeouts: the earliest timeout any key has set, so the loop
+    /// can ask cheaply whether a batch must run without new data.
+    earliest_timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -583,6 +586,7 @@ pub(super) fn from_node(node: &LogicalPlan) -> Option<Box<dyn StatefulOperator>>
         states: HashMap::new(),
         pending: None,
         event_time: node.event_time,
+        earliest_timeout_ms: None,
     }))
 }
 
@@ -626,6 +630,17 @@ impl FlatMapGroupsOperator {
                 })
             })
             .collect()
+    }
+
+    /// Remembers the earliest processing-time timeout set by any key (see
+    /// [`StatefulOperator::timeout_due`]).
+    fn note_earliest_timeout(&mut self) {
+        self.earliest_timeout_ms = match self.spec.timeout {
+            GroupStateTimeout::ProcessingTimeTimeout => {
+                self.states.values().filter_map(|s| s.timeout_ms).min()
+            }
+            _ => None,
+        };
     }
 
     /// Calls the closure and checks what it returned.
@@ -777,6 +792,7 @@ impl StatefulOperator for FlatMapGroupsOperator {
             }
         }
         self.store = Some(store);
+        self.note_earliest_timeout();
         Ok(())
     }
 
@@ -921,6 +937,7 @@ impl StatefulOperator for FlatMapGroupsOperator {
             .data;
         pending.updates_ms = started.elapsed().as_millis() as u64;
         self.pending = Some(pending);
+        self.note_earliest_timeout();
         Ok(rest)
     }
 
@@ -966,6 +983,10 @@ impl StatefulOperator for FlatMapGroupsOperator {
             num_state_store_instances: 1,
             ..OperatorMetrics::default()
         })
+    }
+
+    fn timeout_due(&self, now_ms: i64) -> bool {
+        self.earliest_timeout_ms.is_some_and(|t| t < now_ms)
     }
 
     fn evicts_by_watermark(&self, _mode: OutputMode) -> bool {

@@ -105,6 +105,15 @@ pub trait StatefulOperator: Send + std::fmt::Debug {
     /// `shouldRunAnotherBatch`).
     fn evicts_by_watermark(&self, mode: OutputMode) -> bool;
 
+    /// Whether a processing-time timeout the operator holds has passed at `now_ms`
+    /// (ms since the epoch), so that a batch must run without new data to fire it. Spark
+    /// runs a no-data batch at every trigger while processing-time timeouts are
+    /// configured; the loop runs one only when this says a timeout is due, which fires
+    /// the same timeouts without empty batches in between.
+    fn timeout_due(&self, _now_ms: i64) -> bool {
+        false
+    }
+
     /// For a memory sink in update mode: the output columns rows are upserted by (the
     /// group columns); `None` when every output row is new (deduplication).
     fn update_keys(&self) -> Option<Vec<String>>;
