@@ -291,14 +291,6 @@ impl KeyedRows {
         Ok(concat_batches(&self.schema, &parts)?)
     }
 
-    /// Replaces every row with `rows` (one per key).
-    pub fn replace_all(&mut self, rows: RecordBatch) -> Result<()> {
-        self.chunks.clear();
-        self.index.clear();
-        self.dead = 0;
-        self.upsert(rows)
-    }
-
     /// Compacts when the dead rows exceed 1 / `COMPACT_RATIO` of the live ones.
     pub fn maybe_compact(&mut self) -> Result<bool> {
         if self.dead > 0 && self.dead * COMPACT_RATIO > self.index.len() {
