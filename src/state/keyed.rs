@@ -153,19 +153,17 @@ impl KeyedRows {
             .copied()
     }
 
-    /// The live state rows of the keys of `batch` that are held (each at most once, in
-    /// the order first met), and how many there were.
+    /// The live state rows of the keys of `batch` that are held, each once, in the
+    /// order they are stored (sorted positions: the gather then reads the chunks in
+    /// order, and a key met twice in `batch` is read once without a hash set).
     pub fn rows_for_keys_of(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let keys = self.encode(batch)?;
-        let mut positions: Vec<(usize, usize)> = Vec::new();
-        let mut seen = hashbrown::HashSet::new();
-        for row in 0..batch.num_rows() {
-            if let Some(p) = self.find(key_at(&keys, row))
-                && seen.insert(p)
-            {
-                positions.push(unpack(p));
-            }
-        }
+        let mut found: Vec<u64> = (0..batch.num_rows())
+            .filter_map(|row| self.find(key_at(&keys, row)))
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        let positions: Vec<(usize, usize)> = found.into_iter().map(unpack).collect();
         self.gather(&positions)
     }
 
