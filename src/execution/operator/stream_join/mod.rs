@@ -63,6 +63,7 @@ use crate::sink::OutputMode;
 use crate::state::StateStoreConfig;
 use crate::state::partitioned::par_map;
 use partitions::{JoinPartition, JoinState, partition_of};
+pub(crate) use plan::event_time_column;
 pub use plan::{
     Bound, SideSpec, StreamJoinNode, StreamJoinSpec, WatermarkOf, rewrite_stream_joins,
 };
