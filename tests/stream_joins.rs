@@ -135,15 +135,14 @@ fn inner_join_state_survives_restarts_between_every_batch() {
         );
         assert_eq!(join["customMetrics"]["leftStateUnbounded"], 1, "{last}");
         assert_eq!(join["customMetrics"]["rightStateUnbounded"], 1, "{last}");
-        // Each side's versions are under the operator's directory.
+        // Each side's versions are under the operator's directory, one directory per
+        // state partition (4 by default).
+        assert_eq!(join["numShufflePartitions"], 4, "{last}");
         for side in ["left", "right"] {
-            assert!(
-                dir.join("ckpt/state/0")
-                    .join(side)
-                    .join("4.delta.arrow")
-                    .exists(),
-                "state/0/{side}/4.delta.arrow"
-            );
+            for p in 0..4 {
+                let file = format!("{side}/{p}/4.delta.arrow");
+                assert!(dir.join("ckpt/state/0").join(&file).exists(), "{file}");
+            }
         }
     }
 }

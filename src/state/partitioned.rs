@@ -128,49 +128,13 @@ impl PartitionedState {
     ) -> Result<Self> {
         create_dir_all(dir)?;
         refuse_unpartitioned_layout(dir)?;
-        let layout_path = dir.join(LAYOUT_FILE);
-        let recorded = match std::fs::read(&layout_path) {
-            Ok(bytes) => Some(serde_json::from_slice::<Layout>(&bytes).map_err(|e| {
-                Error::Checkpoint(format!(
-                    "{} is damaged ({e}); restore it or start the query with a new \
-                     checkpoint directory",
-                    layout_path.display()
-                ))
-            })?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io(&layout_path)(e)),
-        };
         // A state without key columns (a global aggregate) has one key, so one
         // partition; spreading it would give every partition a row of its own.
-        let partitions = match (recorded, asked, committed) {
-            _ if route_columns.is_empty() => 1,
-            // Nothing committed yet: the state is empty, the number can still change.
-            (_, Some(StatePartitions(n)), None) => n,
-            (Some(layout), Some(StatePartitions(n)), Some(_)) if layout.partitions != n => {
-                return Err(Error::Checkpoint(format!(
-                    "this checkpoint's state has {} partitions, but millrace.state_partitions \
-                     is {n}: the number of state partitions is fixed when a checkpoint is \
-                     created (a key's partition depends on it); SET \
-                     millrace.state_partitions = {} (or leave it unset) to resume this \
-                     checkpoint, or use a new checkpoint directory",
-                    layout.partitions, layout.partitions
-                )));
-            }
-            (Some(layout), _, _) => layout.partitions,
-            (None, Some(StatePartitions(n)), _) => n,
-            (None, None, _) => DEFAULT_STATE_PARTITIONS,
+        let partitions = if route_columns.is_empty() {
+            settle(dir, Some(StatePartitions(1)), None, None)?
+        } else {
+            settle(dir, asked, committed, None)?
         };
-        if !(1..=MAX_STATE_PARTITIONS).contains(&partitions) {
-            return Err(Error::Checkpoint(format!(
-                "{} records {partitions} state partitions, outside 1 to \
-                 {MAX_STATE_PARTITIONS}: the checkpoint is damaged",
-                layout_path.display()
-            )));
-        }
-        if recorded.as_ref().is_none_or(|l| l.partitions != partitions) {
-            let bytes = serde_json::to_vec(&Layout { partitions }).expect("plain JSON");
-            write_atomic(&layout_path, &bytes)?;
-        }
         let route_converter = {
             let route_schema = std::sync::Arc::new(schema.project(&route_columns)?);
             key_converter(&route_schema, route_columns.len())?
@@ -293,21 +257,108 @@ impl PartitionedState {
     }
 }
 
+/// Settles how many partitions the state in `dir` has, and records it in
+/// `dir/partitions.json`, for an operator that keeps its own partitions (the
+/// stream-stream join) under the same rules as [`PartitionedState::open`]: the number
+/// recorded when the checkpoint was created holds; `asked` (the
+/// `millrace.state_partitions` setting) may change it only while nothing is committed
+/// (`committed` is `None`: the state is empty), and asking for another number once
+/// something is committed is refused with what to do. Without a record and a setting,
+/// a new checkpoint gets [`DEFAULT_STATE_PARTITIONS`]; `implied` is the number an older
+/// layout without `partitions.json` stands for (it is recorded from then on).
+pub fn settle_partitions(
+    dir: &Path,
+    asked: Option<StatePartitions>,
+    committed: Option<u64>,
+    implied: Option<usize>,
+) -> Result<usize> {
+    create_dir_all(dir)?;
+    settle(dir, asked, committed, implied)
+}
+
+fn settle(
+    dir: &Path,
+    asked: Option<StatePartitions>,
+    committed: Option<u64>,
+    implied: Option<usize>,
+) -> Result<usize> {
+    let layout_path = dir.join(LAYOUT_FILE);
+    let on_disk = match std::fs::read(&layout_path) {
+        Ok(bytes) => Some(serde_json::from_slice::<Layout>(&bytes).map_err(|e| {
+            Error::Checkpoint(format!(
+                "{} is damaged ({e}); restore it or start the query with a new \
+                 checkpoint directory",
+                layout_path.display()
+            ))
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(&layout_path)(e)),
+    };
+    let recorded = on_disk.or(implied.map(|partitions| Layout { partitions }));
+    let partitions = match (recorded, asked, committed) {
+        // Nothing committed yet: the state is empty, the number can still change.
+        (_, Some(StatePartitions(n)), None) => n,
+        (Some(layout), Some(StatePartitions(n)), Some(_)) if layout.partitions != n => {
+            return Err(Error::Checkpoint(format!(
+                "this checkpoint's state has {} partition{}, but millrace.state_partitions \
+                 is {n}: the number of state partitions is fixed when a checkpoint is \
+                 created (a key's partition depends on it); SET \
+                 millrace.state_partitions = {} (or leave it unset) to resume this \
+                 checkpoint, or use a new checkpoint directory",
+                layout.partitions,
+                if layout.partitions == 1 { "" } else { "s" },
+                layout.partitions
+            )));
+        }
+        (Some(layout), _, _) => layout.partitions,
+        (None, Some(StatePartitions(n)), _) => n,
+        (None, None, _) => DEFAULT_STATE_PARTITIONS,
+    };
+    if !(1..=MAX_STATE_PARTITIONS).contains(&partitions) {
+        return Err(Error::Checkpoint(format!(
+            "{} records {partitions} state partitions, outside 1 to \
+             {MAX_STATE_PARTITIONS}: the checkpoint is damaged",
+            layout_path.display()
+        )));
+    }
+    if on_disk.is_none_or(|l| l.partitions != partitions) {
+        let bytes = serde_json::to_vec(&Layout { partitions }).expect("plain JSON");
+        write_atomic(&layout_path, &bytes)?;
+    }
+    Ok(partitions)
+}
+
+/// The name of a version file of a [`StateStore`] directly in `dir` (not in partition
+/// directories below it), if there is one: state written before it was partitioned.
+pub fn holds_unpartitioned_versions(dir: &Path) -> Result<Option<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(Error::io(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".snapshot.arrow")
+            || name.ends_with(".delta.arrow")
+            || name.ends_with(".removed.arrow")
+        {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
+}
+
 /// Refuses a state directory written before state was partitioned (version files
 /// directly in it).
 fn refuse_unpartitioned_layout(dir: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
-        let entry = entry.map_err(Error::io(dir))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.ends_with(".snapshot.arrow") || name.ends_with(".delta.arrow") {
-            return Err(Error::Checkpoint(format!(
-                "{} holds state in the layout of an earlier millrace, without partitions \
-                 (found {name}); this version cannot resume it: start the query with a new \
-                 checkpoint directory",
-                dir.display()
-            )));
-        }
+    if let Some(name) = holds_unpartitioned_versions(dir)? {
+        return Err(Error::Checkpoint(format!(
+            "{} holds state in the layout of an earlier millrace, without partitions \
+             (found {name}); this version cannot resume it: start the query with a new \
+             checkpoint directory",
+            dir.display()
+        )));
     }
     Ok(())
 }

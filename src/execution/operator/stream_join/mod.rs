@@ -11,14 +11,21 @@
 //! - [`StreamJoinOperator`]: the [`StatefulOperator`] the batch loop drives. Per batch:
 //!   drop late rows (late-events watermark), set aside rows that can never match
 //!   (NULL key, failing a one-side predicate: emitted at once by an outer or anti
-//!   join, "early state exclusion"), match the new left rows with the stored right
-//!   rows, store them, match the new right rows with the stored left rows (which now
-//!   include this batch's, so a pair arriving in one batch is found once), store them,
-//!   then evict the rows the eviction watermark has passed on each side, emitting the
+//!   join, "early state exclusion"), split the rest by state partition (a hash of the
+//!   equality key), then in each partition the batch has rows for or that may evict,
+//!   in parallel: match the new left rows with the stored right rows, store them,
+//!   match the new right rows with the stored left rows (which now include this
+//!   batch's, so a pair arriving in one batch is found once), store them, then evict
+//!   the rows the eviction watermark has passed on each side, emitting the
 //!   never-matched ones of an outer or anti side;
-//! - [`side`]: one side's state (rows bucketed by expiry, key index, matched flags,
-//!   versions under `state/<operator id>/left/` and `.../right/`).
+//! - [`partitions`]: the state split into `millrace.state_partitions` partitions, the
+//!   same hash on both sides (versions under `state/<operator id>/left/<p>/` and
+//!   `.../right/<p>/`; the single-partition layout of earlier versions is read in
+//!   place);
+//! - [`side`]: one side's state in one partition (rows bucketed by expiry, key index,
+//!   matched flags, its versions).
 
+mod partitions;
 mod plan;
 mod side;
 
@@ -54,6 +61,8 @@ use super::{OperatorBatch, OperatorMetrics, StatefulOperator, Watermarks, timed}
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::StateStoreConfig;
+use crate::state::partitioned::par_map;
+use partitions::{JoinPartition, JoinState, partition_of};
 pub(crate) use plan::event_time_column;
 pub use plan::{
     Bound, SideSpec, StreamJoinNode, StreamJoinSpec, WatermarkOf, rewrite_stream_joins,
@@ -167,8 +176,7 @@ pub(super) fn from_node(node: &LogicalPlan) -> Option<Box<dyn StatefulOperator>>
     Some(Box::new(StreamJoinOperator {
         spec: node.spec.clone(),
         compiled: None,
-        left: None,
-        right: None,
+        state: None,
         pending: None,
     }))
 }
@@ -178,8 +186,7 @@ pub(super) fn from_node(node: &LogicalPlan) -> Option<Box<dyn StatefulOperator>>
 pub struct StreamJoinOperator {
     spec: Arc<StreamJoinSpec>,
     compiled: Option<Compiled>,
-    left: Option<SideState>,
-    right: Option<SideState>,
+    state: Option<JoinState>,
     pending: Option<Pending>,
 }
 
@@ -420,18 +427,16 @@ impl StatefulOperator for StreamJoinOperator {
         let (left_schema, right_schema) =
             (exec.children()[0].schema(), exec.children()[1].schema());
         let compiled = self.compile(&left_schema, &right_schema)?;
-        let null_equal = self.spec.null_equal.clone();
-        let mut left = SideState::new(left_schema);
-        left.open(&dir.join("left"), version, config, |b| {
-            Ok(compiled.keys(true, b, &null_equal)?.0)
-        })?;
-        let mut right = SideState::new(right_schema);
-        right.open(&dir.join("right"), version, config, |b| {
-            Ok(compiled.keys(false, b, &null_equal)?.0)
-        })?;
+        let null_equal = &self.spec.null_equal;
+        let state = JoinState::open(
+            dir,
+            version,
+            config,
+            (left_schema, right_schema),
+            &|left, rows| Ok(compiled.keys(left, rows, null_equal)?.0),
+        )?;
         self.compiled = Some(compiled);
-        self.left = Some(left);
-        self.right = Some(right);
+        self.state = Some(state);
         Ok(())
     }
 
@@ -476,23 +481,24 @@ impl StatefulOperator for StreamJoinOperator {
             .pending
             .take()
             .expect("the loop commits an operator after its step");
-        let left = self.left.as_mut().expect("opened");
-        let right = self.right.as_mut().expect("opened");
-        let (result, commit_ms) =
-            timed(|| -> Result<_> { Ok((left.commit(batch_id)?, right.commit(batch_id)?)) });
-        let ((left_updated, left_removed), (right_updated, right_removed)) = result?;
+        let state = self.state.as_mut().expect("opened");
+        let (result, commit_ms) = timed(|| state.commit(batch_id));
+        let (left, right) = result?;
+        let (left_rows, right_rows) = (state.rows(true), state.rows(false));
+        let (left_bytes, right_bytes) = (state.memory_bytes(true), state.memory_bytes(false));
+        let partitions = state.len() as u64;
         let mut custom = BTreeMap::new();
         let mut put = |name: &str, value: usize| {
             custom.insert(name.to_string(), value as u64);
         };
-        put("leftNumRowsTotal", left.len());
-        put("rightNumRowsTotal", right.len());
-        put("leftNumRowsUpdated", left_updated);
-        put("rightNumRowsUpdated", right_updated);
-        put("leftNumRowsRemoved", left_removed);
-        put("rightNumRowsRemoved", right_removed);
-        put("leftStateBytes", left.memory_bytes());
-        put("rightStateBytes", right.memory_bytes());
+        put("leftNumRowsTotal", left_rows);
+        put("rightNumRowsTotal", right_rows);
+        put("leftNumRowsUpdated", left.updated);
+        put("rightNumRowsUpdated", right.updated);
+        put("leftNumRowsRemoved", left.removed);
+        put("rightNumRowsRemoved", right.removed);
+        put("leftStateBytes", left_bytes);
+        put("rightStateBytes", right_bytes);
         put(
             "leftNumRowsDroppedByWatermark",
             pending.dropped_left as usize,
@@ -510,15 +516,16 @@ impl StatefulOperator for StreamJoinOperator {
         }
         Ok(OperatorMetrics {
             operator_name: NAME.to_string(),
-            num_rows_total: (left.len() + right.len()) as u64,
-            num_rows_updated: (left_updated + right_updated) as u64,
+            num_rows_total: (left_rows + right_rows) as u64,
+            num_rows_updated: (left.updated + right.updated) as u64,
             all_updates_time_ms: pending.updates_ms,
-            num_rows_removed: (left_removed + right_removed) as u64,
+            num_rows_removed: (left.removed + right.removed) as u64,
             commit_time_ms: commit_ms,
-            memory_used_bytes: (left.memory_bytes() + right.memory_bytes()) as u64,
+            memory_used_bytes: (left_bytes + right_bytes) as u64,
             num_rows_dropped_by_watermark: pending.dropped_left + pending.dropped_right,
-            num_shuffle_partitions: 1,
-            num_state_store_instances: 2,
+            // Spark's figures: shuffle partitions, and a store per side per partition.
+            num_shuffle_partitions: partitions,
+            num_state_store_instances: 2 * partitions,
             custom_metrics: custom,
             ..OperatorMetrics::default()
         })
@@ -614,6 +621,9 @@ impl StreamJoinOperator {
     }
 
     /// One batch: both inputs in, the join's output rows out (see the module docs).
+    /// The stored rows are matched per state partition: a key's rows of both sides are
+    /// in one partition, so partitions share nothing and run in parallel; a partition
+    /// is worked on only if the batch has rows for it or it may evict.
     fn join(
         &mut self,
         left_rows: RecordBatch,
@@ -622,116 +632,192 @@ impl StreamJoinOperator {
     ) -> Result<RecordBatch> {
         let new_left = self.prepare(true, left_rows, watermarks.late_events)?;
         let new_right = self.prepare(false, right_rows, watermarks.late_events)?;
+        let joiner = Joiner {
+            spec: &self.spec,
+            compiled: self.compiled.as_ref().expect("opened"),
+        };
+        let mut out: Vec<RecordBatch> = Vec::new();
+        let mut outer_rows = 0u64;
+
+        // Rows that can never match: an outer or anti side emits them now.
+        for (left, excluded) in [(true, &new_left.excluded), (false, &new_right.excluded)] {
+            if joiner.spec.emits_unmatched(left) && excluded.num_rows() > 0 {
+                outer_rows += excluded.num_rows() as u64;
+                out.push(joiner.unmatched(left, excluded)?);
+            }
+        }
+
+        let state = self.state.as_mut().expect("opened");
+        let n = state.len();
+        let (dropped_left, dropped_right) = (new_left.dropped, new_right.dropped);
+        let left_parts = new_left.split(n)?;
+        let right_parts = new_right.split(n)?;
+        let eviction = watermarks.eviction;
+        let bounded = (
+            joiner.spec.left.bound.is_some(),
+            joiner.spec.right.bound.is_some(),
+        );
+        let work: Vec<(&mut JoinPartition, NewRows, NewRows)> = state
+            .partitions
+            .iter_mut()
+            .zip(left_parts.into_iter().zip(right_parts))
+            .filter(|(part, (l, r))| {
+                l.data.num_rows() > 0
+                    || r.data.num_rows() > 0
+                    || eviction.is_some_and(|w| {
+                        (bounded.0 && part.left.may_evict(w))
+                            || (bounded.1 && part.right.may_evict(w))
+                    })
+            })
+            .map(|(part, (l, r))| (part, l, r))
+            .collect();
+        let done = par_map(work, |(part, l, r)| {
+            joiner.join_partition(part, l, r, eviction)
+        })?;
+        for (rows, outer) in done {
+            out.extend(rows);
+            outer_rows += outer;
+        }
+
+        self.pending = Some(Pending {
+            dropped_left,
+            dropped_right,
+            outer_rows,
+            updates_ms: 0,
+        });
+        Ok(concat_batches(&joiner.compiled.output_schema, &out)?)
+    }
+}
+
+impl Prepared {
+    /// The stored-to-be rows split by state partition (element `p`: partition `p`'s, in
+    /// their order), not matched yet.
+    fn split(self, n: usize) -> Result<Vec<NewRows>> {
+        let new = |data, keys, expires: Vec<Option<i64>>| NewRows {
+            matched: vec![false; expires.len()],
+            data,
+            keys,
+            expires,
+        };
+        if n == 1 {
+            return Ok(vec![new(self.rows, self.keys, self.expires)]);
+        }
+        let mut members: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for (row, key) in self.keys.iter().enumerate() {
+            members[partition_of(key, n)].push(row as u32);
+        }
+        let mut keys: Vec<Option<Box<[u8]>>> = self.keys.into_iter().map(Some).collect();
+        members
+            .into_iter()
+            .map(|rows| {
+                let part_keys = rows
+                    .iter()
+                    .map(|&r| keys[r as usize].take().expect("each row once"))
+                    .collect();
+                let expires = rows.iter().map(|&r| self.expires[r as usize]).collect();
+                Ok(new(take_rows(&self.rows, &rows)?, part_keys, expires))
+            })
+            .collect()
+    }
+}
+
+/// What matching needs, shared by the partitions while they run.
+struct Joiner<'a> {
+    spec: &'a StreamJoinSpec,
+    compiled: &'a Compiled,
+}
+
+impl Joiner<'_> {
+    /// One partition's share of a batch: (1) the new left rows against the stored
+    /// right rows, then stored; (2) the new right rows against the stored left rows,
+    /// this batch's included (so a pair arriving in one batch is found once), then
+    /// stored; (3) eviction at the eviction watermark, emitting the never-matched rows
+    /// of an outer or anti side. Returns the output rows and how many were outer.
+    fn join_partition(
+        &self,
+        part: &mut JoinPartition,
+        mut new_left: NewRows,
+        mut new_right: NewRows,
+        eviction: Option<i64>,
+    ) -> Result<(Vec<RecordBatch>, u64)> {
         let join_type = self.spec.join_type;
         let semi = join_type == JoinType::LeftSemi;
         let anti = join_type == JoinType::LeftAnti;
         let mut out: Vec<RecordBatch> = Vec::new();
         let mut outer_rows = 0u64;
 
-        // Rows that can never match: an outer or anti side emits them now.
-        if self.spec.emits_unmatched(true) && new_left.excluded.num_rows() > 0 {
-            outer_rows += new_left.excluded.num_rows() as u64;
-            out.push(self.unmatched(true, &new_left.excluded)?);
-        }
-        if self.spec.emits_unmatched(false) && new_right.excluded.num_rows() > 0 {
-            outer_rows += new_right.excluded.num_rows() as u64;
-            out.push(self.unmatched(false, &new_right.excluded)?);
-        }
-
         // 1. The new left rows against the stored right rows.
-        let mut left_matched = vec![false; new_left.rows.num_rows()];
-        {
-            let right_state = self.right.as_ref().expect("opened");
-            let (probe, locs) = probe(&new_left.keys, right_state);
-            let probe_rows = take_rows(&new_left.rows, &probe)?;
-            let build_rows = right_state.gather(&locs)?;
+        if new_left.data.num_rows() > 0 {
+            let (probe, locs) = probe(&new_left.keys, &part.right);
+            let probe_rows = take_rows(&new_left.data, &probe)?;
+            let build_rows = part.right.gather(&locs)?;
             let (pairs, keep) = self.pairs(&probe_rows, &build_rows)?;
-            let right_state = self.right.as_mut().expect("opened");
             for (i, (&p, &loc)) in probe.iter().zip(&locs).enumerate() {
                 if keep.value(i) {
-                    left_matched[p as usize] = true;
-                    right_state.mark_matched(loc);
+                    new_left.matched[p as usize] = true;
+                    part.right.mark_matched(loc);
                 }
             }
             if semi {
-                let first: Vec<u32> = (0..left_matched.len() as u32)
-                    .filter(|&i| left_matched[i as usize])
+                let first: Vec<u32> = (0..new_left.matched.len() as u32)
+                    .filter(|&i| new_left.matched[i as usize])
                     .collect();
-                out.push(self.left_only(&take_rows(&new_left.rows, &first)?)?);
+                out.push(self.left_only(&take_rows(&new_left.data, &first)?)?);
             } else if !anti {
                 out.push(self.output(&filter_record_batch(&pairs, &keep)?)?);
             }
+            part.left.insert(new_left)?;
         }
-        let left_state = self.left.as_mut().expect("opened");
-        left_state.insert(NewRows {
-            data: new_left.rows,
-            keys: new_left.keys,
-            expires: new_left.expires,
-            matched: left_matched,
-        })?;
 
         // 2. The new right rows against the stored left rows, this batch's included.
-        let mut right_matched = vec![false; new_right.rows.num_rows()];
-        {
-            let left_state = self.left.as_ref().expect("opened");
-            let (probe, locs) = probe(&new_right.keys, left_state);
-            let probe_rows = take_rows(&new_right.rows, &probe)?;
-            let build_rows = left_state.gather(&locs)?;
+        if new_right.data.num_rows() > 0 {
+            let (probe, locs) = probe(&new_right.keys, &part.left);
+            let probe_rows = take_rows(&new_right.data, &probe)?;
+            let build_rows = part.left.gather(&locs)?;
             let (pairs, keep) = self.pairs(&build_rows, &probe_rows)?;
-            let left_state = self.left.as_mut().expect("opened");
             let mut first_matches: Vec<Loc> = Vec::new();
             for (i, (&p, &loc)) in probe.iter().zip(&locs).enumerate() {
                 if keep.value(i) {
-                    right_matched[p as usize] = true;
-                    if left_state.mark_matched(loc) {
+                    new_right.matched[p as usize] = true;
+                    if part.left.mark_matched(loc) {
                         first_matches.push(loc);
                     }
                 }
             }
             if semi {
-                let rows = left_state.gather(&first_matches)?;
+                let rows = part.left.gather(&first_matches)?;
                 out.push(self.left_only(&rows)?);
             } else if !anti {
                 out.push(self.output(&filter_record_batch(&pairs, &keep)?)?);
             }
+            part.right.insert(new_right)?;
         }
-        let right_state = self.right.as_mut().expect("opened");
-        right_state.insert(NewRows {
-            data: new_right.rows,
-            keys: new_right.keys,
-            expires: new_right.expires,
-            matched: right_matched,
-        })?;
 
         // 3. Eviction: rows the watermark has passed leave; an outer or anti side
         //    emits those that never matched.
-        if let Some(watermark) = watermarks.eviction {
+        if let Some(watermark) = eviction {
             for left in [true, false] {
-                if self.side_spec(left).bound.is_none() {
+                let bound = if left {
+                    &self.spec.left.bound
+                } else {
+                    &self.spec.right.bound
+                };
+                if bound.is_none() {
                     continue;
                 }
-                let state = if left {
-                    self.left.as_mut()
+                let side = if left {
+                    &mut part.left
                 } else {
-                    self.right.as_mut()
-                }
-                .expect("opened");
-                let evicted = state.evict(watermark)?;
+                    &mut part.right
+                };
+                let evicted = side.evict(watermark)?;
                 if self.spec.emits_unmatched(left) && evicted.unmatched.num_rows() > 0 {
                     outer_rows += evicted.unmatched.num_rows() as u64;
                     out.push(self.unmatched(left, &evicted.unmatched)?);
                 }
             }
         }
-
-        self.pending = Some(Pending {
-            dropped_left: new_left.dropped,
-            dropped_right: new_right.dropped,
-            outer_rows,
-            updates_ms: 0,
-        });
-        let compiled = self.compiled.as_ref().expect("opened");
-        Ok(concat_batches(&compiled.output_schema, &out)?)
+        Ok((out, outer_rows))
     }
 
     /// Left and right rows side by side (aligned), and which pairs pass the residual
@@ -741,7 +827,7 @@ impl StreamJoinOperator {
         left: &RecordBatch,
         right: &RecordBatch,
     ) -> Result<(RecordBatch, BooleanArray)> {
-        let compiled = self.compiled.as_ref().expect("opened");
+        let compiled = self.compiled;
         let mut columns = left.columns().to_vec();
         columns.extend(right.columns().iter().cloned());
         let combined = RecordBatch::try_new_with_options(
@@ -759,9 +845,8 @@ impl StreamJoinOperator {
 
     /// Joined rows in the output schema.
     fn output(&self, combined: &RecordBatch) -> Result<RecordBatch> {
-        let compiled = self.compiled.as_ref().expect("opened");
         Ok(RecordBatch::try_new_with_options(
-            compiled.output_schema.clone(),
+            self.compiled.output_schema.clone(),
             combined.columns().to_vec(),
             &datafusion::arrow::array::RecordBatchOptions::new()
                 .with_row_count(Some(combined.num_rows())),
@@ -779,7 +864,7 @@ impl StreamJoinOperator {
         if self.spec.join_type == JoinType::LeftAnti {
             return self.left_only(rows);
         }
-        let compiled = self.compiled.as_ref().expect("opened");
+        let compiled = self.compiled;
         let n = rows.num_rows();
         let left_width = self.spec.left_schema.fields().len();
         let fields = compiled.output_schema.fields();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt32Array, UInt64Array,
 };
-use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave, take};
+use datafusion::arrow::compute::{interleave, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::Result;
@@ -286,12 +286,23 @@ impl SideState {
         true
     }
 
+    /// Whether a bucket [`evict`](Self::evict) at `watermark` (ms) would look at holds
+    /// rows (so a partition without new rows is worked on only when it may evict).
+    pub fn may_evict(&self, watermark: i64) -> bool {
+        self.buckets
+            .range(..=watermark.div_euclid(BUCKET_MS))
+            .next()
+            .is_some()
+    }
+
     /// Removes the rows that expire at or before `watermark` (ms): whole buckets, and
     /// the rows of the bucket the watermark is in that expired.
     pub fn evict(&mut self, watermark: i64) -> Result<Evicted> {
         let last = watermark.div_euclid(BUCKET_MS);
         let buckets: Vec<i64> = self.buckets.range(..=last).map(|(b, _)| *b).collect();
-        let mut unmatched = Vec::new();
+        // The unmatched evicted rows, as (chunk rows, row): gathered once at the end.
+        let mut sources: Vec<RecordBatch> = Vec::new();
+        let mut unmatched: Vec<(usize, usize)> = Vec::new();
         let mut rows = 0;
         // Keys that lost rows: their index entries are cleaned once, at the end (a key
         // with many rows is not rescanned per evicted row).
@@ -302,13 +313,18 @@ impl SideState {
             let mut kept = Vec::new();
             for chunk_id in chunk_ids {
                 let mut chunk = self.chunks.remove(&chunk_id).expect("a bucket's chunk");
-                let mut out = Vec::with_capacity(chunk.ids.len());
+                let source = sources.len();
                 for row in 0..chunk.ids.len() {
                     let expired =
                         chunk.live[row] && chunk.expires[row].is_some_and(|e| e <= watermark);
-                    out.push(expired && !chunk.matched[row]);
                     if !expired {
                         continue;
+                    }
+                    if !chunk.matched[row] {
+                        if sources.len() == source {
+                            sources.push(chunk.data.clone());
+                        }
+                        unmatched.push((source, row));
                     }
                     chunk.live[row] = false;
                     chunk.live_count -= 1;
@@ -317,9 +333,6 @@ impl SideState {
                         self.removed.push(chunk.ids[row]);
                     }
                     touched_keys.insert(chunk.keys[row].clone());
-                }
-                if out.iter().any(|o| *o) {
-                    unmatched.push(filter_record_batch(&chunk.data, &BooleanArray::from(out))?);
                 }
                 if chunk.live_count > 0 {
                     kept.push(chunk_id);
@@ -344,13 +357,14 @@ impl SideState {
         }
         self.rows -= rows;
         self.evicted += rows;
+        let sources: Vec<&RecordBatch> = sources.iter().collect();
         Ok(Evicted {
-            unmatched: concat_batches(&self.schema, &unmatched)?,
+            unmatched: interleave_rows(&self.schema, &sources, &unmatched)?,
         })
     }
 
     /// State rows (in the store's schema) of the live rows of `chunks` chosen by
-    /// `pick`, in chunk order.
+    /// `pick`, in chunk order (gathered in one pass, whatever the number of chunks).
     fn state_rows(
         &self,
         chunks: impl IntoIterator<Item = u64>,
@@ -360,28 +374,40 @@ impl SideState {
         let mut ids: Vec<u64> = chunks.into_iter().collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut parts = Vec::new();
+        let mut sources: Vec<&RecordBatch> = Vec::new();
+        let mut indices: Vec<(usize, usize)> = Vec::new();
+        let (mut row_ids, mut matched, mut expires) = (Vec::new(), Vec::new(), Vec::new());
         for id in ids {
             let Some(chunk) = self.chunks.get(&id) else {
                 continue;
             };
-            let mask: Vec<bool> = (0..chunk.ids.len())
-                .map(|row| chunk.live[row] && pick(chunk, row))
-                .collect();
-            if !mask.iter().any(|m| *m) {
-                continue;
+            let source = sources.len();
+            for row in 0..chunk.ids.len() {
+                if !(chunk.live[row] && pick(chunk, row)) {
+                    continue;
+                }
+                if sources.len() == source {
+                    sources.push(&chunk.data);
+                }
+                indices.push((source, row));
+                row_ids.push(chunk.ids[row]);
+                matched.push(chunk.matched[row]);
+                expires.push(chunk.expires[row]);
             }
-            let mask = BooleanArray::from(mask);
-            let mut columns: Vec<ArrayRef> = vec![
-                Arc::new(UInt64Array::from(chunk.ids.clone())),
-                Arc::new(BooleanArray::from(chunk.matched.clone())),
-                Arc::new(Int64Array::from(chunk.expires.clone())),
-            ];
-            columns.extend(chunk.data.columns().iter().cloned());
-            let full = RecordBatch::try_new(schema.clone(), columns)?;
-            parts.push(filter_record_batch(&full, &mask)?);
         }
-        Ok(concat_batches(&schema, &parts)?)
+        let data = interleave_rows(&self.schema, &sources, &indices)?;
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from(row_ids)),
+            Arc::new(BooleanArray::from(matched)),
+            Arc::new(Int64Array::from(expires)),
+        ];
+        columns.extend(data.columns().iter().cloned());
+        Ok(RecordBatch::try_new_with_options(
+            schema,
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(indices.len())),
+        )?)
     }
 
     /// Saves version `version`: the rows added or whose flag changed, and the ids of
@@ -433,6 +459,29 @@ impl SideState {
     pub fn memory_bytes(&self) -> usize {
         self.bytes + self.rows * 40
     }
+}
+
+/// Rows `(source, row)` of `sources` (all of `schema`), in that order, in one
+/// `interleave` per column.
+fn interleave_rows(
+    schema: &SchemaRef,
+    sources: &[&RecordBatch],
+    indices: &[(usize, usize)],
+) -> Result<RecordBatch> {
+    if indices.is_empty() {
+        return Ok(RecordBatch::new_empty(schema.clone()));
+    }
+    let columns = (0..schema.fields().len())
+        .map(|c| {
+            let arrays: Vec<&dyn Array> = sources.iter().map(|b| b.column(c).as_ref()).collect();
+            interleave(&arrays, indices)
+        })
+        .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(indices.len())),
+    )?)
 }
 
 /// Bytes a chunk holds: its Arrow rows, keys and per-row fields.
