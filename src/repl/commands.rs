@@ -116,7 +116,7 @@ fn parse(line: &str) -> Result<Command> {
 /// `\\dc`: the connector registry, sources then sinks, one connector a line with its
 /// `LOCATION` and options (each sink also takes checkpoint, output_mode and trigger).
 pub fn connectors_text() -> String {
-    use crate::connector::registry::{CONNECTORS, Location, Role, SINK_COMMON_OPTIONS};
+    use crate::connector::registry::{Location, Role, SINK_COMMON_OPTIONS};
     let mut text = String::new();
     for (role, title) in [
         (
@@ -127,7 +127,10 @@ pub fn connectors_text() -> String {
     ] {
         text.push_str(title);
         text.push('\n');
-        for c in CONNECTORS.iter().filter(|c| c.role == role && c.sql) {
+        for c in crate::connector::registry::all()
+            .into_iter()
+            .filter(|c| c.role == role && c.sql)
+        {
             let location = match c.location {
                 Location::None => String::new(),
                 Location::Required(x) => format!(" LOCATION '{x}'"),

@@ -41,7 +41,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
-use crate::sink::{Sink, TableWrite};
+use crate::sink::{Sink, SinkArgs, SinkContext, SinkDefinition, SinkSpec, TableWrite};
 use crate::source::options::Options;
 
 pub mod tls;
@@ -192,6 +192,27 @@ impl PostgresSinkOptions {
         }
         Ok(config)
     }
+}
+
+impl SinkDefinition for PostgresSinkOptions {
+    fn open(&self, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(PostgresSink::open(
+            self.clone(),
+            ctx.schema,
+            ctx.query_id,
+            ctx.table_write("POSTGRES")?,
+        )?))
+    }
+}
+
+/// `STORED AS POSTGRES`: the registry's parse function.
+pub fn parse_sink(args: SinkArgs<'_>, options: &mut Options) -> Result<SinkSpec> {
+    Ok(SinkSpec::new(PostgresSinkOptions::parse(
+        options,
+        args.location.as_deref().unwrap_or_default(),
+        args.has_checkpoint,
+        args.what,
+    )?))
 }
 
 /// How a column is sent: the PostgreSQL type, and the Arrow type it is cast to first.
