@@ -12,6 +12,7 @@ use std::sync::RwLock;
 
 use crate::error::{Error, Result};
 use crate::sink::SinkParser;
+use crate::source::SourceParser;
 
 /// Whether a connector reads (an unbounded table) or writes (a sink).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,10 @@ pub struct Connector {
     /// so the engine opens the sink without naming it. `None` for sources, and for
     /// `FOREACH_BATCH`, which the DataFrame API builds from its function.
     pub parse_sink: Option<SinkParser>,
+    /// The source's parse function: reads the declaration into the source's
+    /// [`SourceDefinition`](crate::source::SourceDefinition), schema and location.
+    /// `None` for sinks.
+    pub parse_source: Option<SourceParser>,
 }
 
 /// Options every SQL sink takes, whatever its format.
@@ -81,11 +86,13 @@ const FILE_SOURCE_CSV: &[&str] = &[
 const FILE_SOURCE_JSON: &[&str] = &["mode", "max_files_per_trigger", "path_glob_filter"];
 const FILE_SOURCE_OTHER: &[&str] = &["max_files_per_trigger", "path_glob_filter"];
 
-const fn source(
+/// A source offered by SQL (and so by the DataFrame reader), declared through `parse`.
+pub const fn source(
     name: &'static str,
     location: Location,
     options: &'static [&'static str],
     summary: &'static str,
+    parse: SourceParser,
 ) -> Connector {
     Connector {
         name,
@@ -97,6 +104,7 @@ const fn source(
         dataframe: false,
         summary,
         parse_sink: None,
+        parse_source: Some(parse),
     }
 }
 
@@ -119,6 +127,7 @@ pub const fn sink(
         dataframe: true,
         summary,
         parse_sink: Some(parse),
+        parse_source: None,
     }
 }
 
@@ -129,48 +138,56 @@ pub static CONNECTORS: &[Connector] = &[
         Location::Required("<directory>"),
         FILE_SOURCE_CSV,
         "CSV files landing in a directory",
+        crate::source::file::parse_csv,
     ),
     source(
         "JSON",
         Location::Required("<directory>"),
         FILE_SOURCE_JSON,
         "JSON lines files landing in a directory",
+        crate::source::file::parse_json,
     ),
     source(
         "PARQUET",
         Location::Required("<directory>"),
         FILE_SOURCE_OTHER,
         "Parquet files landing in a directory",
+        crate::source::file::parse_parquet,
     ),
     source(
         "TEXT",
         Location::Required("<directory>"),
         FILE_SOURCE_OTHER,
         "text files landing in a directory, one row per line",
+        crate::source::file::parse_text,
     ),
     source(
         "RATE",
         Location::None,
         &["rows_per_second", "num_partitions", "max_rows_per_trigger"],
         "generated (timestamp, value) rows at a fixed rate",
+        crate::source::rate::parse,
     ),
     source(
         "SOCKET",
         Location::Required("<host>:<port>"),
         &[],
         "lines from a TCP server",
+        crate::source::socket::parse,
     ),
     source(
         "KAFKA",
         Location::Optional("<topic>[,<topic>...]"),
         &crate::source::kafka::OPTION_KEYS,
         "records of Kafka topics",
+        crate::source::kafka::parse_source,
     ),
     source(
         "DELTA",
         Location::Required("<table directory>"),
         crate::connector::delta::source::OPTIONS,
         "rows of a Delta Lake table's new commits",
+        crate::connector::delta::source::parse_source,
     ),
     sink(
         "CONSOLE",
@@ -254,6 +271,7 @@ pub static CONNECTORS: &[Connector] = &[
         dataframe: true,
         summary: "a Rust function per batch (DataFrame API's foreach_batch)",
         parse_sink: None,
+        parse_source: None,
     },
 ];
 
