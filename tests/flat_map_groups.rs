@@ -1,7 +1,8 @@
 //! `flat_map_groups_with_state` (a user-defined stateful operator): the key's state
 //! across batches and restarts, processing-time timeouts, and a replay after a crash
 //! at each point of the batch that never applies a batch twice.
-//! (Event-time timeouts: the pump episodes example in tests/dataframe_api.rs.)
+//! (Event-time timeouts: the pump episodes example in tests/dataframe_api.rs; late rows
+//! with and without one: below.)
 
 use std::path::Path;
 use std::process::Command;
@@ -99,8 +100,19 @@ async fn run_to_memory(
     name: &str,
     timeout: GroupStateTimeout,
 ) -> Vec<String> {
-    let query = running_totals(ctx, input, timeout)
-        .await
+    let frame = running_totals(ctx, input, timeout).await;
+    run_until_read(ctx, frame, checkpoint, name).await.0
+}
+
+/// Runs `frame` (rows of [`output_schema`]) into memory table `name` until its input is
+/// read; returns the table's rows as sorted `user|total|event` lines, and the query.
+async fn run_until_read(
+    ctx: &StreamingContext,
+    frame: StreamFrame,
+    checkpoint: &Path,
+    name: &str,
+) -> (Vec<String>, StreamingQuery) {
+    let query = frame
         .write_stream()
         .format("memory")
         .query_name(name)
@@ -111,6 +123,13 @@ async fn run_to_memory(
         .await
         .unwrap();
     query.await_termination().await.unwrap();
+    let mut rows = memory_rows(ctx, name).await;
+    rows.sort();
+    (rows, query)
+}
+
+/// The rows of memory table `name` (rows of [`output_schema`]) as `user|total|event`.
+async fn memory_rows(ctx: &StreamingContext, name: &str) -> Vec<String> {
     let batches = ctx
         .session()
         .query(&format!("SELECT * FROM {name}"))
@@ -127,7 +146,6 @@ async fn run_to_memory(
             ));
         }
     }
-    rows.sort();
     rows
 }
 
@@ -228,6 +246,169 @@ async fn a_processing_time_timeout_calls_the_keys_without_new_rows_once() {
     let ctx = StreamingContext::new();
     let third = run_to_memory(&ctx, &input, &checkpoint, "run3", timeout).await;
     assert_eq!(third, sorted(&["x|6|timed_out", "z|1|updated"]));
+}
+
+/// A running query fires a processing-time timeout when it is due, without new data
+/// (Spark runs no-data batches for it): x's timeout passes while no file lands, and x is
+/// called once more, timed out, which removes its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_processing_time_timeout_fires_without_new_data() {
+    let tmp = common::temp_dir();
+    let input = common::make_dir(tmp.path(), "in");
+    land(&input, "1.json", &[("x", 1)]);
+    let ctx = StreamingContext::new();
+    let query = running_totals(&ctx, &input, GroupStateTimeout::ProcessingTimeTimeout)
+        .await
+        .write_stream()
+        .format("memory")
+        .query_name("live")
+        .option("checkpoint", tmp.path().join("ckpt").to_str().unwrap())
+        .output_mode(OutputMode::Append)
+        .start()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let rows = memory_rows(&ctx, "live").await;
+        if rows.iter().any(|r| r.ends_with("timed_out")) {
+            break rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "x's processing-time timeout never fired without new data; rows: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    query.stop();
+    query.await_termination().await.unwrap();
+    let batches = query.recent_progress().len();
+    let mut rows = rows;
+    rows.sort();
+    assert_eq!(rows, sorted(&["x|1|timed_out", "x|1|updated"]));
+    // One batch for the file, one no-data batch for the timeout; the state is gone, so
+    // no further batch ran for it.
+    assert_eq!(batches, 2, "{:?}", query.recent_progress());
+}
+
+/// Runs a running total of `n` per user over JSON files of `user, n, ts` (one file per
+/// batch, watermark 10 s behind the latest `ts`) with `timeout`; returns the rows the
+/// closure emitted and the rows the operator counted as dropped by the watermark.
+async fn totals_with_event_time(
+    input: &Path,
+    checkpoint: &Path,
+    timeout: GroupStateTimeout,
+) -> (Vec<String>, u64) {
+    let ctx = StreamingContext::new();
+    let events = ctx
+        .read_stream()
+        .format("json")
+        .schema(Schema::new(vec![
+            Field::new("user", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ]))
+        .option("max_files_per_trigger", "1")
+        .load(input.to_str().unwrap())
+        .await
+        .unwrap()
+        .with_watermark("ts", "10 seconds")
+        .unwrap();
+    let totals = events
+        .group_by_key(&["user"])
+        .flat_map_groups_with_state(
+            output_schema(),
+            OutputMode::Append,
+            timeout,
+            |key, rows, state: &mut GroupState<Tally>| {
+                let n = rows
+                    .column_by_name("n")
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap();
+                let total = state.get().map_or(0, |t| t.total) + n.iter().flatten().sum::<i64>();
+                state.update(Tally { total });
+                Ok(vec![vec![
+                    key[0].clone(),
+                    ScalarValue::Int64(Some(total)),
+                    ScalarValue::Utf8(Some("updated".to_string())),
+                ]])
+            },
+        )
+        .unwrap();
+    let (rows, query) = run_until_read(&ctx, totals, checkpoint, "totals").await;
+    let dropped = query
+        .recent_progress()
+        .iter()
+        .flat_map(|p| p.state_operators.iter())
+        .filter(|op| op["operatorName"] == "flatMapGroupsWithState")
+        .map(|op| op["numRowsDroppedByWatermark"].as_u64().unwrap())
+        .sum();
+    (rows, dropped)
+}
+
+/// Spark's rule for late rows in `flatMapGroupsWithState`: with an event-time timeout a
+/// row at or before the late-events watermark (the previous batch's watermark) never
+/// reaches the closure and is counted in `numRowsDroppedByWatermark`, while a row
+/// between the late-events and the eviction watermark still does; without an
+/// event-time timeout the closure sees every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_event_time_timeout_rows_behind_the_late_events_watermark_never_reach_the_closure()
+{
+    let line = |user: &str, n: i64, seconds: i64| {
+        format!(
+            "{{\"user\":\"{user}\",\"n\":{n},\"ts\":\"1970-01-01T00:{:02}:{:02}\"}}\n",
+            seconds / 60,
+            seconds % 60
+        )
+    };
+    for (timeout, expected, dropped) in [
+        (
+            GroupStateTimeout::EventTimeTimeout,
+            sorted(&[
+                "a|1|updated",
+                "a|11|updated",
+                "b|10000|updated",
+                "c|1000|updated",
+            ]),
+            1,
+        ),
+        (
+            GroupStateTimeout::NoTimeout,
+            sorted(&[
+                "a|1|updated",
+                "a|11|updated",
+                "a|111|updated",
+                "b|10000|updated",
+                "c|1000|updated",
+            ]),
+            0,
+        ),
+    ] {
+        let tmp = common::temp_dir();
+        let input = common::make_dir(tmp.path(), "in");
+        // Batch 0: watermark after it 100 - 10 = 90 s.
+        common::write_atomic(&input, "1.json", line("a", 1, 100).as_bytes());
+        // Batch 1 (late-events watermark: none yet; eviction 90 s): a row at 80 s is
+        // between the two and reaches the closure. Watermark after it: 190 s.
+        let second = line("a", 10, 80) + &line("c", 1000, 200);
+        common::write_atomic(&input, "2.json", second.as_bytes());
+        // Batch 2 (late-events watermark 90 s, eviction 190 s): 85 s is late, 150 s is
+        // between the two watermarks.
+        let third = line("a", 100, 85) + &line("b", 10000, 150);
+        common::write_atomic(&input, "3.json", third.as_bytes());
+        let (rows, counted) =
+            totals_with_event_time(&input, &tmp.path().join("ckpt"), timeout).await;
+        assert_eq!(rows, expected, "{timeout:?}");
+        assert_eq!(
+            counted, dropped,
+            "numRowsDroppedByWatermark with {timeout:?}"
+        );
+    }
 }
 
 /// Not a test on its own: the query a crash test runs in a child process (this test

@@ -16,6 +16,10 @@ use tokio::runtime::Runtime;
 /// Writes a file the way producers must: elsewhere first, then renamed into place.
 fn land(dir: &Path, name: &str, keys: impl Iterator<Item = i64>) {
     let text: String = keys.map(|k| format!("{k},{}\n", k * 10)).collect();
+    land_text(dir, name, &text);
+}
+
+fn land_text(dir: &Path, name: &str, text: &str) {
     let staging = dir.parent().unwrap().join(format!(".staging-{name}"));
     fs::write(&staging, text).unwrap();
     fs::rename(&staging, dir.join(name)).unwrap();
@@ -209,4 +213,77 @@ fn a_batch_reads_only_the_held_keys_it_touches() {
         "only the held keys 3, 7, 42, 500 and 999 are read: {second}"
     );
     assert_eq!(second["numShufflePartitions"], 4, "the default: {second}");
+}
+
+/// Session windows too: a batch reads the held sessions of the keys it has rows for
+/// (those its sessions may merge with), not its partitions' whole state.
+#[test]
+fn a_session_window_batch_reads_only_the_sessions_of_its_keys() {
+    let rt = Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    fs::create_dir(&input).unwrap();
+    let at = |k: i64, second: i64| format!("{k},2026-01-01T00:00:{second:02}\n");
+    // One session for each of 1,000 keys.
+    land_text(
+        &input,
+        "a.csv",
+        &(0..1_000).map(|k| at(k, 0)).collect::<String>(),
+    );
+    // Keys 3, 7 and 42 extend their session; 500 opens a second one (30 s later, past
+    // the 10 s gap); 1000 is new.
+    let second: String = [
+        at(3, 5),
+        at(7, 1),
+        at(7, 2),
+        at(42, 3),
+        at(500, 30),
+        at(1_000, 0),
+    ]
+    .concat();
+    land_text(&input, "b.csv", &second);
+    let session = Session::new(rt.handle().clone(), SessionSettings::default());
+    let results = rt
+        .block_on(session.execute_script(&format!(
+            "CREATE UNBOUNDED EXTERNAL TABLE t (k BIGINT, ts TIMESTAMP,
+               WATERMARK FOR ts AS ts - INTERVAL '1' HOUR) STORED AS CSV LOCATION '{}'
+               OPTIONS ('max_files_per_trigger' '1');
+             CREATE SINK sessions STORED AS MEMORY
+               OPTIONS ('checkpoint' '{}', 'trigger' 'available_now', 'output_mode' 'update')
+               AS SELECT k, session_window(ts, '10 seconds') AS s, count(*) AS n
+                  FROM t GROUP BY k, session_window(ts, '10 seconds')",
+            input.display(),
+            tmp.path().join("ckpt").display()
+        )))
+        .unwrap();
+    let query = started(results);
+    query.await_termination_blocking().unwrap();
+    let first = state_operator(&query, 0);
+    assert_eq!(first["numRowsTotal"], 1_000, "{first}");
+    let second = state_operator(&query, 1);
+    assert_eq!(
+        second["customMetrics"]["numStateRowsRead"], 4,
+        "only the sessions of keys 3, 7, 42 and 500 are read: {second}"
+    );
+    assert_eq!(second["numRowsTotal"], 1_002, "{second}");
+    let counts = rt
+        .block_on(session.query(
+            "SELECT k, count(*) AS sessions, max(n) AS rows FROM sessions
+             WHERE k IN (3, 7, 500) GROUP BY k ORDER BY k",
+        ))
+        .unwrap();
+    let mut rows = Vec::new();
+    for b in &counts {
+        for i in 0..b.num_rows() {
+            rows.push((
+                b.column(0).as_primitive::<Int64Type>().value(i),
+                b.column(1).as_primitive::<Int64Type>().value(i),
+                b.column(2).as_primitive::<Int64Type>().value(i),
+            ));
+        }
+    }
+    // (key, rows in the update-mode table, readings in its largest session): the
+    // memory table keeps a row per (key, session) it was shown, so a session that grew
+    // is there before and after.
+    assert_eq!(rows, vec![(3, 2, 2), (7, 2, 3), (500, 2, 1)]);
 }

@@ -120,7 +120,7 @@ struct Read {
     held: RecordBatch,
     /// The batch's partial states of this partition (idem).
     new: RecordBatch,
-    /// Session windows: the partition's held rows as they were.
+    /// Session windows: the held sessions of the batch's keys, as they were.
     original: Option<RecordBatch>,
 }
 
@@ -334,15 +334,16 @@ impl StreamingAggregation {
         let routed = state.split(&incoming)?;
 
         // 1. Per partition, the held rows this batch merges with: the rows of the keys
-        //    it touches (a session window: the partition's whole state, with the
-        //    sessions of both rewritten to their merged bounds).
+        //    it touches (a session window: the held sessions of the batch's other key
+        //    values, with the sessions of both rewritten to their merged bounds).
         let (session_key, key_columns) = (self.session_key, self.key_columns);
         let reads = par_map(
             state.partitions.iter().zip(&routed).collect(),
             |(partition, batch)| -> Result<Read> {
                 match session_key {
                     Some(session) => {
-                        let original = partition.rows.live_rows()?;
+                        let original =
+                            sessions_of_keys_of(&partition.rows, batch, session, key_columns)?;
                         let merged = merge_sessions(
                             &[original.clone(), batch.clone()],
                             batch.schema_ref(),
@@ -405,14 +406,24 @@ impl StreamingAggregation {
             let rows = &mut partition.rows;
             let mut change = PartitionChange::default();
             if session_key.is_some() {
-                // The partition's new state is `open`; the touched groups are those
-                // with keys of this batch's (merged) sessions.
-                // The held sessions' own bounds, before merging, are the keys to drop.
+                // The touched sessions' new rows are `open` (and `ended`); the updated
+                // groups are those with keys of this batch's (merged) sessions. The
+                // touched held sessions' own bounds, before merging, are the keys to
+                // drop; untouched held sessions stay unless the watermark passed them.
                 let original = read.original.as_ref().unwrap_or(&read.held);
                 change.updated = rows_with_keys_of(&open, &read.new, key_columns)?;
-                change.removed = rows_without_keys_of(original, &open, key_columns)?;
-                change.evicted = ended;
-                rows.replace_all(open)?;
+                let mut removed = vec![rows_without_keys_of(original, &open, key_columns)?];
+                let mut evicted = vec![ended];
+                rows.remove(original)?;
+                rows.upsert(open)?;
+                if let (true, Some(w), Some(key)) = (evict_held, watermark, time_key) {
+                    let passed = rows.live_rows_where(|b| ended_mask(b, key, w))?;
+                    rows.remove(&passed)?;
+                    removed.push(passed.clone());
+                    evicted.push(passed);
+                }
+                change.removed = concat_batches(&state_schema, &removed)?;
+                change.evicted = concat_batches(&state_schema, &evicted)?;
             } else {
                 change.fresh = if dedup {
                     let all = concat_batches(&state_schema, &[open.clone(), ended.clone()])?;
@@ -732,8 +743,46 @@ fn rows_with_keys_of(
     Ok(filter_record_batch(state, &mask)?)
 }
 
+/// The held sessions that may merge with `batch`'s: those with the same values in the
+/// key columns other than the session column (`session`). Found by a scan of those
+/// columns (there is no index on part of a key), so only these sessions are read,
+/// merged and written again; with no other key column, every held session.
+fn sessions_of_keys_of(
+    rows: &crate::state::KeyedRows,
+    batch: &RecordBatch,
+    session: usize,
+    key_columns: usize,
+) -> Result<RecordBatch> {
+    let others: Vec<usize> = (0..key_columns).filter(|&i| i != session).collect();
+    if others.is_empty() {
+        return rows.live_rows();
+    }
+    if batch.num_rows() == 0 || rows.is_empty() {
+        return Ok(RecordBatch::new_empty(rows.schema().clone()));
+    }
+    let converter = RowConverter::new(
+        others
+            .iter()
+            .map(|&i| SortField::new(batch.schema().field(i).data_type().clone()))
+            .collect(),
+    )?;
+    let encode = |b: &RecordBatch| {
+        let columns: Vec<ArrayRef> = others.iter().map(|&i| b.column(i).clone()).collect();
+        converter.convert_columns(&columns)
+    };
+    let batch_keys = encode(batch)?;
+    let wanted: HashSet<&[u8]> = batch_keys.iter().map(|r| r.data()).collect();
+    rows.live_rows_where(|chunk| {
+        let keys = encode(chunk)?;
+        Ok(keys
+            .iter()
+            .map(|r| Some(wanted.contains(r.data())))
+            .collect())
+    })
+}
+
 /// Which rows' event time column `key` ended at or before `watermark` (ms).
-fn ended_mask(batch: &RecordBatch, key: usize, watermark: i64) -> Result<BooleanArray> {
+pub(crate) fn ended_mask(batch: &RecordBatch, key: usize, watermark: i64) -> Result<BooleanArray> {
     let column = batch.column(key);
     let time = match column.data_type() {
         DataType::Struct(_) => column.as_struct().column(1).clone(),

@@ -656,6 +656,14 @@ impl Runner {
                 .is_some_and(|next| self.last_watermark.is_none_or(|last| next > last))
     }
 
+    /// Whether an operator's processing-time timeout is due, so a no-data batch must run
+    /// to fire it. Not for `once` and `available_now`, which end when their data is
+    /// processed (a timeout set again at every call would otherwise keep them running).
+    fn timeout_due(&self) -> bool {
+        let now = Utc::now().timestamp_millis();
+        !self.trigger.is_finite() && self.operators.iter().any(|o| o.timeout_due(now))
+    }
+
     /// The watermark for a batch planned now: min over watermarked sources of
     /// (max event time - delay); none until every watermarked source has seen data.
     /// A source with `watermark_idle_timeout` that has delivered no rows for that long
@@ -723,11 +731,12 @@ impl Runner {
                 }
                 durations.latest_offset = elapsed_ms(started);
                 if !new_data {
-                    if !self.watermark_advanced() {
+                    if !self.watermark_advanced() && !self.timeout_due() {
                         return Ok(None);
                     }
                     // A no-data batch: the watermark moved, so groups it passed are
-                    // evicted (and, in append mode, emitted) without waiting for data.
+                    // evicted (and, in append mode, emitted) without waiting for data;
+                    // or a processing-time timeout is due and fires.
                     ends = self.committed.clone();
                 }
                 let entry = OffsetEntry {

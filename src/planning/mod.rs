@@ -175,6 +175,7 @@ pub fn plan_streaming_query(plan: LogicalPlan, options: PlanOptions) -> Result<S
         &watermark_of,
         options.allow_unbounded_join,
     )?;
+    let rewritten = crate::execution::operator::resolve_event_time(rewritten, &watermark_of)?;
     // First, so a stream read only inside a subquery (not swapped above) gets the
     // subquery message rather than "must read at least one unbounded table".
     check_supported(&rewritten)?;

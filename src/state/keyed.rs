@@ -10,7 +10,8 @@
 //! the whole state.
 //!
 //! The index is a [`hashbrown::HashTable`] of packed `(chunk, row)` positions; keys are
-//! compared on their [`RowConverter`] encoding, kept per chunk, and hashed with
+//! compared on their [`RowConverter`] encoding, kept per chunk (back to back when every
+//! key of the chunk has the same width, as fixed-width key types do), and hashed with
 //! [`key_hash`], a fixed function (not a per-process random seed) because the
 //! partition a key belongs to must be the same after a restart.
 
@@ -30,12 +31,63 @@ use crate::error::{Error, Result};
 /// it bounds the dead rows' memory to that fraction of the state.
 const COMPACT_RATIO: usize = 4;
 
+/// The key encodings of one chunk's rows, as the index reads them: every probe of the
+/// index compares a stored key, at a random place in memory, so its layout matters.
+#[derive(Debug)]
+enum ChunkKeys {
+    /// No key columns (a global aggregate): every key is the empty one.
+    Empty,
+    /// Every key of the chunk encodes to `width` bytes (keys of fixed-width types, such
+    /// as `BIGINT` or timestamps): the encodings back to back, so a row's key is found
+    /// by a multiplication, without reading an offsets array (one cache miss less per
+    /// probe, and 8 bytes less per key).
+    Fixed { width: usize, bytes: Vec<u8> },
+    /// Encodings of varying length (strings, ...), as Arrow's row format keeps them.
+    Varying(Rows),
+}
+
+impl ChunkKeys {
+    /// The chunk's keys from their row encoding (`None`: no key columns).
+    fn new(rows: Option<Rows>) -> Self {
+        let Some(rows) = rows else {
+            return ChunkKeys::Empty;
+        };
+        let width = rows.iter().next().map_or(0, |r| r.data().len());
+        if rows.iter().any(|r| r.data().len() != width) {
+            return ChunkKeys::Varying(rows);
+        }
+        let mut bytes = Vec::with_capacity(width * rows.num_rows());
+        for row in rows.iter() {
+            bytes.extend_from_slice(row.data());
+        }
+        ChunkKeys::Fixed { width, bytes }
+    }
+
+    /// The encoded key of row `row`.
+    fn key(&self, row: usize) -> &[u8] {
+        match self {
+            ChunkKeys::Empty => &[],
+            ChunkKeys::Fixed { width, bytes } => &bytes[row * width..(row + 1) * width],
+            ChunkKeys::Varying(rows) => rows.row(row).data(),
+        }
+    }
+
+    /// Bytes held.
+    fn size(&self) -> usize {
+        match self {
+            ChunkKeys::Empty => 0,
+            ChunkKeys::Fixed { bytes, .. } => bytes.capacity(),
+            ChunkKeys::Varying(rows) => rows.size(),
+        }
+    }
+}
+
 /// One append-only chunk of state rows.
 #[derive(Debug)]
 struct Chunk {
     rows: RecordBatch,
-    /// The key columns' row encoding (`None` without key columns).
-    keys: Option<Rows>,
+    /// The key columns' encodings.
+    keys: ChunkKeys,
     /// Which rows are still the live row of their key.
     live: BooleanBufferBuilder,
     live_count: usize,
@@ -153,19 +205,17 @@ impl KeyedRows {
             .copied()
     }
 
-    /// The live state rows of the keys of `batch` that are held (each at most once, in
-    /// the order first met), and how many there were.
+    /// The live state rows of the keys of `batch` that are held, each once, in the
+    /// order they are stored (sorted positions: the gather then reads the chunks in
+    /// order, and a key met twice in `batch` is read once without a hash set).
     pub fn rows_for_keys_of(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let keys = self.encode(batch)?;
-        let mut positions: Vec<(usize, usize)> = Vec::new();
-        let mut seen = hashbrown::HashSet::new();
-        for row in 0..batch.num_rows() {
-            if let Some(p) = self.find(key_at(&keys, row))
-                && seen.insert(p)
-            {
-                positions.push(unpack(p));
-            }
-        }
+        let mut found: Vec<u64> = (0..batch.num_rows())
+            .filter_map(|row| self.find(key_at(&keys, row)))
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        let positions: Vec<(usize, usize)> = found.into_iter().map(unpack).collect();
         self.gather(&positions)
     }
 
@@ -204,7 +254,7 @@ impl KeyedRows {
         if self.chunks.len() >= u32::MAX as usize || rows.num_rows() > u32::MAX as usize {
             self.compact()?;
         }
-        let keys = self.encode(&rows)?;
+        let keys = ChunkKeys::new(self.encode(&rows)?);
         let chunk_index = self.chunks.len();
         let mut live = BooleanBufferBuilder::new(rows.num_rows());
         live.append_n(rows.num_rows(), true);
@@ -218,7 +268,7 @@ impl KeyedRows {
         for row in 0..n {
             let new = pack(chunk_index, row);
             let (chunks, index) = (&mut self.chunks, &mut self.index);
-            let key = key_at(&chunks[chunk_index].keys, row);
+            let key = chunks[chunk_index].keys.key(row);
             let hash = key_hash(key);
             let replaced = match index.find_mut(hash, |&p| stored_key(chunks, p) == key) {
                 Some(slot) => Some(std::mem::replace(slot, new)),
@@ -291,14 +341,6 @@ impl KeyedRows {
         Ok(concat_batches(&self.schema, &parts)?)
     }
 
-    /// Replaces every row with `rows` (one per key).
-    pub fn replace_all(&mut self, rows: RecordBatch) -> Result<()> {
-        self.chunks.clear();
-        self.index.clear();
-        self.dead = 0;
-        self.upsert(rows)
-    }
-
     /// Compacts when the dead rows exceed 1 / `COMPACT_RATIO` of the live ones.
     pub fn maybe_compact(&mut self) -> Result<bool> {
         if self.dead > 0 && self.dead * COMPACT_RATIO > self.index.len() {
@@ -329,29 +371,36 @@ impl KeyedRows {
         }
         let rows = self.live_rows()?;
         let keys = match &self.converter {
-            Some(_) => {
-                let mut parts = Vec::new();
+            Some(converter) => {
+                let mut live_keys: Vec<&[u8]> = Vec::with_capacity(self.index.len());
                 let mut bytes = 0;
                 for chunk in &self.chunks {
-                    if let Some(keys) = &chunk.keys {
-                        for row in 0..chunk.rows.num_rows() {
-                            if chunk.live.get_bit(row) {
-                                let key = keys.row(row);
-                                bytes += key.data().len();
-                                parts.push(key);
-                            }
+                    for row in 0..chunk.rows.num_rows() {
+                        if chunk.live.get_bit(row) {
+                            let key = chunk.keys.key(row);
+                            bytes += key.len();
+                            live_keys.push(key);
                         }
                     }
                 }
-                let converter = self.converter.as_ref().expect("key columns");
                 // Sized exactly: the index's memory is part of the state's.
-                let mut out = converter.empty_rows(parts.len(), bytes);
-                for row in parts {
-                    out.push(row);
+                let width = live_keys.first().map_or(0, |k| k.len());
+                if live_keys.iter().all(|k| k.len() == width) {
+                    let mut out = Vec::with_capacity(bytes);
+                    for key in &live_keys {
+                        out.extend_from_slice(key);
+                    }
+                    ChunkKeys::Fixed { width, bytes: out }
+                } else {
+                    let parser = converter.parser();
+                    let mut out = converter.empty_rows(live_keys.len(), bytes);
+                    for key in live_keys {
+                        out.push(parser.parse(key));
+                    }
+                    ChunkKeys::Varying(out)
                 }
-                Some(out)
             }
-            None => None,
+            None => ChunkKeys::Empty,
         };
         for position in self.index.iter_mut() {
             let (c, r) = unpack(*position);
@@ -384,7 +433,7 @@ impl KeyedRows {
             + self
                 .chunks
                 .iter()
-                .map(|c| c.keys.as_ref().map_or(0, Rows::size) + c.live.capacity() / 8)
+                .map(|c| c.keys.size() + c.live.capacity() / 8)
                 .sum::<usize>()
     }
 
@@ -396,7 +445,7 @@ impl KeyedRows {
 
 fn stored_key(chunks: &[Chunk], position: u64) -> &[u8] {
     let (c, r) = unpack(position);
-    key_at(&chunks[c].keys, r)
+    chunks[c].keys.key(r)
 }
 
 fn key_at(keys: &Option<Rows>, row: usize) -> &[u8] {
@@ -478,6 +527,74 @@ mod tests {
             to_map(&state.live_rows().unwrap()),
             BTreeMap::from([(2, 5), (3, 9), (4, 1)])
         );
+    }
+
+    #[test]
+    fn keys_of_varying_and_fixed_width_mix_in_one_partition_and_survive_compaction() {
+        use datafusion::arrow::array::StringArray;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = |pairs: &[(Option<&str>, i64)]| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from_iter(pairs.iter().map(|p| p.0))),
+                    Arc::new(Int64Array::from_iter_values(pairs.iter().map(|p| p.1))),
+                ],
+            )
+            .unwrap()
+        };
+        let as_map = |b: &RecordBatch| -> BTreeMap<Option<String>, i64> {
+            let k = b.column(0).as_string::<i32>();
+            let n = b.column(1).as_primitive::<Int64Type>();
+            (0..b.num_rows())
+                .map(|i| (k.is_valid(i).then(|| k.value(i).to_string()), n.value(i)))
+                .collect()
+        };
+        let mut state = KeyedRows::new(schema.clone(), 1).unwrap();
+        // Keys of one length (stored back to back), then of several (and a NULL).
+        state
+            .upsert(batch(&[(Some("aa"), 1), (Some("bb"), 2)]))
+            .unwrap();
+        state
+            .upsert(batch(&[
+                (Some("c"), 3),
+                (Some("ddd"), 4),
+                (None, 5),
+                (Some("aa"), 6),
+            ]))
+            .unwrap();
+        state.upsert(batch(&[(Some("bb"), 7)])).unwrap();
+        let expected = BTreeMap::from([
+            (None, 5),
+            (Some("aa".to_string()), 6),
+            (Some("bb".to_string()), 7),
+            (Some("c".to_string()), 3),
+            (Some("ddd".to_string()), 4),
+        ]);
+        assert_eq!(as_map(&state.live_rows().unwrap()), expected);
+        state.compact().unwrap();
+        assert_eq!(state.dead_rows(), 0);
+        // Every key is still found through the rebuilt encodings.
+        let probe = batch(&[
+            (None, 0),
+            (Some("ddd"), 0),
+            (Some("bb"), 0),
+            (Some("zz"), 0),
+        ]);
+        assert_eq!(
+            as_map(&state.rows_for_keys_of(&probe).unwrap()),
+            BTreeMap::from([
+                (None, 5),
+                (Some("bb".to_string()), 7),
+                (Some("ddd".to_string()), 4)
+            ])
+        );
+        state.upsert(batch(&[(Some("c"), 9)])).unwrap();
+        assert_eq!(state.len(), 5);
+        assert_eq!(as_map(&state.rows_for_keys_of(&probe).unwrap()).len(), 3);
     }
 
     #[test]

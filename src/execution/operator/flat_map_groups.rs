@@ -30,7 +30,8 @@ use std::time::Duration;
 use datafusion::arrow::array::{
     Array, ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array, new_empty_array,
 };
-use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
+use datafusion::arrow::compute::kernels::boolean::not;
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::catalog::Session as DataFusionSession;
@@ -52,8 +53,10 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{OperatorBatch, OperatorMetrics, StatefulOperator, timed};
+use super::stream_join::event_time_column;
+use super::{OperatorBatch, OperatorMetrics, StatefulOperator, WatermarkOf, timed};
 use crate::error::{Error, Result};
+use crate::execution::aggregation::ended_mask;
 use crate::sink::OutputMode;
 use crate::state::{StateStore, StateStoreConfig};
 
@@ -65,6 +68,8 @@ pub enum GroupStateTimeout {
     NoTimeout,
     /// [`GroupState::set_timeout_timestamp`]: a key times out once the watermark (the
     /// current batch's, the one that evicts) passes the timestamp; needs a watermark.
+    /// As in Spark, input rows at or before the late-events watermark (the previous
+    /// batch's) are then dropped and counted instead of being passed to the closure.
     EventTimeTimeout,
     /// [`GroupState::set_timeout_duration`]: a key times out once a batch's timestamp
     /// (from the offset log, so a replay agrees) is past the call's batch timestamp
@@ -286,6 +291,10 @@ pub struct FlatMapGroupsNode {
     spec: Arc<FlatMapGroupsSpec>,
     input: LogicalPlan,
     schema: DFSchemaRef,
+    /// The position of the input's watermarked event-time column, set when a query is
+    /// planned ([`resolve_event_time`]): with an event-time timeout, rows at or before
+    /// the late-events watermark are dropped before the closure sees them.
+    event_time: Option<usize>,
 }
 
 impl FlatMapGroupsNode {
@@ -316,6 +325,7 @@ impl FlatMapGroupsNode {
                 spec: Arc::new(spec),
                 input,
                 schema,
+                event_time: None,
             }),
         }))
     }
@@ -323,7 +333,9 @@ impl FlatMapGroupsNode {
 
 impl PartialEq for FlatMapGroupsNode {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.spec, &other.spec) && self.input == other.input
+        Arc::ptr_eq(&self.spec, &other.spec)
+            && self.input == other.input
+            && self.event_time == other.event_time
     }
 }
 
@@ -339,6 +351,7 @@ impl Hash for FlatMapGroupsNode {
     fn hash<H: Hasher>(&self, state: &mut H) {
         (Arc::as_ptr(&self.spec) as usize).hash(state);
         self.input.hash(state);
+        self.event_time.hash(state);
     }
 }
 
@@ -376,8 +389,35 @@ impl UserDefinedLogicalNodeCore for FlatMapGroupsNode {
             spec: self.spec.clone(),
             input: inputs.swap_remove(0),
             schema: self.schema.clone(),
+            event_time: self.event_time,
         })
     }
+}
+
+/// Records, in every [`FlatMapGroupsNode`] of `plan`, which input column is the
+/// watermarked event time (followed through projections and filters to the table that
+/// declared the watermark). Called once when a streaming query is planned, since the
+/// watermark is declared on the table, not on the frame the node was built from.
+pub fn resolve_event_time(plan: LogicalPlan, watermark_of: WatermarkOf) -> Result<LogicalPlan> {
+    Ok(plan
+        .transform_up(|node| {
+            let LogicalPlan::Extension(extension) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            let Some(flat_map) = extension.node.as_any().downcast_ref::<FlatMapGroupsNode>() else {
+                return Ok(Transformed::no(node));
+            };
+            let event_time = event_time_column(&flat_map.input, watermark_of);
+            Ok(Transformed::yes(LogicalPlan::Extension(Extension {
+                node: Arc::new(FlatMapGroupsNode {
+                    spec: flat_map.spec.clone(),
+                    input: flat_map.input.clone(),
+                    schema: flat_map.schema.clone(),
+                    event_time,
+                }),
+            })))
+        })?
+        .data)
 }
 
 /// The physical placeholder of a [`FlatMapGroupsNode`]: its child is the operator's
@@ -514,6 +554,11 @@ pub struct FlatMapGroupsOperator {
     states: HashMap<Vec<u8>, StoredState>,
     /// What the last step changed, until it is committed.
     pending: Option<Pending>,
+    /// The input's watermarked event-time column (see [`FlatMapGroupsNode`]).
+    event_time: Option<usize>,
+    /// With processing-time timeouts: the earliest timeout any key has set, so the loop
+    /// can ask cheaply whether a batch must run without new data.
+    earliest_timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -540,6 +585,8 @@ pub(super) fn from_node(node: &LogicalPlan) -> Option<Box<dyn StatefulOperator>>
         key_fields: Vec::new(),
         states: HashMap::new(),
         pending: None,
+        event_time: node.event_time,
+        earliest_timeout_ms: None,
     }))
 }
 
@@ -583,6 +630,17 @@ impl FlatMapGroupsOperator {
                 })
             })
             .collect()
+    }
+
+    /// Remembers the earliest processing-time timeout set by any key (see
+    /// [`StatefulOperator::timeout_due`]).
+    fn note_earliest_timeout(&mut self) {
+        self.earliest_timeout_ms = match self.spec.timeout {
+            GroupStateTimeout::ProcessingTimeTimeout => {
+                self.states.values().filter_map(|s| s.timeout_ms).min()
+            }
+            _ => None,
+        };
     }
 
     /// Calls the closure and checks what it returned.
@@ -734,6 +792,7 @@ impl StatefulOperator for FlatMapGroupsOperator {
             }
         }
         self.store = Some(store);
+        self.note_earliest_timeout();
         Ok(())
     }
 
@@ -753,7 +812,22 @@ impl StatefulOperator for FlatMapGroupsOperator {
         let exec = self.locate(&plan)?;
         let input = exec.children()[0].clone();
         let input_schema = input.schema();
-        let rows = concat_batches(&input_schema, &collect(input, batch.task.clone()).await?)?;
+        let mut rows = concat_batches(&input_schema, &collect(input, batch.task.clone()).await?)?;
+        // As in Spark: with an event-time timeout, rows at or before the late-events
+        // watermark (the previous batch's) are dropped and counted, never passed on;
+        // without one, the closure sees every row.
+        let mut dropped_late = 0;
+        if let (GroupStateTimeout::EventTimeTimeout, Some(column), Some(watermark)) = (
+            self.spec.timeout,
+            self.event_time,
+            batch.watermarks.late_events,
+        ) {
+            let late = ended_mask(&rows, column, watermark)?;
+            dropped_late = late.true_count() as u64;
+            if dropped_late > 0 {
+                rows = filter_record_batch(&rows, &not(&late)?)?;
+            }
+        }
         let indices = self.key_indices(&input_schema)?;
         let key_columns: Vec<ArrayRef> = indices.iter().map(|&i| rows.column(i).clone()).collect();
         let encoded = self
@@ -776,7 +850,10 @@ impl StatefulOperator for FlatMapGroupsOperator {
                 .push(row as u32);
         }
 
-        let mut pending = Pending::default();
+        let mut pending = Pending {
+            dropped_late,
+            ..Pending::default()
+        };
         let mut output: Vec<Row> = Vec::new();
         let context = |json: Option<String>, timed_out: bool| CallContext {
             json,
@@ -860,6 +937,7 @@ impl StatefulOperator for FlatMapGroupsOperator {
             .data;
         pending.updates_ms = started.elapsed().as_millis() as u64;
         self.pending = Some(pending);
+        self.note_earliest_timeout();
         Ok(rest)
     }
 
@@ -905,6 +983,10 @@ impl StatefulOperator for FlatMapGroupsOperator {
             num_state_store_instances: 1,
             ..OperatorMetrics::default()
         })
+    }
+
+    fn timeout_due(&self, now_ms: i64) -> bool {
+        self.earliest_timeout_ms.is_some_and(|t| t < now_ms)
     }
 
     fn evicts_by_watermark(&self, _mode: OutputMode) -> bool {

@@ -39,7 +39,7 @@ pub use aggregation::AggregationOperator;
 pub(crate) use flat_map_groups::FlatMapGroupsSpec;
 pub use flat_map_groups::{
     FlatMapGroupsExec, FlatMapGroupsNode, FlatMapGroupsOperator, GroupState, GroupStateTimeout,
-    Row, StreamingQueryPlanner,
+    Row, StreamingQueryPlanner, resolve_event_time,
 };
 pub use stream_join::{
     Bound, SideSpec, StreamJoinExec, StreamJoinNode, StreamJoinOperator, StreamJoinSpec,
@@ -104,6 +104,15 @@ pub trait StatefulOperator: Send + std::fmt::Debug {
     /// must run when the watermark moves even without new data (Spark's
     /// `shouldRunAnotherBatch`).
     fn evicts_by_watermark(&self, mode: OutputMode) -> bool;
+
+    /// Whether a processing-time timeout the operator holds has passed at `now_ms`
+    /// (ms since the epoch), so that a batch must run without new data to fire it. Spark
+    /// runs a no-data batch at every trigger while processing-time timeouts are
+    /// configured; the loop runs one only when this says a timeout is due, which fires
+    /// the same timeouts without empty batches in between.
+    fn timeout_due(&self, _now_ms: i64) -> bool {
+        false
+    }
 
     /// For a memory sink in update mode: the output columns rows are upserted by (the
     /// group columns); `None` when every output row is new (deduplication).

@@ -54,6 +54,7 @@ use super::{OperatorBatch, OperatorMetrics, StatefulOperator, Watermarks, timed}
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::StateStoreConfig;
+pub(crate) use plan::event_time_column;
 pub use plan::{
     Bound, SideSpec, StreamJoinNode, StreamJoinSpec, WatermarkOf, rewrite_stream_joins,
 };

@@ -548,7 +548,7 @@ fn build(
 /// The position in `plan`'s output of the watermarked event-time column of the table it
 /// reads, followed through projections (as itself or renamed), aliases, filters and
 /// stream-stream joins.
-fn event_time_column(plan: &LogicalPlan, watermark_of: WatermarkOf) -> Option<usize> {
+pub(crate) fn event_time_column(plan: &LogicalPlan, watermark_of: WatermarkOf) -> Option<usize> {
     match plan {
         LogicalPlan::TableScan(scan) => {
             let column = watermark_of(scan.table_name.table())?;
