@@ -83,7 +83,12 @@ impl SinkDefinition for MemoryDefinition {
     }
 }
 
+/// A memory sink (its table is given by the session when the query starts).
+pub fn spec() -> SinkSpec {
+    SinkSpec::new(MemoryDefinition)
+}
+
 /// `STORED AS MEMORY` (no options).
 pub fn parse(_args: SinkArgs<'_>, _options: &mut Options) -> Result<SinkSpec> {
-    Ok(SinkSpec::new(MemoryDefinition))
+    Ok(spec())
 }

@@ -392,126 +392,6 @@ impl StreamSource for FileSource {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
-
-    use super::*;
-    use crate::source::format::{Encoding, MalformedMode};
-
-    fn open(input: &Path, state: &Path) -> FileSource {
-        let schema = Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)]));
-        let options = FileSourceOptions {
-            format: FileFormat {
-                encoding: Encoding::Text,
-                mode: MalformedMode::FailFast,
-            },
-            path_glob_filter: None,
-            max_files_per_trigger: Some(1),
-        };
-        FileSource::open(schema, options, input, state).unwrap()
-    }
-
-    /// Runs one batch (one file) to its commit; its offset.
-    fn run_batch(source: &mut FileSource, start: Option<Offset>) -> Offset {
-        let end = source.latest_offset(start.as_ref()).unwrap().unwrap();
-        source.get_batch(start.as_ref(), &end).unwrap();
-        source.commit(&end).unwrap();
-        end
-    }
-
-    fn log_files(state: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(state.join("files"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
-    /// After 45 batches the log holds one compaction and at most
-    /// `COMPACT_INTERVAL` entries (not 45), a reopened source takes no file twice,
-    /// and files deleted from the directory are dropped from the compaction.
-    #[test]
-    fn the_log_is_compacted_and_restarts_read_a_bounded_number_of_files() {
-        let input = tempfile::tempdir().unwrap();
-        let state = tempfile::tempdir().unwrap();
-        let mut source = open(input.path(), state.path());
-        let mut offset = None;
-        for i in 0..45 {
-            fs::write(input.path().join(format!("{i:03}.txt")), format!("{i}\n")).unwrap();
-            offset = Some(run_batch(&mut source, offset));
-        }
-        let files = log_files(state.path());
-        assert!(files.len() <= COMPACT_INTERVAL as usize + 1, "{files:?}");
-        assert!(files.contains(&"39.compact".to_string()), "{files:?}");
-        drop(source);
-
-        let mut reopened = open(input.path(), state.path());
-        assert_eq!(
-            reopened.latest_offset(offset.as_ref()).unwrap(),
-            offset,
-            "no file is new after a restart"
-        );
-        // Files 0..20 are cleaned up by the user; the next compaction forgets them.
-        for i in 0..20 {
-            fs::remove_file(input.path().join(format!("{i:03}.txt"))).unwrap();
-        }
-        for i in 45..50 {
-            fs::write(input.path().join(format!("{i:03}.txt")), format!("{i}\n")).unwrap();
-            offset = Some(run_batch(&mut reopened, offset));
-        }
-        let compaction = read_compaction(&state.path().join("files"), 49).unwrap();
-        assert_eq!(compaction.len(), 30, "files 20..50 are still there");
-        assert_eq!(reopened.latest_offset(offset.as_ref()).unwrap(), offset);
-    }
-
-    /// A crash after the compaction was written but before the entries it folds were
-    /// deleted: the reopened source counts every file once and finishes the cleanup.
-    #[test]
-    fn a_crash_during_compaction_leaves_a_readable_log() {
-        let input = tempfile::tempdir().unwrap();
-        let state = tempfile::tempdir().unwrap();
-        let mut source = open(input.path(), state.path());
-        let mut offset = None;
-        for i in 0..9 {
-            fs::write(input.path().join(format!("{i:03}.txt")), format!("{i}\n")).unwrap();
-            offset = Some(run_batch(&mut source, offset));
-        }
-        let saved: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(state.path().join("files"))
-            .unwrap()
-            .map(|e| {
-                let p = e.unwrap().path();
-                let bytes = fs::read(&p).unwrap();
-                (p, bytes)
-            })
-            .collect();
-        fs::write(input.path().join("009.txt"), "9\n").unwrap();
-        offset = Some(run_batch(&mut source, offset));
-        drop(source);
-        // Put back what the compaction deleted: the state of a crash in between.
-        for (path, bytes) in saved {
-            fs::write(path, bytes).unwrap();
-        }
-        assert!(log_files(state.path()).len() > 2);
-        let mut reopened = open(input.path(), state.path());
-        assert_eq!(log_files(state.path()), ["9.compact"]);
-        assert_eq!(reopened.latest_offset(offset.as_ref()).unwrap(), offset);
-        fs::write(input.path().join("010.txt"), "10\n").unwrap();
-        let next = reopened.latest_offset(offset.as_ref()).unwrap().unwrap();
-        let rows: usize = reopened
-            .get_batch(offset.as_ref(), &next)
-            .unwrap()
-            .batches
-            .iter()
-            .map(|b| b.num_rows())
-            .sum();
-        assert_eq!(rows, 1, "only the new file");
-    }
-}
-
 impl SourceDefinition for FileSourceOptions {
     fn format_name(&self) -> &'static str {
         self.format.name()
@@ -724,5 +604,125 @@ fn check_first_file(options: &FileSourceOptions, dir: &Path, schema: &Arc<Schema
     match files.first() {
         Some(first) => options.format.check_file(&first.path, schema),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+    use crate::source::format::{Encoding, MalformedMode};
+
+    fn open(input: &Path, state: &Path) -> FileSource {
+        let schema = Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)]));
+        let options = FileSourceOptions {
+            format: FileFormat {
+                encoding: Encoding::Text,
+                mode: MalformedMode::FailFast,
+            },
+            path_glob_filter: None,
+            max_files_per_trigger: Some(1),
+        };
+        FileSource::open(schema, options, input, state).unwrap()
+    }
+
+    /// Runs one batch (one file) to its commit; its offset.
+    fn run_batch(source: &mut FileSource, start: Option<Offset>) -> Offset {
+        let end = source.latest_offset(start.as_ref()).unwrap().unwrap();
+        source.get_batch(start.as_ref(), &end).unwrap();
+        source.commit(&end).unwrap();
+        end
+    }
+
+    fn log_files(state: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(state.join("files"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// After 45 batches the log holds one compaction and at most
+    /// `COMPACT_INTERVAL` entries (not 45), a reopened source takes no file twice,
+    /// and files deleted from the directory are dropped from the compaction.
+    #[test]
+    fn the_log_is_compacted_and_restarts_read_a_bounded_number_of_files() {
+        let input = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let mut source = open(input.path(), state.path());
+        let mut offset = None;
+        for i in 0..45 {
+            fs::write(input.path().join(format!("{i:03}.txt")), format!("{i}\n")).unwrap();
+            offset = Some(run_batch(&mut source, offset));
+        }
+        let files = log_files(state.path());
+        assert!(files.len() <= COMPACT_INTERVAL as usize + 1, "{files:?}");
+        assert!(files.contains(&"39.compact".to_string()), "{files:?}");
+        drop(source);
+
+        let mut reopened = open(input.path(), state.path());
+        assert_eq!(
+            reopened.latest_offset(offset.as_ref()).unwrap(),
+            offset,
+            "no file is new after a restart"
+        );
+        // Files 0..20 are cleaned up by the user; the next compaction forgets them.
+        for i in 0..20 {
+            fs::remove_file(input.path().join(format!("{i:03}.txt"))).unwrap();
+        }
+        for i in 45..50 {
+            fs::write(input.path().join(format!("{i:03}.txt")), format!("{i}\n")).unwrap();
+            offset = Some(run_batch(&mut reopened, offset));
+        }
+        let compaction = read_compaction(&state.path().join("files"), 49).unwrap();
+        assert_eq!(compaction.len(), 30, "files 20..50 are still there");
+        assert_eq!(reopened.latest_offset(offset.as_ref()).unwrap(), offset);
+    }
+
+    /// A crash after the compaction was written but before the entries it folds were
+    /// deleted: the reopened source counts every file once and finishes the cleanup.
+    #[test]
+    fn a_crash_during_compaction_leaves_a_readable_log() {
+        let input = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let mut source = open(input.path(), state.path());
+        let mut offset = None;
+        for i in 0..9 {
+            fs::write(input.path().join(format!("{i:03}.txt")), format!("{i}\n")).unwrap();
+            offset = Some(run_batch(&mut source, offset));
+        }
+        let saved: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(state.path().join("files"))
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let bytes = fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect();
+        fs::write(input.path().join("009.txt"), "9\n").unwrap();
+        offset = Some(run_batch(&mut source, offset));
+        drop(source);
+        // Put back what the compaction deleted: the state of a crash in between.
+        for (path, bytes) in saved {
+            fs::write(path, bytes).unwrap();
+        }
+        assert!(log_files(state.path()).len() > 2);
+        let mut reopened = open(input.path(), state.path());
+        assert_eq!(log_files(state.path()), ["9.compact"]);
+        assert_eq!(reopened.latest_offset(offset.as_ref()).unwrap(), offset);
+        fs::write(input.path().join("010.txt"), "10\n").unwrap();
+        let next = reopened.latest_offset(offset.as_ref()).unwrap().unwrap();
+        let rows: usize = reopened
+            .get_batch(offset.as_ref(), &next)
+            .unwrap()
+            .batches
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows, 1, "only the new file");
     }
 }

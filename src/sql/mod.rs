@@ -251,8 +251,10 @@ mod tests {
             "RATE"
         );
         assert_eq!(
-            identity("CREATE UNBOUNDED EXTERNAL TABLE t STORED AS SOCKET LOCATION 'localhost:9999'")
-                .await,
+            identity(
+                "CREATE UNBOUNDED EXTERNAL TABLE t STORED AS SOCKET LOCATION 'localhost:9999'"
+            )
+            .await,
             "SOCKET localhost:9999"
         );
         assert_eq!(

@@ -1397,6 +1397,27 @@ impl Sink for KafkaSink {
     }
 }
 
+impl SinkDefinition for KafkaSinkOptions {
+    fn open(&self, ctx: &sink::SinkContext<'_>) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(KafkaSink::open(
+            self.clone(),
+            ctx.schema,
+            ctx.query_id,
+            ctx.checkpoint_dir,
+        )?))
+    }
+}
+
+/// `STORED AS KAFKA` (sink): the registry's parse function.
+pub fn parse_sink(args: SinkArgs<'_>, options: &mut Options) -> Result<SinkSpec> {
+    Ok(SinkSpec::new(KafkaSinkOptions::parse(
+        options,
+        args.location.as_deref(),
+        args.has_checkpoint,
+        args.what,
+    )?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1696,25 +1717,4 @@ mod tests {
             );
         }
     }
-}
-
-impl SinkDefinition for KafkaSinkOptions {
-    fn open(&self, ctx: &sink::SinkContext<'_>) -> Result<Box<dyn Sink>> {
-        Ok(Box::new(KafkaSink::open(
-            self.clone(),
-            ctx.schema,
-            ctx.query_id,
-            ctx.checkpoint_dir,
-        )?))
-    }
-}
-
-/// `STORED AS KAFKA` (sink): the registry's parse function.
-pub fn parse_sink(args: SinkArgs<'_>, options: &mut Options) -> Result<SinkSpec> {
-    Ok(SinkSpec::new(KafkaSinkOptions::parse(
-        options,
-        args.location.as_deref(),
-        args.has_checkpoint,
-        args.what,
-    )?))
 }
