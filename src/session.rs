@@ -279,7 +279,8 @@ impl Session {
                     } else {
                         OutputMode::Append
                     };
-                    let sink = live.map_or(SinkSpec::Console { num_rows: 20 }, |make| make(mode));
+                    let sink =
+                        live.map_or_else(|| crate::sink::console::spec(20), |make| make(mode));
                     let query = self
                         .start_query(&name, plan, sink, mode, Trigger::default(), None)
                         .await?;
@@ -486,8 +487,9 @@ impl Session {
         }
         let plan = plan_streaming_query(plan, self.plan_options())?;
         check_output_mode(&plan, output_mode)?;
-        let memory_table = match sink {
-            SinkSpec::Memory => {
+        // The memory sink's table is the session's: the one sink a front end knows of.
+        let memory_table = match sink.fills_session_table() {
+            true => {
                 // Replace an earlier memory sink's table of the same name, never
                 // another table.
                 if let Some(existing) = self.ctx.table_provider(name).await.ok()
@@ -505,7 +507,7 @@ impl Session {
                 self.ctx.register_table(name, table.clone())?;
                 Some(table)
             }
-            _ => None,
+            false => None,
         };
         let config = QueryConfig {
             name: name.to_string(),

@@ -61,7 +61,7 @@ async fn a_memory_sink_without_its_table_in_query_config_is_an_error_not_a_panic
     let config = millrace::execution::QueryConfig {
         name: "mem".to_string(),
         plan,
-        sink: millrace::sink::SinkSpec::Memory,
+        sink: millrace::sink::memory::spec(),
         output_mode: OutputMode::Append,
         trigger: Trigger::default(),
         checkpoint: Some(tmp.path().join("ckpt")),

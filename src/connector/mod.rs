@@ -3,7 +3,10 @@
 //!
 //! Every front end (SQL's `STORED AS`, the DataFrame API's `format(...)`, the shell's
 //! completion and `\d`, the error messages listing formats and options) reads the
-//! registry, so adding a connector is its module plus one entry there. The older
+//! registry, so adding a connector is its module plus one entry there: the entry
+//! carries the module's parse function, which returns the trait object
+//! ([`SinkDefinition`](crate::sink::SinkDefinition) /
+//! [`SourceDefinition`](crate::source::SourceDefinition)) the engine opens. The older
 //! connectors still live in `source/` and `sink/`; new ones get a directory here,
 //! holding their sources, sinks and the client code they share:
 //!

@@ -8,7 +8,11 @@
 //! is answered with the lists from here. A test (`tests/connectors.rs`) checks that SQL,
 //! the DataFrame API and completion agree with it.
 
+use std::sync::RwLock;
+
 use crate::error::{Error, Result};
+use crate::sink::SinkParser;
+use crate::source::SourceParser;
 
 /// Whether a connector reads (an unbounded table) or writes (a sink).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +59,15 @@ pub struct Connector {
     pub dataframe: bool,
     /// One line for `\d` listings and docs.
     pub summary: &'static str,
+    /// The sink's parse function (sinks offered by `STORED AS` / `format(...)`): it
+    /// reads the options into the sink's [`SinkDefinition`](crate::sink::SinkDefinition),
+    /// so the engine opens the sink without naming it. `None` for sources, and for
+    /// `FOREACH_BATCH`, which the DataFrame API builds from its function.
+    pub parse_sink: Option<SinkParser>,
+    /// The source's parse function: reads the declaration into the source's
+    /// [`SourceDefinition`](crate::source::SourceDefinition), schema and location.
+    /// `None` for sinks.
+    pub parse_source: Option<SourceParser>,
 }
 
 /// Options every SQL sink takes, whatever its format.
@@ -73,11 +86,13 @@ const FILE_SOURCE_CSV: &[&str] = &[
 const FILE_SOURCE_JSON: &[&str] = &["mode", "max_files_per_trigger", "path_glob_filter"];
 const FILE_SOURCE_OTHER: &[&str] = &["max_files_per_trigger", "path_glob_filter"];
 
-const fn source(
+/// A source offered by SQL (and so by the DataFrame reader), declared through `parse`.
+pub const fn source(
     name: &'static str,
     location: Location,
     options: &'static [&'static str],
     summary: &'static str,
+    parse: SourceParser,
 ) -> Connector {
     Connector {
         name,
@@ -88,15 +103,19 @@ const fn source(
         sql: true,
         dataframe: false,
         summary,
+        parse_sink: None,
+        parse_source: Some(parse),
     }
 }
 
-const fn sink(
+/// A sink offered by SQL and the DataFrame API, opened through `parse`.
+pub const fn sink(
     name: &'static str,
     location: Location,
     location_option: Option<&'static str>,
     options: &'static [&'static str],
     summary: &'static str,
+    parse: SinkParser,
 ) -> Connector {
     Connector {
         name,
@@ -107,6 +126,8 @@ const fn sink(
         sql: true,
         dataframe: true,
         summary,
+        parse_sink: Some(parse),
+        parse_source: None,
     }
 }
 
@@ -117,48 +138,56 @@ pub static CONNECTORS: &[Connector] = &[
         Location::Required("<directory>"),
         FILE_SOURCE_CSV,
         "CSV files landing in a directory",
+        crate::source::file::parse_csv,
     ),
     source(
         "JSON",
         Location::Required("<directory>"),
         FILE_SOURCE_JSON,
         "JSON lines files landing in a directory",
+        crate::source::file::parse_json,
     ),
     source(
         "PARQUET",
         Location::Required("<directory>"),
         FILE_SOURCE_OTHER,
         "Parquet files landing in a directory",
+        crate::source::file::parse_parquet,
     ),
     source(
         "TEXT",
         Location::Required("<directory>"),
         FILE_SOURCE_OTHER,
         "text files landing in a directory, one row per line",
+        crate::source::file::parse_text,
     ),
     source(
         "RATE",
         Location::None,
         &["rows_per_second", "num_partitions", "max_rows_per_trigger"],
         "generated (timestamp, value) rows at a fixed rate",
+        crate::source::rate::parse,
     ),
     source(
         "SOCKET",
         Location::Required("<host>:<port>"),
         &[],
         "lines from a TCP server",
+        crate::source::socket::parse,
     ),
     source(
         "KAFKA",
         Location::Optional("<topic>[,<topic>...]"),
         &crate::source::kafka::OPTION_KEYS,
         "records of Kafka topics",
+        crate::source::kafka::parse_source,
     ),
     source(
         "DELTA",
         Location::Required("<table directory>"),
         crate::connector::delta::source::OPTIONS,
         "rows of a Delta Lake table's new commits",
+        crate::connector::delta::source::parse_source,
     ),
     sink(
         "CONSOLE",
@@ -166,6 +195,7 @@ pub static CONNECTORS: &[Connector] = &[
         None,
         &["num_rows"],
         "tables printed on standard output",
+        crate::sink::console::parse,
     ),
     sink(
         "MEMORY",
@@ -173,6 +203,7 @@ pub static CONNECTORS: &[Connector] = &[
         None,
         &[],
         "a session table named after the query",
+        crate::sink::memory::parse,
     ),
     sink(
         "NOOP",
@@ -180,6 +211,7 @@ pub static CONNECTORS: &[Connector] = &[
         None,
         &[],
         "rows dropped (for measuring a query)",
+        crate::sink::noop::parse,
     ),
     sink(
         "PARQUET",
@@ -187,6 +219,7 @@ pub static CONNECTORS: &[Connector] = &[
         Some("path"),
         &[],
         "Parquet files in a directory",
+        crate::sink::file::parse_parquet,
     ),
     sink(
         "CSV",
@@ -194,6 +227,7 @@ pub static CONNECTORS: &[Connector] = &[
         Some("path"),
         &[],
         "CSV files in a directory",
+        crate::sink::file::parse_csv,
     ),
     sink(
         "JSON",
@@ -201,6 +235,7 @@ pub static CONNECTORS: &[Connector] = &[
         Some("path"),
         &[],
         "JSON lines files in a directory",
+        crate::sink::file::parse_json,
     ),
     sink(
         "KAFKA",
@@ -208,6 +243,7 @@ pub static CONNECTORS: &[Connector] = &[
         Some("topic"),
         crate::sink::kafka::KAFKA_SINK_OPTIONS,
         "records of a Kafka topic",
+        crate::sink::kafka::parse_sink,
     ),
     sink(
         "POSTGRES",
@@ -215,6 +251,7 @@ pub static CONNECTORS: &[Connector] = &[
         Some("table"),
         crate::connector::postgres::OPTIONS,
         "rows of a PostgreSQL table",
+        crate::connector::postgres::parse_sink,
     ),
     sink(
         "DELTA",
@@ -222,6 +259,7 @@ pub static CONNECTORS: &[Connector] = &[
         Some("path"),
         crate::connector::delta::sink::OPTIONS,
         "commits of a Delta Lake table",
+        crate::connector::delta::sink::parse_sink,
     ),
     Connector {
         name: "FOREACH_BATCH",
@@ -232,20 +270,59 @@ pub static CONNECTORS: &[Connector] = &[
         sql: false,
         dataframe: true,
         summary: "a Rust function per batch (DataFrame API's foreach_batch)",
+        parse_sink: None,
+        parse_source: None,
     },
 ];
 
-/// The connector `name` (any case) in `role`, if registered.
-pub fn find(role: Role, name: &str) -> Option<&'static Connector> {
+/// Connectors registered while the process runs ([`register`]), after the built-in
+/// ones.
+static REGISTERED: RwLock<Vec<&'static Connector>> = RwLock::new(Vec::new());
+
+/// Adds a connector to the registry for the rest of the process: SQL, the DataFrame
+/// API, completion and `\dc` offer it from then on, as they do the built-in
+/// [`CONNECTORS`] (the way to add a connector from outside this crate, or from a
+/// test). Refused if a connector of the same role and name exists.
+pub fn register(connector: Connector) -> Result<()> {
+    let mut registered = REGISTERED
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if CONNECTORS
+        .iter()
+        .chain(registered.iter().copied())
+        .any(|c| c.role == connector.role && c.name.eq_ignore_ascii_case(connector.name))
+    {
+        return Err(Error::Option(format!(
+            "a {:?} connector named {} is already registered",
+            connector.role, connector.name
+        )));
+    }
+    registered.push(Box::leak(Box::new(connector)));
+    Ok(())
+}
+
+/// Every connector: the built-in ones, then the ones added with [`register`].
+pub fn all() -> Vec<&'static Connector> {
+    let registered = REGISTERED
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     CONNECTORS
         .iter()
+        .chain(registered.iter().copied())
+        .collect()
+}
+
+/// The connector `name` (any case) in `role`, if registered.
+pub fn find(role: Role, name: &str) -> Option<&'static Connector> {
+    all()
+        .into_iter()
         .find(|c| c.role == role && c.name.eq_ignore_ascii_case(name))
 }
 
 /// The connectors of `role` offered by SQL (`sql = true`) or by the DataFrame API.
 pub fn names(role: Role, sql: bool) -> Vec<&'static str> {
-    CONNECTORS
-        .iter()
+    all()
+        .into_iter()
         .filter(|c| c.role == role && if sql { c.sql } else { c.dataframe })
         .map(|c| c.name)
         .collect()
@@ -255,8 +332,8 @@ pub fn names(role: Role, sql: bool) -> Vec<&'static str> {
 /// connectors, and the common options (pass-through placeholders as their prefix,
 /// `kafka.`).
 pub fn completion_words() -> Vec<String> {
-    let mut words: Vec<String> = CONNECTORS
-        .iter()
+    let mut words: Vec<String> = all()
+        .into_iter()
         .filter(|c| c.sql)
         .map(|c| c.name.to_string())
         .collect();
@@ -268,8 +345,8 @@ pub fn completion_words() -> Vec<String> {
 
 /// Every option key of every connector and the common ones, as typed.
 pub fn option_words() -> Vec<String> {
-    let mut words: Vec<String> = CONNECTORS
-        .iter()
+    let mut words: Vec<String> = all()
+        .into_iter()
         .flat_map(|c| c.options.iter())
         .chain(SINK_COMMON_OPTIONS)
         .chain(SOURCE_COMMON_OPTIONS)

@@ -160,7 +160,7 @@ impl DataStreamWriter {
                     }
                 }
             }
-            return Ok((SinkSpec::ForeachBatch(function), checkpoint));
+            return Ok((crate::sink::foreach_batch::spec(function), checkpoint));
         }
         let connector = registry::find(Role::Sink, &self.format)
             .filter(|c| c.dataframe && c.sql)

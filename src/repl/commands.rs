@@ -13,9 +13,7 @@ use super::{Flow, Pending, Shell, print_stdout};
 use crate::error::{Error, Result};
 use crate::planning::{BatchTable, StreamTable};
 use crate::session::{Session, query_state};
-use crate::source::format::{Encoding, RecordEncoding};
-use crate::source::kafka::{KafkaOptions, StartingOffsets, Subscription, ValueFormat};
-use crate::source::{SourceKind, StreamDef};
+use crate::source::StreamDef;
 
 /// Every command name, for completion and help.
 pub const COMMAND_NAMES: &[&str] = &[
@@ -116,7 +114,7 @@ fn parse(line: &str) -> Result<Command> {
 /// `\\dc`: the connector registry, sources then sinks, one connector a line with its
 /// `LOCATION` and options (each sink also takes checkpoint, output_mode and trigger).
 pub fn connectors_text() -> String {
-    use crate::connector::registry::{CONNECTORS, Location, Role, SINK_COMMON_OPTIONS};
+    use crate::connector::registry::{Location, Role, SINK_COMMON_OPTIONS};
     let mut text = String::new();
     for (role, title) in [
         (
@@ -127,7 +125,10 @@ pub fn connectors_text() -> String {
     ] {
         text.push_str(title);
         text.push('\n');
-        for c in CONNECTORS.iter().filter(|c| c.role == role && c.sql) {
+        for c in crate::connector::registry::all()
+            .into_iter()
+            .filter(|c| c.role == role && c.sql)
+        {
             let location = match c.location {
                 Location::None => String::new(),
                 Location::Required(x) => format!(" LOCATION '{x}'"),
@@ -493,57 +494,7 @@ fn source_summary(def: &StreamDef) -> String {
 }
 
 fn format_name(def: &StreamDef) -> &'static str {
-    match &def.kind {
-        SourceKind::Files(options) => options.format.name(),
-        SourceKind::Rate(_) => "RATE",
-        SourceKind::Socket => "SOCKET",
-        SourceKind::Kafka(_) => "KAFKA",
-        SourceKind::Delta(_) => "DELTA",
-    }
-}
-
-/// The options of a Kafka table as `\d name` lists them (client settings are shown by
-/// name only: they may hold credentials).
-fn kafka_details(kafka: &KafkaOptions, options: &mut Vec<String>) {
-    options.push(format!("bootstrap.servers '{}'", kafka.bootstrap_servers));
-    if let Subscription::Pattern(pattern) = &kafka.subscription {
-        options.push(format!("topic_pattern '{pattern}'"));
-    }
-    options.push(format!(
-        "format {}",
-        match kafka.format {
-            ValueFormat::Raw => "raw",
-            ValueFormat::Parsed(RecordEncoding::Json) => "json",
-            ValueFormat::Parsed(RecordEncoding::Csv { .. }) => "csv",
-        }
-    ));
-    if matches!(kafka.format, ValueFormat::Parsed(_)) {
-        options.push(format!("mode {}", malformed_mode(kafka.mode)));
-    }
-    options.push(format!(
-        "starting_offsets {}",
-        match &kafka.starting_offsets {
-            StartingOffsets::Earliest => "earliest".to_string(),
-            StartingOffsets::Latest => "latest".to_string(),
-            StartingOffsets::Specific(offsets) => {
-                format!("'{}'", serde_json::to_string(offsets).unwrap_or_default())
-            }
-        }
-    ));
-    options.push(format!(
-        "max_offsets_per_trigger {}",
-        kafka
-            .max_offsets_per_trigger
-            .map_or("(no limit)".to_string(), |n| n.to_string())
-    ));
-    options.push(format!("fail_on_data_loss {}", kafka.fail_on_data_loss));
-    options.push(format!("isolation.level {}", kafka.isolation_level));
-    if let Some(group) = &kafka.commit_to_group {
-        options.push(format!("commit_to_group '{group}'"));
-    }
-    for (setting, _) in &kafka.client_settings {
-        options.push(format!("kafka.{setting} (set)"));
-    }
+    def.kind.format_name()
 }
 
 /// The declaration of an unbounded table, as `\d name` shows it.
@@ -552,59 +503,7 @@ fn stream_details(def: &StreamDef) -> Vec<(&'static str, String)> {
     if !def.location.is_empty() {
         details.push(("location", def.location.clone()));
     }
-    let mut options: Vec<String> = Vec::new();
-    match &def.kind {
-        SourceKind::Files(file) => {
-            if let Encoding::Csv {
-                has_header,
-                delimiter,
-            } = &file.format.encoding
-            {
-                options.push(format!("has_header {has_header}"));
-                let delimiter = match *delimiter {
-                    b'\t' => "\\t".to_string(),
-                    other => (other as char).to_string(),
-                };
-                options.push(format!("delimiter '{delimiter}'"));
-            }
-            if !matches!(file.format.encoding, Encoding::Parquet | Encoding::Text) {
-                options.push(format!("mode {}", malformed_mode(file.format.mode)));
-            }
-            options.push(format!(
-                "max_files_per_trigger {}",
-                file.max_files_per_trigger
-                    .map_or("(no limit)".to_string(), |n| n.to_string())
-            ));
-            if let Some(glob) = &file.path_glob_filter {
-                options.push(format!("path_glob_filter '{glob}'"));
-            }
-        }
-        SourceKind::Rate(rate) => {
-            options.push(format!("rows_per_second {}", rate.rows_per_second));
-            options.push(format!("num_partitions {}", rate.num_partitions));
-            if let Some(limit) = rate.max_rows_per_trigger {
-                options.push(format!("max_rows_per_trigger {limit}"));
-            }
-        }
-        SourceKind::Socket => {}
-        SourceKind::Kafka(kafka) => kafka_details(kafka, &mut options),
-        SourceKind::Delta(delta) => {
-            use crate::connector::delta::source::StartingVersion;
-            options.push(format!(
-                "starting_version {}",
-                match delta.starting_version {
-                    StartingVersion::Snapshot => "(snapshot, then new commits)".to_string(),
-                    StartingVersion::Version(v) => v.to_string(),
-                    StartingVersion::Latest => "latest".to_string(),
-                }
-            ));
-            options.push(format!(
-                "max_files_per_trigger {}",
-                delta.max_files_per_trigger
-            ));
-            options.push(format!("skip_change_commits {}", delta.skip_change_commits));
-        }
-    }
+    let mut options: Vec<String> = def.kind.details();
     if let Some(watermark) = &def.watermark {
         options.push(format!(
             "watermark_max_future '{}'",
@@ -628,15 +527,6 @@ fn stream_details(def: &StreamDef) -> Vec<(&'static str, String)> {
         }),
     ));
     details
-}
-
-fn malformed_mode(mode: crate::source::format::MalformedMode) -> &'static str {
-    use crate::source::format::MalformedMode;
-    match mode {
-        MalformedMode::Permissive => "permissive",
-        MalformedMode::DropMalformed => "drop_malformed",
-        MalformedMode::FailFast => "fail_fast",
-    }
 }
 
 /// `10 seconds`, `1 day`, `1500 milliseconds`: a duration in the largest whole unit.

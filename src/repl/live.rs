@@ -48,7 +48,7 @@ pub fn channel() -> (UnboundedSender<LiveBatch>, UnboundedReceiver<LiveBatch>) {
 /// The sink of a live query: each batch's rows, collected, sent to the shell. A shell
 /// no longer listening (the query is being stopped) is not an error.
 pub fn sink(sender: UnboundedSender<LiveBatch>) -> SinkSpec {
-    SinkSpec::ForeachBatch(ForeachBatchFn(Arc::new(move |_batch_id, frame| {
+    crate::sink::foreach_batch::spec(ForeachBatchFn(Arc::new(move |_batch_id, frame| {
         let sender = sender.clone();
         Box::pin(async move {
             let schema = Arc::new(frame.schema().as_arrow().clone());

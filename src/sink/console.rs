@@ -8,8 +8,9 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 
-use super::Sink;
+use super::{Sink, SinkArgs, SinkContext, SinkDefinition, SinkSpec};
 use crate::error::{Error, Result};
+use crate::source::options::Options;
 
 /// Prints a console sink's text somewhere other than its writer; see
 /// [`set_console_printer`].
@@ -101,4 +102,37 @@ impl Sink for ConsoleSink {
     fn describe(&self) -> String {
         "ConsoleSink".to_string()
     }
+}
+
+/// A declared console sink: up to `num_rows` rows shown per batch.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleDefinition {
+    /// Rows shown per batch (the `num_rows` option, default 20).
+    pub num_rows: usize,
+}
+
+impl SinkDefinition for ConsoleDefinition {
+    fn open(&self, _ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(ConsoleSink::stdout(self.num_rows)))
+    }
+}
+
+/// A console sink showing `num_rows` rows per batch (the shell's bare `SELECT` over a
+/// stream uses 20).
+pub fn spec(num_rows: usize) -> SinkSpec {
+    SinkSpec::new(ConsoleDefinition { num_rows })
+}
+
+/// `STORED AS CONSOLE`: reads `num_rows`.
+pub fn parse(args: SinkArgs<'_>, options: &mut Options) -> Result<SinkSpec> {
+    let num_rows = options
+        .take_parsed::<usize>("num_rows", "a whole number")?
+        .unwrap_or(20);
+    if num_rows == 0 {
+        return Err(Error::Option(format!(
+            "'num_rows' of {} must be at least 1",
+            args.what
+        )));
+    }
+    Ok(spec(num_rows))
 }

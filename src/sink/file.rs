@@ -35,10 +35,11 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
-use super::{FileSinkFormat, Sink};
+use super::{FileSinkFormat, OutputMode, Sink, SinkArgs, SinkContext, SinkDefinition, SinkSpec};
 use crate::checkpoint::fault::{self, Op};
 use crate::checkpoint::{BatchLog, create_dir_all, exists, read_file, sync_dir, write_atomic};
 use crate::error::{Error, Result};
+use crate::source::options::Options;
 
 /// Name of the manifest directory inside the output directory.
 pub const MANIFEST_DIR: &str = "_millrace_sink";
@@ -351,6 +352,60 @@ impl Sink for FileSink {
             self.dir.display()
         )
     }
+}
+
+/// A declared file sink: the format and the output directory (absolute).
+#[derive(Debug, Clone)]
+pub struct FileSinkDefinition {
+    /// File format written.
+    pub format: FileSinkFormat,
+    /// Output directory (absolute).
+    pub path: PathBuf,
+}
+
+impl SinkDefinition for FileSinkDefinition {
+    fn open(&self, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(FileSink::open(
+            self.format,
+            &self.path,
+            ctx.query_id,
+        )?))
+    }
+
+    /// Files are never rewritten, so only append mode (as in Spark).
+    fn supports(&self, mode: OutputMode) -> bool {
+        mode == OutputMode::Append
+    }
+}
+
+fn parse(format: FileSinkFormat, args: SinkArgs<'_>) -> Result<SinkSpec> {
+    if !args.has_checkpoint {
+        return Err(Error::Option(format!(
+            "{} needs a checkpoint for exactly-once output: add OPTIONS ('checkpoint' \
+             '<directory>') (DataFrame API: option('checkpoint', '<directory>'))",
+            args.what
+        )));
+    }
+    let path = PathBuf::from(args.location.unwrap_or_default());
+    Ok(SinkSpec::new(FileSinkDefinition {
+        format,
+        path: std::path::absolute(&path).map_err(Error::io(&path))?,
+    }))
+}
+
+/// `STORED AS PARQUET` (sink).
+pub fn parse_parquet(args: SinkArgs<'_>, _options: &mut Options) -> Result<SinkSpec> {
+    parse(FileSinkFormat::Parquet, args)
+}
+
+/// `STORED AS CSV` (sink).
+pub fn parse_csv(args: SinkArgs<'_>, _options: &mut Options) -> Result<SinkSpec> {
+    parse(FileSinkFormat::Csv, args)
+}
+
+/// `STORED AS JSON` (sink).
+pub fn parse_json(args: SinkArgs<'_>, _options: &mut Options) -> Result<SinkSpec> {
+    parse(FileSinkFormat::Json, args)
 }
 
 #[cfg(test)]

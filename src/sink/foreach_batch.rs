@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{DataFrame, SessionContext};
 
-use super::Sink;
+use super::{Sink, SinkContext, SinkDefinition, SinkSpec};
 use crate::error::{Error, Result};
 
 /// The future a `foreach_batch` function returns.
@@ -67,4 +67,17 @@ impl Sink for ForeachBatchSink {
     fn describe(&self) -> String {
         "ForeachBatchSink".to_string()
     }
+}
+
+impl SinkDefinition for ForeachBatchFn {
+    fn open(&self, _ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(ForeachBatchSink::new(self.clone())))
+    }
+}
+
+/// A sink calling `function` per batch: the DataFrame API's `foreach_batch(...)` and
+/// the shell's live `SELECT` build it directly (it takes a function, so SQL has no
+/// `STORED AS` for it).
+pub fn spec(function: ForeachBatchFn) -> SinkSpec {
+    SinkSpec::new(function)
 }

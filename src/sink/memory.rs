@@ -6,9 +6,10 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
-use super::Sink;
-use crate::error::Result;
+use super::{Sink, SinkArgs, SinkContext, SinkDefinition, SinkSpec};
+use crate::error::{Error, Result};
 use crate::planning::BatchTable;
+use crate::source::options::Options;
 
 /// How each batch's rows change the memory sink's table (the same as any table-like
 /// sink's).
@@ -56,4 +57,38 @@ impl Sink for MemorySink {
     fn describe(&self) -> String {
         "MemorySink".to_string()
     }
+}
+
+/// A declared memory sink: its table is the session's (see
+/// [`SinkDefinition::fills_session_table`]).
+#[derive(Debug)]
+pub struct MemoryDefinition;
+
+impl SinkDefinition for MemoryDefinition {
+    fn open(&self, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(MemorySink::new(
+            ctx.memory_table.clone().ok_or_else(|| {
+                Error::Option(
+                    "a memory sink has no table: set QueryConfig::memory_table (the \
+                     session's start_plan does), or use another sink"
+                        .into(),
+                )
+            })?,
+            ctx.table_write("memory")?,
+        )))
+    }
+
+    fn fills_session_table(&self) -> bool {
+        true
+    }
+}
+
+/// A memory sink (its table is given by the session when the query starts).
+pub fn spec() -> SinkSpec {
+    SinkSpec::new(MemoryDefinition)
+}
+
+/// `STORED AS MEMORY` (no options).
+pub fn parse(_args: SinkArgs<'_>, _options: &mut Options) -> Result<SinkSpec> {
+    Ok(spec())
 }

@@ -32,14 +32,11 @@ pub use crate::connector::kafka::sink as kafka;
 pub mod memory;
 pub mod noop;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
-use crate::connector::delta::sink::{DeltaSink, DeltaSinkOptions};
-use crate::connector::postgres::{PostgresSink, PostgresSinkOptions};
 use crate::connector::registry::{Connector, Location};
 use crate::error::{Error, Result};
 use crate::planning::BatchTable;
@@ -107,35 +104,31 @@ impl FileSinkFormat {
     }
 }
 
-/// What a `CREATE SINK` statement writes to, before it is opened for a query.
-#[derive(Debug, Clone)]
-pub enum SinkSpec {
-    /// Pretty tables on standard output, showing at most `num_rows` rows per batch.
-    Console {
-        /// Rows shown per batch (the `num_rows` option, default 20).
-        num_rows: usize,
-    },
-    /// A session table named after the sink.
-    Memory,
-    /// A user function per batch (the DataFrame API's `foreach_batch`).
-    ForeachBatch(foreach_batch::ForeachBatchFn),
-    /// Nowhere: the rows are dropped (Spark's `noop` format), to measure a query
-    /// without the cost of its output.
-    Noop,
-    /// Files in a directory.
-    Files {
-        /// File format written.
-        format: FileSinkFormat,
-        /// Output directory (absolute).
-        path: std::path::PathBuf,
-    },
-    /// Records of a Kafka topic (boxed: the options are much larger than the other variants).
-    Kafka(Box<kafka::KafkaSinkOptions>),
-    /// Rows of a PostgreSQL table.
-    Postgres(Box<PostgresSinkOptions>),
-    /// Commits of a Delta Lake table.
-    Delta(DeltaSinkOptions),
+/// A declared sink, checked, before it is opened for a query: what a connector's parse
+/// function (its registry entry's [`Connector::parse_sink`]) makes of a location and
+/// options. Execution only opens it, so no code outside a sink's own module names the
+/// sink (as DataFusion's `TableProviderFactory` makes providers it does not know).
+pub trait SinkDefinition: Send + Sync + std::fmt::Debug {
+    /// Opens the sink for one run of a query.
+    fn open(&self, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>>;
+
+    /// Whether the sink can serve `mode` at all (file sinks only append, as in Spark).
+    fn supports(&self, _mode: OutputMode) -> bool {
+        true
+    }
+
+    /// Whether the sink fills a session table named after the query (the memory sink):
+    /// the session registers that table and hands it over in
+    /// [`SinkContext::memory_table`]. The one front-end-specific case of the interface.
+    fn fills_session_table(&self) -> bool {
+        false
+    }
 }
+
+/// What a `CREATE SINK` statement (or `write_stream()`) writes to, before it is opened
+/// for a query: a shared [`SinkDefinition`].
+#[derive(Debug, Clone)]
+pub struct SinkSpec(Arc<dyn SinkDefinition>);
 
 /// How a batch's rows change a table-like sink (memory table, database table).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,10 +196,36 @@ pub struct SinkRequest<'a> {
     pub has_checkpoint: bool,
 }
 
+/// What a connector's sink parse function gets: the sink's location and context;
+/// the options come beside it, to take what the connector knows.
+pub struct SinkArgs<'a> {
+    /// The sink's description for messages (`POSTGRES sink 'alerts'`).
+    pub what: &'a str,
+    /// `LOCATION` (SQL) or the connector's location option (DataFrame API), checked
+    /// against the connector's [`Location`] already.
+    pub location: Option<String>,
+    /// Whether a checkpoint directory was given.
+    pub has_checkpoint: bool,
+}
+
+/// A connector's sink parse function: reads its options (taking them from the
+/// [`Options`]; the caller refuses the rest) into a [`SinkSpec`].
+pub type SinkParser = fn(SinkArgs<'_>, &mut Options) -> Result<SinkSpec>;
+
 impl SinkSpec {
+    /// A spec of `definition` (what connectors' parse functions return).
+    pub fn new(definition: impl SinkDefinition + 'static) -> Self {
+        SinkSpec(Arc::new(definition))
+    }
+
     /// Whether the sink can serve `mode` at all (file sinks only append, as in Spark).
     pub fn supports(&self, mode: OutputMode) -> bool {
-        !matches!(self, SinkSpec::Files { .. }) || mode == OutputMode::Append
+        self.0.supports(mode)
+    }
+
+    /// Whether the sink fills a session table named after the query (memory sink).
+    pub fn fills_session_table(&self) -> bool {
+        self.0.fills_session_table()
     }
 
     /// Reads a sink's location and own options (taking them from `options`), for SQL's
@@ -229,102 +248,25 @@ impl SinkSpec {
             }
             _ => {}
         }
-        let files = |format| -> Result<SinkSpec> {
-            if !has_checkpoint {
-                return Err(Error::Option(format!(
-                    "{what} needs a checkpoint for exactly-once output: add OPTIONS ('checkpoint' \
-                     '<directory>') (DataFrame API: option('checkpoint', '<directory>'))"
-                )));
-            }
-            let path = PathBuf::from(location.clone().unwrap_or_default());
-            Ok(SinkSpec::Files {
-                format,
-                path: std::path::absolute(&path).map_err(Error::io(&path))?,
-            })
-        };
-        Ok(match connector.name {
-            "CONSOLE" => {
-                let num_rows = options
-                    .take_parsed::<usize>("num_rows", "a whole number")?
-                    .unwrap_or(20);
-                if num_rows == 0 {
-                    return Err(Error::Option(format!(
-                        "'num_rows' of {what} must be at least 1"
-                    )));
-                }
-                SinkSpec::Console { num_rows }
-            }
-            "MEMORY" => SinkSpec::Memory,
-            "NOOP" => SinkSpec::Noop,
-            "PARQUET" => files(FileSinkFormat::Parquet)?,
-            "CSV" => files(FileSinkFormat::Csv)?,
-            "JSON" => files(FileSinkFormat::Json)?,
-            "KAFKA" => SinkSpec::Kafka(Box::new(kafka::KafkaSinkOptions::parse(
-                options,
-                location.as_deref(),
-                has_checkpoint,
+        let parse = connector.parse_sink.ok_or_else(|| {
+            Error::Unsupported(format!(
+                "sink connector {} is registered without a parse function",
+                connector.name
+            ))
+        })?;
+        parse(
+            SinkArgs {
                 what,
-            )?)),
-            "POSTGRES" => SinkSpec::Postgres(Box::new(PostgresSinkOptions::parse(
-                options,
-                location.as_deref().unwrap_or_default(),
+                location,
                 has_checkpoint,
-                what,
-            )?)),
-            "DELTA" => SinkSpec::Delta(DeltaSinkOptions::parse(
-                options,
-                location.as_deref().unwrap_or_default(),
-                has_checkpoint,
-                what,
-            )?),
-            other => {
-                return Err(Error::Unsupported(format!(
-                    "sink connector {other} is registered but SinkSpec::parse does not know it"
-                )));
-            }
-        })
+            },
+            options,
+        )
     }
 
     /// Opens the sink for one run of a query (execution calls this; it does not know
     /// the sinks).
     pub fn open(&self, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>> {
-        Ok(match self {
-            SinkSpec::Console { num_rows } => Box::new(console::ConsoleSink::stdout(*num_rows)),
-            SinkSpec::Memory => Box::new(memory::MemorySink::new(
-                ctx.memory_table.clone().ok_or_else(|| {
-                    Error::Option(
-                        "a memory sink has no table: set QueryConfig::memory_table (the \
-                         session's start_plan does), or use another sink"
-                            .into(),
-                    )
-                })?,
-                ctx.table_write("memory")?,
-            )),
-            SinkSpec::Noop => Box::new(noop::NoopSink),
-            SinkSpec::Files { format, path } => {
-                Box::new(file::FileSink::open(*format, path, ctx.query_id)?)
-            }
-            SinkSpec::ForeachBatch(function) => {
-                Box::new(foreach_batch::ForeachBatchSink::new(function.clone()))
-            }
-            SinkSpec::Kafka(options) => Box::new(kafka::KafkaSink::open(
-                options.as_ref().clone(),
-                ctx.schema,
-                ctx.query_id,
-                ctx.checkpoint_dir,
-            )?),
-            SinkSpec::Postgres(options) => Box::new(PostgresSink::open(
-                options.as_ref().clone(),
-                ctx.schema,
-                ctx.query_id,
-                ctx.table_write("POSTGRES")?,
-            )?),
-            SinkSpec::Delta(options) => Box::new(DeltaSink::open(
-                options.clone(),
-                ctx.schema,
-                ctx.query_id,
-                ctx.table_write("DELTA")?,
-            )?),
-        })
+        self.0.open(ctx)
     }
 }

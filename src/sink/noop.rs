@@ -7,8 +7,9 @@
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
-use super::Sink;
+use super::{Sink, SinkArgs, SinkContext, SinkDefinition, SinkSpec};
 use crate::error::Result;
+use crate::source::options::Options;
 
 /// Discards every batch.
 pub struct NoopSink;
@@ -26,4 +27,19 @@ impl Sink for NoopSink {
     fn describe(&self) -> String {
         "NoopSink".to_string()
     }
+}
+
+/// A declared no-op sink.
+#[derive(Debug)]
+pub struct NoopDefinition;
+
+impl SinkDefinition for NoopDefinition {
+    fn open(&self, _ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(NoopSink))
+    }
+}
+
+/// `STORED AS NOOP` (no options).
+pub fn parse(_args: SinkArgs<'_>, _options: &mut Options) -> Result<SinkSpec> {
+    Ok(SinkSpec::new(NoopDefinition))
 }

@@ -27,12 +27,17 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use datafusion::arrow::datatypes::SchemaRef;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::format::FileFormat;
-use super::{Offset, SourceBatch, StreamSource};
+use super::format::{CORRUPT_RECORD_COLUMN, Encoding, FileFormat, MalformedMode};
+use super::options::Options;
+use super::{
+    DeclaredSource, Offset, SourceArgs, SourceBatch, SourceDefinition, StreamDef, StreamSource,
+};
 use crate::checkpoint::{BatchLog, create_dir_all, read_file, sync_dir, write_atomic};
 use crate::error::{Error, Result};
 
@@ -384,6 +389,221 @@ impl StreamSource for FileSource {
             self.options.format.name(),
             self.dir.display()
         )
+    }
+}
+
+impl SourceDefinition for FileSourceOptions {
+    fn format_name(&self) -> &'static str {
+        self.format.name()
+    }
+
+    fn open(&self, table: &StreamDef, state_dir: &Path) -> Result<Box<dyn StreamSource>> {
+        Ok(Box::new(FileSource::open(
+            table.schema.clone(),
+            self.clone(),
+            Path::new(&table.location),
+            state_dir,
+        )?))
+    }
+
+    fn details(&self) -> Vec<String> {
+        let mut options = Vec::new();
+        if let Encoding::Csv {
+            has_header,
+            delimiter,
+        } = &self.format.encoding
+        {
+            options.push(format!("has_header {has_header}"));
+            let delimiter = match *delimiter {
+                b'\t' => "\\t".to_string(),
+                other => (other as char).to_string(),
+            };
+            options.push(format!("delimiter '{delimiter}'"));
+        }
+        if !matches!(self.format.encoding, Encoding::Parquet | Encoding::Text) {
+            options.push(format!("mode {}", self.format.mode.name()));
+        }
+        options.push(format!(
+            "max_files_per_trigger {}",
+            self.max_files_per_trigger
+                .map_or("(no limit)".to_string(), |n| n.to_string())
+        ));
+        if let Some(glob) = &self.path_glob_filter {
+            options.push(format!("path_glob_filter '{glob}'"));
+        }
+        options
+    }
+}
+
+/// `STORED AS CSV|JSON|PARQUET|TEXT` (tables): the directory must exist; the first
+/// file already there must match the declared columns.
+fn parse(format: &str, args: SourceArgs<'_>, options: &mut Options) -> Result<DeclaredSource> {
+    let SourceArgs {
+        what,
+        table,
+        declared,
+        location,
+    } = args;
+    let dir = location
+        .ok_or_else(|| Error::Sql(format!("{what} needs LOCATION '<directory>' to watch")))?;
+    let dir = existing_dir(&dir, table)?;
+    let (file, schema) = file_options(format, options, declared, what)?;
+    check_first_file(&file, &dir, &schema)?;
+    Ok(DeclaredSource {
+        definition: Arc::new(file),
+        schema,
+        location: dir.display().to_string(),
+    })
+}
+
+/// `STORED AS CSV` (table).
+pub fn parse_csv(args: SourceArgs<'_>, options: &mut Options) -> Result<DeclaredSource> {
+    parse("CSV", args, options)
+}
+
+/// `STORED AS JSON` (table).
+pub fn parse_json(args: SourceArgs<'_>, options: &mut Options) -> Result<DeclaredSource> {
+    parse("JSON", args, options)
+}
+
+/// `STORED AS PARQUET` (table).
+pub fn parse_parquet(args: SourceArgs<'_>, options: &mut Options) -> Result<DeclaredSource> {
+    parse("PARQUET", args, options)
+}
+
+/// `STORED AS TEXT` (table).
+pub fn parse_text(args: SourceArgs<'_>, options: &mut Options) -> Result<DeclaredSource> {
+    parse("TEXT", args, options)
+}
+
+fn existing_dir(location: &str, table: &str) -> Result<PathBuf> {
+    let path = Path::new(location);
+    if !path.is_dir() {
+        return Err(Error::Sql(format!(
+            "LOCATION '{location}' of table '{table}' is not an existing directory; create it first \
+             (files are then moved into it as they arrive)"
+        )));
+    }
+    path.canonicalize().map_err(Error::io(path))
+}
+
+fn file_options(
+    format: &str,
+    options: &mut Options,
+    declared: Schema,
+    what: &str,
+) -> Result<(FileSourceOptions, Arc<Schema>)> {
+    let mode = match format {
+        "CSV" | "JSON" => options
+            .take("mode")
+            .map(|m| MalformedMode::parse(&m))
+            .transpose()?
+            .unwrap_or(MalformedMode::Permissive),
+        _ => MalformedMode::FailFast,
+    };
+    let encoding = match format {
+        "CSV" => {
+            let has_header = options.take_bool("has_header")?.unwrap_or(false);
+            let delimiter = match options.take("delimiter") {
+                None => b',',
+                Some(d) => {
+                    let d = if d == "\\t" { "\t".to_string() } else { d };
+                    match d.as_bytes() {
+                        [byte] => *byte,
+                        _ => {
+                            return Err(Error::Option(format!(
+                                "'delimiter' of {what} must be a single character, got '{d}'"
+                            )));
+                        }
+                    }
+                }
+            };
+            Encoding::Csv {
+                has_header,
+                delimiter,
+            }
+        }
+        "JSON" => Encoding::Json,
+        "TEXT" => Encoding::Text,
+        _ => Encoding::Parquet,
+    };
+    let schema = if format == "TEXT" {
+        match declared.fields().len() {
+            0 => Schema::new(vec![datafusion::arrow::datatypes::Field::new(
+                "value",
+                DataType::Utf8,
+                true,
+            )]),
+            1 if is_string(declared.field(0).data_type()) => declared,
+            _ => {
+                return Err(Error::Sql(format!(
+                    "{what} has one text column per line: declare `(value VARCHAR)` or no columns"
+                )));
+            }
+        }
+    } else {
+        if declared.fields().is_empty() {
+            return Err(Error::Sql(format!(
+                "{what} needs its columns declared: CREATE UNBOUNDED EXTERNAL TABLE name (col TYPE, ...)"
+            )));
+        }
+        declared
+    };
+    let schema = match schema.index_of(CORRUPT_RECORD_COLUMN) {
+        Err(_) => schema,
+        Ok(index) => {
+            let field = schema.field(index);
+            if !matches!(encoding, Encoding::Csv { .. } | Encoding::Json) {
+                return Err(Error::Sql(format!(
+                    "{what} cannot have a {CORRUPT_RECORD_COLUMN} column: only CSV and JSON records can be malformed"
+                )));
+            }
+            if !is_string(field.data_type()) || !field.is_nullable() {
+                return Err(Error::Sql(format!(
+                    "column {CORRUPT_RECORD_COLUMN} of {what} must be a nullable VARCHAR"
+                )));
+            }
+            // DataFusion plans VARCHAR as Utf8View; the decoders fill this column as Utf8.
+            let mut fields = schema.fields().to_vec();
+            fields[index] = Arc::new(field.clone().with_data_type(DataType::Utf8));
+            Schema::new_with_metadata(fields, schema.metadata().clone())
+        }
+    };
+    let max_files_per_trigger =
+        options.take_parsed::<usize>("max_files_per_trigger", "a positive whole number")?;
+    if max_files_per_trigger == Some(0) {
+        return Err(Error::Option(format!(
+            "'max_files_per_trigger' of {what} must be at least 1"
+        )));
+    }
+    let path_glob_filter = options.take("path_glob_filter");
+    compile_glob(path_glob_filter.as_deref())?;
+    Ok((
+        FileSourceOptions {
+            format: FileFormat { encoding, mode },
+            path_glob_filter,
+            max_files_per_trigger,
+        },
+        Arc::new(schema),
+    ))
+}
+
+/// Whether a declared column is text: DataFusion plans `VARCHAR` as `Utf8View` by
+/// default (`datafusion.sql_parser.map_string_types_to_utf8view`).
+fn is_string(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+    )
+}
+
+fn check_first_file(options: &FileSourceOptions, dir: &Path, schema: &Arc<Schema>) -> Result<()> {
+    let glob = compile_glob(options.path_glob_filter.as_deref())?;
+    let mut files = list_files(dir, glob.as_ref())?;
+    files.sort_by(|a, b| (a.mtime_ms, &a.path).cmp(&(b.mtime_ms, &b.path)));
+    match files.first() {
+        Some(first) => options.format.check_file(&first.path, schema),
+        None => Ok(()),
     }
 }
 

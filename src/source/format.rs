@@ -47,6 +47,15 @@ pub enum MalformedMode {
 }
 
 impl MalformedMode {
+    /// The option value (`permissive`, `drop_malformed`, `fail_fast`), for `\d`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MalformedMode::Permissive => "permissive",
+            MalformedMode::DropMalformed => "drop_malformed",
+            MalformedMode::FailFast => "fail_fast",
+        }
+    }
+
     /// Reads the option value (`permissive`, `drop_malformed`, `fail_fast`; Spark's
     /// upper-case spellings are accepted too).
     pub fn parse(value: &str) -> Result<Self> {

@@ -21,13 +21,15 @@ pub mod socket;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use serde_json::Value;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use options::Options;
 
 /// An offset: a source-specific JSON value, stored verbatim in the offset log.
 pub type Offset = Value;
@@ -79,20 +81,60 @@ pub trait StreamSource: Send {
     fn describe(&self) -> String;
 }
 
-/// The kind of an unbounded table, from `STORED AS`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SourceKind {
-    /// Files landing in a directory, in one of the file formats.
-    Files(file::FileSourceOptions),
-    /// The rate generator.
-    Rate(rate::RateOptions),
-    /// Lines from a TCP server.
-    Socket,
-    /// Records of Kafka topics.
-    Kafka(kafka::KafkaOptions),
-    /// The commits of a Delta Lake table.
-    Delta(crate::connector::delta::source::DeltaSourceOptions),
+/// A declared unbounded table's source, checked, before it is opened for a query: what
+/// a connector's parse function (its registry entry's
+/// [`Connector::parse_source`](crate::connector::registry::Connector::parse_source))
+/// makes of a location and options. The engine and the shell only call these methods,
+/// so no code outside a source's own module names the source.
+pub trait SourceDefinition: Send + Sync + std::fmt::Debug {
+    /// The `STORED AS` name (`CSV`, `RATE`), for `\d` and the identity.
+    fn format_name(&self) -> &'static str;
+
+    /// Identity recorded in checkpoints, to check that a checkpoint belongs to a query
+    /// over the same sources: `<FORMAT> <location>` unless the source says otherwise.
+    /// Must stay byte-identical across versions, or old checkpoints stop restoring.
+    fn identity(&self, location: &str) -> String {
+        format!("{} {location}", self.format_name())
+            .trim()
+            .to_string()
+    }
+
+    /// Opens the source of `table` for one query, keeping its durable state in
+    /// `state_dir` (which exists).
+    fn open(&self, table: &StreamDef, state_dir: &Path) -> Result<Box<dyn StreamSource>>;
+
+    /// The options as `\d name` lists them (`max_files_per_trigger 4`); never secrets.
+    fn details(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
+
+/// What a connector's source parse function gets besides the options.
+pub struct SourceArgs<'a> {
+    /// The table's description for messages (`CSV table 'readings'`).
+    pub what: &'a str,
+    /// The table's name.
+    pub table: &'a str,
+    /// The declared columns (empty when the statement has no column list).
+    pub declared: Schema,
+    /// `LOCATION`, if given.
+    pub location: Option<String>,
+}
+
+/// A source as its parse function declares it.
+pub struct DeclaredSource {
+    /// The source.
+    pub definition: Arc<dyn SourceDefinition>,
+    /// The table's schema (declared, fixed by the source, or read from the data).
+    pub schema: SchemaRef,
+    /// The location as shown and recorded in the identity (absolute directory,
+    /// `host:port`, topic; empty for rate).
+    pub location: String,
+}
+
+/// A connector's source parse function: reads the declaration (taking its options
+/// from the [`Options`]; the caller refuses the rest).
+pub type SourceParser = fn(SourceArgs<'_>, &mut Options) -> Result<DeclaredSource>;
 
 /// An event-time watermark declared with `WATERMARK FOR col AS col - INTERVAL ...`.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,7 +164,7 @@ pub struct StreamDef {
     /// The declared schema (for files this includes an optional `_corrupt_record`).
     pub schema: SchemaRef,
     /// What the table reads.
-    pub kind: SourceKind,
+    pub kind: Arc<dyn SourceDefinition>,
     /// Directory (files), `host:port` (socket), topic or topic pattern (Kafka); empty
     /// for rate.
     pub location: String,
@@ -133,42 +175,31 @@ pub struct StreamDef {
 impl StreamDef {
     /// Identity used to check that a checkpoint belongs to a query over the same sources.
     pub fn identity(&self) -> String {
-        let kind = match &self.kind {
-            SourceKind::Files(f) => f.format.name().to_string(),
-            SourceKind::Rate(_) => "RATE".to_string(),
-            SourceKind::Socket => "SOCKET".to_string(),
-            SourceKind::Kafka(options) => return options.identity(),
-            SourceKind::Delta(_) => "DELTA".to_string(),
-        };
-        format!("{kind} {}", self.location).trim().to_string()
+        self.kind.identity(&self.location)
     }
 
     /// Opens the source for one query, keeping its durable state in `state_dir`.
     pub fn open(&self, state_dir: &Path) -> Result<Box<dyn StreamSource>> {
         crate::checkpoint::create_dir_all(state_dir)?;
-        Ok(match &self.kind {
-            SourceKind::Files(options) => Box::new(file::FileSource::open(
-                self.schema.clone(),
-                options.clone(),
-                Path::new(&self.location),
-                state_dir,
-            )?),
-            SourceKind::Rate(options) => {
-                Box::new(rate::RateSource::open(options.clone(), state_dir)?)
-            }
-            SourceKind::Socket => Box::new(socket::SocketSource::open(&self.location, state_dir)?),
-            SourceKind::Kafka(options) => Box::new(kafka::KafkaSource::open(
-                &self.name,
-                self.schema.clone(),
-                options.clone(),
-                state_dir,
-            )?),
-            SourceKind::Delta(options) => {
-                Box::new(crate::connector::delta::source::DeltaSource::open(
-                    self.schema.clone(),
-                    options.clone(),
-                )?)
-            }
-        })
+        self.kind.open(self, state_dir)
+    }
+}
+
+/// Refuses a column list for a source whose columns are fixed (`fixed` names them).
+pub fn no_columns(declared: &Schema, what: &str, fixed: &str) -> Result<()> {
+    if declared.fields().is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Sql(format!(
+            "{what} has fixed columns ({fixed}); leave out the column list"
+        )))
+    }
+}
+
+/// Refuses a `LOCATION` for a source that takes none.
+pub fn no_location(location: &Option<String>, what: &str) -> Result<()> {
+    match location {
+        None => Ok(()),
+        Some(l) => Err(Error::Sql(format!("{what} takes no LOCATION (got '{l}')"))),
     }
 }

@@ -13,7 +13,11 @@ use datafusion::arrow::array::{Int64Array, RecordBatch, TimestampNanosecondArray
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde_json::json;
 
-use super::{Offset, SourceBatch, StreamSource};
+use super::options::Options;
+use super::{
+    DeclaredSource, Offset, SourceArgs, SourceBatch, SourceDefinition, StreamDef, StreamSource,
+    no_columns, no_location,
+};
 use crate::checkpoint::{read_file, write_atomic};
 use crate::error::{Error, Result};
 
@@ -159,6 +163,57 @@ impl StreamSource for RateSource {
                 .map_or(String::new(), |n| format!(", maxRowsPerTrigger={n}"))
         )
     }
+}
+
+impl SourceDefinition for RateOptions {
+    fn format_name(&self) -> &'static str {
+        "RATE"
+    }
+
+    fn open(&self, _table: &StreamDef, state_dir: &Path) -> Result<Box<dyn StreamSource>> {
+        Ok(Box::new(RateSource::open(self.clone(), state_dir)?))
+    }
+
+    fn details(&self) -> Vec<String> {
+        let mut options = vec![
+            format!("rows_per_second {}", self.rows_per_second),
+            format!("num_partitions {}", self.num_partitions),
+        ];
+        if let Some(limit) = self.max_rows_per_trigger {
+            options.push(format!("max_rows_per_trigger {limit}"));
+        }
+        options
+    }
+}
+
+/// `STORED AS RATE`: fixed columns, no location.
+pub fn parse(args: SourceArgs<'_>, options: &mut Options) -> Result<DeclaredSource> {
+    let what = args.what;
+    no_columns(&args.declared, what, "timestamp TIMESTAMP, value BIGINT")?;
+    no_location(&args.location, what)?;
+    let rows_per_second = options
+        .take_parsed::<u64>("rows_per_second", "a positive whole number")?
+        .unwrap_or(1);
+    let num_partitions = options
+        .take_parsed::<usize>("num_partitions", "a positive whole number")?
+        .unwrap_or(1);
+    let max_rows_per_trigger =
+        options.take_parsed::<u64>("max_rows_per_trigger", "a positive whole number")?;
+    if rows_per_second == 0 || num_partitions == 0 || max_rows_per_trigger == Some(0) {
+        return Err(Error::Option(format!(
+            "'rows_per_second', 'num_partitions' and 'max_rows_per_trigger' of {what} \
+             must be at least 1"
+        )));
+    }
+    Ok(DeclaredSource {
+        definition: Arc::new(RateOptions {
+            rows_per_second,
+            num_partitions,
+            max_rows_per_trigger,
+        }),
+        schema: rate_schema(),
+        location: String::new(),
+    })
 }
 
 #[cfg(test)]

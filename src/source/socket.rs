@@ -31,7 +31,11 @@ use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde_json::json;
 
-use super::{Offset, SourceBatch, StreamSource};
+use super::options::Options;
+use super::{
+    DeclaredSource, Offset, SourceArgs, SourceBatch, SourceDefinition, StreamDef, StreamSource,
+    no_columns,
+};
 use crate::error::{Error, Result};
 
 /// The fixed schema of the socket source: `value VARCHAR`.
@@ -346,4 +350,42 @@ impl StreamSource for SocketSource {
             None => format!("TextSocketSource[{}]", self.address),
         }
     }
+}
+
+/// A declared socket table (everything is in its location, `host:port`).
+#[derive(Debug)]
+pub struct SocketDefinition;
+
+impl SourceDefinition for SocketDefinition {
+    fn format_name(&self) -> &'static str {
+        "SOCKET"
+    }
+
+    fn open(&self, table: &StreamDef, state_dir: &Path) -> Result<Box<dyn StreamSource>> {
+        Ok(Box::new(SocketSource::open(&table.location, state_dir)?))
+    }
+}
+
+/// `STORED AS SOCKET`: one `value` column, `LOCATION '<host>:<port>'`.
+pub fn parse(args: SourceArgs<'_>, _options: &mut Options) -> Result<DeclaredSource> {
+    let what = args.what;
+    no_columns(&args.declared, what, "value VARCHAR")?;
+    let address = args.location.ok_or_else(|| {
+        Error::Sql(format!(
+            "{what} needs LOCATION '<host>:<port>' to connect to"
+        ))
+    })?;
+    if address
+        .rsplit_once(':')
+        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+    {
+        return Err(Error::Sql(format!(
+            "LOCATION '{address}' of {what} must be '<host>:<port>'"
+        )));
+    }
+    Ok(DeclaredSource {
+        definition: Arc::new(SocketDefinition),
+        schema: socket_schema(),
+        location: address,
+    })
 }

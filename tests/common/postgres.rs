@@ -25,32 +25,43 @@ impl PgServer {
     /// The test binary's server, started on first use.
     pub fn shared() -> &'static PgServer {
         static SERVER: OnceLock<PgServer> = OnceLock::new();
-        SERVER.get_or_init(|| {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres.sh");
-            let output = Command::new(script)
-                .arg("start")
-                .arg(std::process::id().to_string())
-                .output()
-                .expect("run scripts/postgres.sh");
-            assert!(
-                output.status.success(),
-                "scripts/postgres.sh start failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            let line = String::from_utf8_lossy(&output.stdout).trim().to_string();
-            let mut words = line.split_whitespace();
-            let port = words.next().and_then(|p| p.parse().ok()).expect("port");
-            let dir = PathBuf::from(words.next().expect("directory"));
-            let password = std::fs::read_to_string(dir.join("password"))
-                .expect("read the password")
-                .trim()
-                .to_string();
-            PgServer {
-                port,
-                dir,
-                password,
-            }
-        })
+        SERVER.get_or_init(|| Self::start(false))
+    }
+
+    /// The test binary's server with TLS (`ssl = on`, a certificate for `localhost`
+    /// signed by the CA in `dir/ca.crt`; `dir/other-ca.crt` signed nothing), started on
+    /// first use.
+    pub fn shared_tls() -> &'static PgServer {
+        static SERVER: OnceLock<PgServer> = OnceLock::new();
+        SERVER.get_or_init(|| Self::start(true))
+    }
+
+    fn start(tls: bool) -> PgServer {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres.sh");
+        let output = Command::new(script)
+            .arg("start")
+            .arg(std::process::id().to_string())
+            .args(if tls { &["tls"][..] } else { &[] })
+            .output()
+            .expect("run scripts/postgres.sh");
+        assert!(
+            output.status.success(),
+            "scripts/postgres.sh start failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let mut words = line.split_whitespace();
+        let port = words.next().and_then(|p| p.parse().ok()).expect("port");
+        let dir = PathBuf::from(words.next().expect("directory"));
+        let password = std::fs::read_to_string(dir.join("password"))
+            .expect("read the password")
+            .trim()
+            .to_string();
+        PgServer {
+            port,
+            dir,
+            password,
+        }
     }
 
     /// Creates database `name` (each test uses its own) and returns `name`.

@@ -39,11 +39,32 @@ use deltalake::protocol::SaveMode;
 use super::{block_on, delta_error, open_table, runtime};
 use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
-use crate::sink::{Sink, TableWrite};
+use crate::sink::{Sink, SinkArgs, SinkContext, SinkDefinition, SinkSpec, TableWrite};
 use crate::source::options::Options;
 
 /// The sink's own options (besides `checkpoint`, `output_mode`, `trigger`).
 pub const OPTIONS: &[&str] = &["partition_by"];
+
+/// `STORED AS DELTA` (sink): the registry's parse function.
+pub fn parse_sink(args: SinkArgs<'_>, options: &mut Options) -> Result<SinkSpec> {
+    Ok(SinkSpec::new(DeltaSinkOptions::parse(
+        options,
+        args.location.as_deref().unwrap_or_default(),
+        args.has_checkpoint,
+        args.what,
+    )?))
+}
+
+impl SinkDefinition for DeltaSinkOptions {
+    fn open(&self, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(DeltaSink::open(
+            self.clone(),
+            ctx.schema,
+            ctx.query_id,
+            ctx.table_write("DELTA")?,
+        )?))
+    }
+}
 
 /// A Delta sink as declared: where the table is and how a new one is partitioned.
 #[derive(Debug, Clone, PartialEq)]

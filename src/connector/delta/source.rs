@@ -36,7 +36,9 @@ use serde_json::Value;
 use super::{block_on, delta_error, open_table, runtime};
 use crate::error::{Error, Result};
 use crate::source::options::Options;
-use crate::source::{Offset, SourceBatch, StreamSource};
+use crate::source::{
+    DeclaredSource, Offset, SourceArgs, SourceBatch, SourceDefinition, StreamDef, StreamSource,
+};
 
 /// The source's own options.
 pub const OPTIONS: &[&str] = &[
@@ -70,6 +72,49 @@ pub struct DeltaSourceOptions {
     pub max_files_per_trigger: usize,
     /// `skip_change_commits`.
     pub skip_change_commits: bool,
+}
+
+impl SourceDefinition for DeltaSourceOptions {
+    fn format_name(&self) -> &'static str {
+        "DELTA"
+    }
+
+    fn open(
+        &self,
+        table: &StreamDef,
+        _state_dir: &std::path::Path,
+    ) -> Result<Box<dyn StreamSource>> {
+        Ok(Box::new(DeltaSource::open(
+            table.schema.clone(),
+            self.clone(),
+        )?))
+    }
+
+    fn details(&self) -> Vec<String> {
+        vec![
+            format!(
+                "starting_version {}",
+                match self.starting_version {
+                    StartingVersion::Snapshot => "(snapshot, then new commits)".to_string(),
+                    StartingVersion::Version(v) => v.to_string(),
+                    StartingVersion::Latest => "latest".to_string(),
+                }
+            ),
+            format!("max_files_per_trigger {}", self.max_files_per_trigger),
+            format!("skip_change_commits {}", self.skip_change_commits),
+        ]
+    }
+}
+
+/// `STORED AS DELTA` (table): the registry's parse function.
+pub fn parse_source(args: SourceArgs<'_>, options: &mut Options) -> Result<DeclaredSource> {
+    let (delta, schema) = declare(args.declared, args.location, options, args.what)?;
+    let location = delta.path.display().to_string();
+    Ok(DeclaredSource {
+        definition: std::sync::Arc::new(delta),
+        schema,
+        location,
+    })
 }
 
 /// Reads a `CREATE UNBOUNDED EXTERNAL TABLE ... STORED AS DELTA` declaration: the

@@ -56,7 +56,7 @@ use crate::checkpoint::write_atomic;
 use crate::connector::kafka::client::{Backoff, TopicNotCreated, check_topic_name, create_topic};
 use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
-use crate::sink::Sink;
+use crate::sink::{self, Sink, SinkArgs, SinkDefinition, SinkSpec};
 use crate::source::options::Options;
 
 /// The partition of the output topic whose committed offset (in the query's consumer
@@ -1395,6 +1395,27 @@ impl Sink for KafkaSink {
             self.options.delivery.name()
         )
     }
+}
+
+impl SinkDefinition for KafkaSinkOptions {
+    fn open(&self, ctx: &sink::SinkContext<'_>) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(KafkaSink::open(
+            self.clone(),
+            ctx.schema,
+            ctx.query_id,
+            ctx.checkpoint_dir,
+        )?))
+    }
+}
+
+/// `STORED AS KAFKA` (sink): the registry's parse function.
+pub fn parse_sink(args: SinkArgs<'_>, options: &mut Options) -> Result<SinkSpec> {
+    Ok(SinkSpec::new(KafkaSinkOptions::parse(
+        options,
+        args.location.as_deref(),
+        args.has_checkpoint,
+        args.what,
+    )?))
 }
 
 #[cfg(test)]

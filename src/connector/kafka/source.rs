@@ -54,7 +54,9 @@ use crate::connector::kafka::client::{Backoff, check_topic_name};
 use crate::error::{Error, Result};
 use crate::source::format::{CORRUPT_RECORD_COLUMN, MalformedMode, RecordEncoding, decode_records};
 use crate::source::options::Options;
-use crate::source::{Offset, SourceBatch, StreamSource};
+use crate::source::{
+    DeclaredSource, Offset, SourceArgs, SourceBatch, SourceDefinition, StreamDef, StreamSource,
+};
 
 /// The metadata columns every Kafka table has (Spark's names), after the declared ones:
 /// `key BINARY`, `value BINARY` (the raw value), `topic VARCHAR`, `partition INT`,
@@ -1539,6 +1541,80 @@ fn read_initial_offsets(path: &std::path::Path) -> Result<Option<PartitionOffset
         ))
     })?;
     offsets_from_json(&json).map(Some)
+}
+
+impl SourceDefinition for KafkaOptions {
+    fn format_name(&self) -> &'static str {
+        "KAFKA"
+    }
+
+    /// The topic, or `pattern <regex>` (not `KAFKA <location>`).
+    fn identity(&self, _location: &str) -> String {
+        KafkaOptions::identity(self)
+    }
+
+    fn open(&self, table: &StreamDef, state_dir: &Path) -> Result<Box<dyn StreamSource>> {
+        Ok(Box::new(KafkaSource::open(
+            &table.name,
+            table.schema.clone(),
+            self.clone(),
+            state_dir,
+        )?))
+    }
+
+    /// Client settings are shown by name only: they may hold credentials.
+    fn details(&self) -> Vec<String> {
+        let mut options = vec![format!("bootstrap.servers '{}'", self.bootstrap_servers)];
+        if let Subscription::Pattern(pattern) = &self.subscription {
+            options.push(format!("topic_pattern '{pattern}'"));
+        }
+        options.push(format!(
+            "format {}",
+            match self.format {
+                ValueFormat::Raw => "raw",
+                ValueFormat::Parsed(RecordEncoding::Json) => "json",
+                ValueFormat::Parsed(RecordEncoding::Csv { .. }) => "csv",
+            }
+        ));
+        if matches!(self.format, ValueFormat::Parsed(_)) {
+            options.push(format!("mode {}", self.mode.name()));
+        }
+        options.push(format!(
+            "starting_offsets {}",
+            match &self.starting_offsets {
+                StartingOffsets::Earliest => "earliest".to_string(),
+                StartingOffsets::Latest => "latest".to_string(),
+                StartingOffsets::Specific(offsets) => {
+                    format!("'{}'", serde_json::to_string(offsets).unwrap_or_default())
+                }
+            }
+        ));
+        options.push(format!(
+            "max_offsets_per_trigger {}",
+            self.max_offsets_per_trigger
+                .map_or("(no limit)".to_string(), |n| n.to_string())
+        ));
+        options.push(format!("fail_on_data_loss {}", self.fail_on_data_loss));
+        options.push(format!("isolation.level {}", self.isolation_level));
+        if let Some(group) = &self.commit_to_group {
+            options.push(format!("commit_to_group '{group}'"));
+        }
+        for (setting, _) in &self.client_settings {
+            options.push(format!("kafka.{setting} (set)"));
+        }
+        options
+    }
+}
+
+/// `STORED AS KAFKA` (table): the registry's parse function.
+pub fn parse_source(args: SourceArgs<'_>, options: &mut Options) -> Result<DeclaredSource> {
+    let (kafka, schema) = declare(args.declared, args.location, options, args.what)?;
+    let location = kafka.location();
+    Ok(DeclaredSource {
+        definition: Arc::new(kafka),
+        schema,
+        location,
+    })
 }
 
 #[cfg(test)]

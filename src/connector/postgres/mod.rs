@@ -15,8 +15,8 @@
 //! **Connection.** `host` (default `127.0.0.1`), `port` (5432), `database`
 //! (`postgres`), `user` (`postgres`); the password comes from the environment variable
 //! named by `password_env` or the file named by `password_file` (first line), never
-//! from the statement, and is never logged. TLS is not built in: `sslmode` accepts only
-//! `disable` (the default), so use a loopback server or a tunnel.
+//! from the statement, and is never logged. TLS ([`tls`]): libpq's `sslmode` (`disable`
+//! by default for a loopback host, `verify-full` otherwise) and `sslrootcert`.
 //!
 //! **Table.** Created on the first write when absent (`create_table`, default true)
 //! with the query's columns (and, in update mode, a `UNIQUE NULLS NOT DISTINCT`
@@ -34,15 +34,19 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
-use futures::pin_mut;
+use futures::{FutureExt, pin_mut};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls};
 
 use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
-use crate::sink::{Sink, TableWrite};
+use crate::sink::{Sink, SinkArgs, SinkContext, SinkDefinition, SinkSpec, TableWrite};
 use crate::source::options::Options;
+
+pub mod tls;
+
+use tls::TlsOptions;
 
 /// The sink's own options (besides `checkpoint`, `output_mode`, `trigger`).
 pub const OPTIONS: &[&str] = &[
@@ -53,6 +57,7 @@ pub const OPTIONS: &[&str] = &[
     "password_env",
     "password_file",
     "sslmode",
+    "sslrootcert",
     "create_table",
     "connect_timeout",
 ];
@@ -91,6 +96,8 @@ pub struct PostgresSinkOptions {
     pub create_table: bool,
     /// How long to wait for a connection.
     pub connect_timeout: Duration,
+    /// TLS (`sslmode`, `sslrootcert`).
+    pub tls: TlsOptions,
 }
 
 impl PostgresSinkOptions {
@@ -125,16 +132,10 @@ impl PostgresSinkOptions {
             (None, Some(file)) => Password::File(PathBuf::from(file)),
             (None, None) => Password::None,
         };
-        match options.take("sslmode") {
-            None => {}
-            Some(mode) if mode.eq_ignore_ascii_case("disable") => {}
-            Some(mode) => {
-                return Err(Error::Unsupported(format!(
-                    "sslmode '{mode}' of {what}: TLS is not built into the PostgreSQL sink; use \
-                     'disable' with a server on loopback (or reached through a tunnel)"
-                )));
-            }
-        }
+        let host = options
+            .take("host")
+            .unwrap_or_else(|| "127.0.0.1".to_string());
+        let tls = TlsOptions::parse(options, &host, what)?;
         let connect_timeout = options
             .take("connect_timeout")
             .map(|d| crate::duration::parse_duration(&d))
@@ -142,9 +143,7 @@ impl PostgresSinkOptions {
             .unwrap_or(Duration::from_secs(10));
         Ok(PostgresSinkOptions {
             table: table.to_string(),
-            host: options
-                .take("host")
-                .unwrap_or_else(|| "127.0.0.1".to_string()),
+            host,
             port,
             database: options
                 .take("database")
@@ -155,6 +154,7 @@ impl PostgresSinkOptions {
             password,
             create_table: options.take_bool("create_table")?.unwrap_or(true),
             connect_timeout,
+            tls,
         })
     }
 
@@ -192,6 +192,27 @@ impl PostgresSinkOptions {
         }
         Ok(config)
     }
+}
+
+impl SinkDefinition for PostgresSinkOptions {
+    fn open(&self, ctx: &SinkContext<'_>) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(PostgresSink::open(
+            self.clone(),
+            ctx.schema,
+            ctx.query_id,
+            ctx.table_write("POSTGRES")?,
+        )?))
+    }
+}
+
+/// `STORED AS POSTGRES`: the registry's parse function.
+pub fn parse_sink(args: SinkArgs<'_>, options: &mut Options) -> Result<SinkSpec> {
+    Ok(SinkSpec::new(PostgresSinkOptions::parse(
+        options,
+        args.location.as_deref().unwrap_or_default(),
+        args.has_checkpoint,
+        args.what,
+    )?))
 }
 
 /// How a column is sent: the PostgreSQL type, and the Arrow type it is cast to first.
@@ -378,7 +399,21 @@ fn block_on<T: Send>(
 fn error_detail(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => {
+            // The cause (a TLS handshake's certificate error, say) is not in the
+            // `Display` of tokio-postgres's error, only in its sources.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.contains(&cause_text) {
+                    text.push_str(": ");
+                    text.push_str(&cause_text);
+                }
+                source = cause.source();
+            }
+            text
+        }
     }
 }
 
@@ -472,16 +507,44 @@ impl PostgresSink {
         if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
             return Ok(());
         }
-        let config = self.options.config()?;
+        let mut config = self.options.config()?;
+        let tls = self.options.tls.connector()?;
         let place = self.options.describe();
+        let tls_text = self.options.tls.describe();
+        let host = self.options.host.clone();
+        let verify_full = self.options.tls.mode == tls::SslMode::VerifyFull;
         let runtime = self.runtime()?;
-        let client = block_on(runtime, async {
-            let (client, connection) = config.connect(NoTls).await.map_err(|e| {
-                Error::Network(format!(
-                    "PostgreSQL sink: cannot connect to {place}: {}",
-                    error_detail(&e)
-                ))
-            })?;
+        let client = block_on(runtime, async move {
+            let (client, connection) = match tls {
+                None => {
+                    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+                        Error::Network(format!(
+                            "PostgreSQL sink: cannot connect to {place}: {}",
+                            error_detail(&e)
+                        ))
+                    })?;
+                    (client, connection.boxed())
+                }
+                Some(tls) => {
+                    // TLS or nothing: never a fall-back to clear text.
+                    config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                    let (client, connection) = config.connect(tls).await.map_err(|e| {
+                        let name = if verify_full {
+                            format!(" and name the host '{host}'")
+                        } else {
+                            String::new()
+                        };
+                        Error::Network(format!(
+                            "PostgreSQL sink: cannot connect to {place} with {tls_text}: {}. \
+                             The server must accept TLS (ssl = on) and, unless sslmode is \
+                             'require', its certificate must be signed by a CA of sslrootcert{name}; \
+                             change sslmode or sslrootcert otherwise",
+                            error_detail(&e)
+                        ))
+                    })?;
+                    (client, connection.boxed())
+                }
+            };
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::warn!("PostgreSQL sink connection ended: {e}");
@@ -779,15 +842,16 @@ mod tests {
     }
 
     #[test]
-    fn options_have_loopback_defaults_and_refuse_tls_and_two_passwords() {
+    fn options_have_loopback_defaults_and_refuse_two_passwords() {
         let o = parse(&[]).unwrap();
         assert_eq!(o.describe(), "127.0.0.1:5432/postgres alerts");
         assert_eq!(o.password, Password::None);
         let o = parse(&[("password_env", "PGPASS"), ("port", "6000")]).unwrap();
         assert_eq!(o.password, Password::Env("PGPASS".into()));
         assert_eq!(o.port, 6000);
-        let e = parse(&[("sslmode", "require")]).unwrap_err().to_string();
-        assert!(e.contains("TLS"), "{e}");
+        assert_eq!(o.tls.mode, tls::SslMode::Disable);
+        let o = parse(&[("host", "db.example.com")]).unwrap();
+        assert_eq!(o.tls.mode, tls::SslMode::VerifyFull);
         let e = parse(&[("password_env", "A"), ("password_file", "f")])
             .unwrap_err()
             .to_string();
