@@ -10,40 +10,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use serde_json::Value;
 
-/// Runs `scripts/delta-python.sh` (installing the package the first time).
-fn delta_python(args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/delta-python.sh");
-    let mut child = Command::new(script)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run scripts/delta-python.sh");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "delta-python.sh {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// The table as the Python `deltalake` package reads it: `(version, rows, history)`.
 fn python_read(table: &Path) -> (i64, Vec<BTreeMap<String, Value>>, Vec<Value>) {
-    let out = delta_python(&["read", &table.display().to_string()], None);
+    let out = delta_python(&["read", &table.display().to_string()], "");
     let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     let rows = v["rows"]
         .as_array()
@@ -130,18 +103,6 @@ fn query_id(checkpoint: &Path) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-fn sensor_file(dir: &Path, name: &str, rows: &[(&str, &str, i64, f64)]) {
-    let text: String = rows
-        .iter()
-        .map(|(pump, ts, seq, pressure)| {
-            format!(
-                "{{\"pump\": \"{pump}\", \"ts\": \"{ts}\", \"seq\": {seq}, \"pressure\": {pressure}}}\n"
-            )
-        })
-        .collect();
-    write_atomic(dir, name, text.as_bytes());
 }
 
 fn readings(input: &Path) -> String {
@@ -280,7 +241,7 @@ fn a_table_of_another_schema_is_refused_before_the_query_runs() {
     // A table written by another Delta writer, with other columns.
     delta_python(
         &["write", &table.display().to_string(), "append"],
-        Some(r#"[{"pump": "p0", "seq": "x"}]"#),
+        r#"[{"pump": "p0", "seq": "x"}]"#,
     );
     sensor_file(&input, "a.json", &[("p1", "2026-01-01T10:00:00", 1, 4.5)]);
     let job = delta_job(root, "mismatch.sql", &input, &table, "");
@@ -427,22 +388,7 @@ fn update_mode_merges_on_the_group_keys_and_complete_mode_overwrites() {
     let root = tmp.path();
     let input = make_dir(root, "in");
     let mut rng = XorShift::new(test_seed("delta_update"));
-    let pumps = ["p1", "p2", "p3", "p4"];
-    let mut files = Vec::new();
-    for file in 0..8 {
-        let rows: Vec<(&str, &str, i64, f64)> = (0..5)
-            .map(|_| {
-                (
-                    pumps[rng.range(0, 3) as usize],
-                    "2026-01-01T10:00:00",
-                    rng.range(1, 100) as i64,
-                    rng.range(0, 40) as f64 / 4.0,
-                )
-            })
-            .collect();
-        sensor_file(&input, &format!("f{file:02}.json"), &rows);
-        files.push(rows);
-    }
+    let files = random_sensor_files(&input, &mut rng, 8);
     let (stats, totals) = (root.join("stats"), root.join("totals"));
     let job = write_job(
         root,

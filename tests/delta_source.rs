@@ -7,33 +7,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
-
-fn delta_python(args: &[&str], stdin: &str) {
-    use std::io::Write;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/delta-python.sh");
-    let mut child = Command::new(script)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run scripts/delta-python.sh");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "delta-python.sh {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Appends rows `(id, name)` for `ids` as one commit (one file).
 fn append(table: &Path, ids: impl IntoIterator<Item = i64>) {

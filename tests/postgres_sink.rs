@@ -13,18 +13,6 @@ use std::path::Path;
 use common::postgres::{PASSWORD_ENV, PgServer};
 use common::*;
 
-fn sensor_file(dir: &Path, name: &str, rows: &[(&str, &str, i64, f64)]) {
-    let text: String = rows
-        .iter()
-        .map(|(pump, ts, seq, pressure)| {
-            format!(
-                "{{\"pump\": \"{pump}\", \"ts\": \"{ts}\", \"seq\": {seq}, \"pressure\": {pressure}}}\n"
-            )
-        })
-        .collect();
-    write_atomic(dir, name, text.as_bytes());
-}
-
 const READINGS: &str = "CREATE UNBOUNDED EXTERNAL TABLE readings (pump VARCHAR, ts TIMESTAMP, \
      seq BIGINT, pressure DOUBLE) STORED AS JSON LOCATION '{input}/' \
      OPTIONS ('max_files_per_trigger' '1');\n";
@@ -138,22 +126,7 @@ fn update_mode_upserts_the_groups_and_complete_mode_replaces_the_table() {
     let root = tmp.path();
     let input = make_dir(root, "in");
     let mut rng = XorShift::new(test_seed("postgres_update"));
-    let pumps = ["p1", "p2", "p3", "p4"];
-    let mut files = Vec::new();
-    for file in 0..12 {
-        let rows: Vec<(&str, &str, i64, f64)> = (0..5)
-            .map(|_| {
-                (
-                    pumps[rng.range(0, 3) as usize],
-                    "2026-01-01T10:00:00",
-                    rng.range(1, 100) as i64,
-                    rng.range(0, 40) as f64 / 4.0,
-                )
-            })
-            .collect();
-        sensor_file(&input, &format!("f{file:02}.json"), &rows);
-        files.push(rows);
-    }
+    let files = random_sensor_files(&input, &mut rng, 12);
     let job = write_job(
         root,
         "update.sql",

@@ -633,3 +633,68 @@ pub fn test_seed(test: &str) -> u64 {
     eprintln!("{test}: seed {seed} (rerun with MILLRACE_TEST_SEED={seed})");
     seed
 }
+
+/// A JSON-lines file of pump readings `(pump, ts, seq, pressure)`, landed atomically
+/// (the input of the database and Delta sink tests).
+pub fn sensor_file(dir: &Path, name: &str, rows: &[(&str, &str, i64, f64)]) {
+    let text: String = rows
+        .iter()
+        .map(|(pump, ts, seq, pressure)| {
+            format!(
+                "{{\"pump\": \"{pump}\", \"ts\": \"{ts}\", \"seq\": {seq}, \"pressure\": {pressure}}}\n"
+            )
+        })
+        .collect();
+    write_atomic(dir, name, text.as_bytes());
+}
+
+/// A reading as [`sensor_file`] writes it.
+pub type Reading = (&'static str, &'static str, i64, f64);
+
+/// `files` files `f00.json`, `f01.json`, ... of 5 random readings each (pumps p1 to p3,
+/// one timestamp), landed in `input`; returns each file's readings.
+pub fn random_sensor_files(input: &Path, rng: &mut XorShift, files: usize) -> Vec<Vec<Reading>> {
+    let pumps = ["p1", "p2", "p3", "p4"];
+    (0..files)
+        .map(|file| {
+            let rows: Vec<Reading> = (0..5)
+                .map(|_| {
+                    (
+                        pumps[rng.range(0, 3) as usize],
+                        "2026-01-01T10:00:00",
+                        rng.range(1, 100) as i64,
+                        rng.range(0, 40) as f64 / 4.0,
+                    )
+                })
+                .collect();
+            sensor_file(input, &format!("f{file:02}.json"), &rows);
+            rows
+        })
+        .collect()
+}
+
+/// Runs `scripts/delta-python.sh` (the independent Delta reader and writer, installed
+/// the first time) with `stdin`; fails the test unless it succeeds; returns its output.
+pub fn delta_python(args: &[&str], stdin: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/delta-python.sh");
+    let mut child = Command::new(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run scripts/delta-python.sh");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "delta-python.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
