@@ -68,19 +68,7 @@ fn kill_9_during_a_windowed_aggregation_changes_nothing_in_the_output() {
     let input = make_dir(root, "in");
     // 90 files; event time moves ~2 s per file, rows up to 9 s early (some late for the
     // watermark) and 3 s ahead.
-    for file in 0..90u64 {
-        let mut text = String::new();
-        for _ in 0..8 {
-            let seconds = (file * 2 + 9 + rng.range(0, 12)) as i64 - 9;
-            let (minute, second) = (seconds / 60, seconds % 60);
-            let key = ["a", "b", "c"][rng.range(0, 2) as usize];
-            text.push_str(&format!(
-                "{{\"k\": \"{key}\", \"ts\": \"2026-01-01T10:{minute:02}:{second:02}\", \"v\": {}}}\n",
-                rng.range(1, 100)
-            ));
-        }
-        write_atomic(&input, &format!("f-{file:03}.json"), text.as_bytes());
-    }
+    windowed_event_files(&input, &mut rng, 90);
 
     // The uninterrupted run.
     let reference = job(

@@ -698,3 +698,22 @@ pub fn delta_python(args: &[&str], stdin: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// `files` JSON-lines files `f-000.json`, ... of 8 events `(k, ts, v)` each for the
+/// windowed crash tests: event time moves about 2 s per file, rows up to 9 s early (some
+/// between the two watermarks or late for a 5-second delay) and 3 s ahead.
+pub fn windowed_event_files(input: &Path, rng: &mut XorShift, files: u64) {
+    for file in 0..files {
+        let mut text = String::new();
+        for _ in 0..8 {
+            let seconds = (file * 2 + 9 + rng.range(0, 12)) as i64 - 9;
+            let (minute, second) = (seconds / 60, seconds % 60);
+            let key = ["a", "b", "c"][rng.range(0, 2) as usize];
+            text.push_str(&format!(
+                "{{\"k\": \"{key}\", \"ts\": \"2026-01-01T10:{minute:02}:{second:02}\", \"v\": {}}}\n",
+                rng.range(1, 100)
+            ));
+        }
+        write_atomic(input, &format!("f-{file:03}.json"), text.as_bytes());
+    }
+}
