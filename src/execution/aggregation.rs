@@ -41,7 +41,7 @@ use crate::functions::SESSION_WINDOW;
 use crate::planning::{DEDUP_EXPIRES_AT, dedup_delay, is_distinct_on, reads_stream};
 use crate::sink::OutputMode;
 use crate::state::partitioned::par_map;
-use crate::state::{PartitionedState, StatePartitions, StateStoreConfig};
+use crate::state::{KeyedRows, PartitionedState, StatePartitions, StateStoreConfig};
 
 /// The streaming aggregation of a query, with its state.
 #[derive(Debug)]
@@ -404,6 +404,18 @@ impl StreamingAggregation {
                 _ => (RecordBatch::new_empty(state_schema.clone()), merged),
             };
             let rows = &mut partition.rows;
+            // The held groups the watermark passed since the last eviction leave the
+            // state (a scan of their event-time column, only when it moved).
+            let evict_passed = |rows: &mut KeyedRows| -> Result<RecordBatch> {
+                match (evict_held, watermark, time_key) {
+                    (true, Some(w), Some(key)) => {
+                        let passed = rows.live_rows_where(|b| ended_mask(b, key, w))?;
+                        rows.remove(&passed)?;
+                        Ok(passed)
+                    }
+                    _ => Ok(RecordBatch::new_empty(state_schema.clone())),
+                }
+            };
             let mut change = PartitionChange::default();
             if session_key.is_some() {
                 // The touched sessions' new rows are `open` (and `ended`); the updated
@@ -412,18 +424,12 @@ impl StreamingAggregation {
                 // drop; untouched held sessions stay unless the watermark passed them.
                 let original = read.original.as_ref().unwrap_or(&read.held);
                 change.updated = rows_with_keys_of(&open, &read.new, key_columns)?;
-                let mut removed = vec![rows_without_keys_of(original, &open, key_columns)?];
-                let mut evicted = vec![ended];
+                let merged_away = rows_without_keys_of(original, &open, key_columns)?;
                 rows.remove(original)?;
                 rows.upsert(open)?;
-                if let (true, Some(w), Some(key)) = (evict_held, watermark, time_key) {
-                    let passed = rows.live_rows_where(|b| ended_mask(b, key, w))?;
-                    rows.remove(&passed)?;
-                    removed.push(passed.clone());
-                    evicted.push(passed);
-                }
-                change.removed = concat_batches(&state_schema, &removed)?;
-                change.evicted = concat_batches(&state_schema, &evicted)?;
+                let passed = evict_passed(rows)?;
+                change.removed = concat_batches(&state_schema, &[merged_away, passed.clone()])?;
+                change.evicted = concat_batches(&state_schema, &[ended, passed])?;
             } else {
                 change.fresh = if dedup {
                     let all = concat_batches(&state_schema, &[open.clone(), ended.clone()])?;
@@ -435,13 +441,8 @@ impl StreamingAggregation {
                 rows.upsert(open.clone())?;
                 rows.remove(&ended)?;
                 let touched_ended = (ended.num_rows() > 0).then(|| ended.clone());
-                let mut evicted = vec![ended];
-                if let (true, Some(w), Some(key)) = (evict_held, watermark, time_key) {
-                    let passed = rows.live_rows_where(|b| ended_mask(b, key, w))?;
-                    rows.remove(&passed)?;
-                    evicted.push(passed);
-                }
-                change.evicted = concat_batches(&state_schema, &evicted)?;
+                let passed = evict_passed(rows)?;
+                change.evicted = concat_batches(&state_schema, &[ended, passed])?;
                 change.removed = change.evicted.clone();
                 change.updated = open;
                 // A group this batch updated may also be evicted by it (it ended
@@ -748,7 +749,7 @@ fn rows_with_keys_of(
 /// columns (there is no index on part of a key), so only these sessions are read,
 /// merged and written again; with no other key column, every held session.
 fn sessions_of_keys_of(
-    rows: &crate::state::KeyedRows,
+    rows: &KeyedRows,
     batch: &RecordBatch,
     session: usize,
     key_columns: usize,
