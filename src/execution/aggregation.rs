@@ -783,7 +783,7 @@ fn sessions_of_keys_of(
 }
 
 /// Which rows' event time column `key` ended at or before `watermark` (ms).
-pub(crate) fn ended_mask(batch: &RecordBatch, key: usize, watermark: i64) -> Result<BooleanArray> {
+fn ended_mask(batch: &RecordBatch, key: usize, watermark: i64) -> Result<BooleanArray> {
     let column = batch.column(key);
     let time = match column.data_type() {
         DataType::Struct(_) => column.as_struct().column(1).clone(),
@@ -799,7 +799,7 @@ pub(crate) fn ended_mask(batch: &RecordBatch, key: usize, watermark: i64) -> Res
 
 /// Splits state rows into those whose event time column `key` ended at or before
 /// `watermark` (ms) — a window's `end`, or the timestamp itself — and the others.
-fn split_ended(
+pub(crate) fn split_ended(
     batch: &RecordBatch,
     key: usize,
     watermark: i64,

@@ -30,8 +30,7 @@ use std::time::Duration;
 use datafusion::arrow::array::{
     Array, ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array, new_empty_array,
 };
-use datafusion::arrow::compute::kernels::boolean::not;
-use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, take_record_batch};
+use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::catalog::Session as DataFusionSession;
@@ -56,7 +55,7 @@ use serde::de::DeserializeOwned;
 use super::stream_join::event_time_column;
 use super::{OperatorBatch, OperatorMetrics, StatefulOperator, WatermarkOf, timed};
 use crate::error::{Error, Result};
-use crate::execution::aggregation::ended_mask;
+use crate::execution::aggregation::split_ended;
 use crate::sink::OutputMode;
 use crate::state::{StateStore, StateStoreConfig};
 
@@ -822,11 +821,9 @@ impl StatefulOperator for FlatMapGroupsOperator {
             self.event_time,
             batch.watermarks.late_events,
         ) {
-            let late = ended_mask(&rows, column, watermark)?;
-            dropped_late = late.true_count() as u64;
-            if dropped_late > 0 {
-                rows = filter_record_batch(&rows, &not(&late)?)?;
-            }
+            let (late, kept) = split_ended(&rows, column, watermark)?;
+            dropped_late = late.num_rows() as u64;
+            rows = kept;
         }
         let indices = self.key_indices(&input_schema)?;
         let key_columns: Vec<ArrayRef> = indices.iter().map(|&i| rows.column(i).clone()).collect();
