@@ -6,13 +6,16 @@
 //! Per micro-batch this operator
 //!
 //! 1. runs the `Partial` step of the batch's physical plan over the batch's rows;
-//! 2. splits those states by state partition (a hash of the key), looks up the held
-//!    state rows of the same keys in each partition's index, and merges both with
-//!    DataFusion's `PartialReduce` mode (states in, states out), the partitions in
-//!    parallel: the touched groups' new state rows replace the old ones;
-//! 3. puts the whole state (complete mode) or only the groups this batch touched (update
-//!    mode) where the `Partial` step was, so the plan's own `Final` step, HAVING,
-//!    projection and ORDER BY produce the batch's output rows.
+//! 2. splits those states by state partition (a hash of the key) and, the partitions
+//!    in parallel, looks each key up once in the partition's index, which numbers the
+//!    groups the batch touches; merges the touched groups' held rows with the batch's
+//!    states by group number with DataFusion's `GroupsAccumulator`s
+//!    (`super::group_merge`), and writes the merged rows back through the same lookup
+//!    (session windows, whose sessions of one key merge with each other, are merged by
+//!    DataFusion's `PartialReduce` step instead);
+//! 3. evaluates the whole state (complete mode) or only the groups this batch touched
+//!    (update mode) by group number in place of the plan's `Final` step, so the rest of
+//!    the plan (HAVING, projection, ORDER BY) produces the batch's output rows.
 //!
 //! Untouched groups are neither read nor copied (see `crate::state::keyed`).
 
@@ -34,12 +37,14 @@ use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::{ExecutionPlan, collect, collect_partitioned};
 
+use super::group_merge::{GroupMerge, final_output};
 use super::operator::Watermarks;
 use super::sessions::merge_sessions;
 use crate::error::{Error, Result};
 use crate::functions::SESSION_WINDOW;
 use crate::planning::{DEDUP_EXPIRES_AT, dedup_delay, is_distinct_on, reads_stream};
 use crate::sink::OutputMode;
+use crate::state::partitioned::StatePartition;
 use crate::state::partitioned::par_map;
 use crate::state::{KeyedRows, PartitionedState, StatePartitions, StateStoreConfig};
 
@@ -114,14 +119,14 @@ impl AggregationStep {
     }
 }
 
-/// What one batch reads from one partition to merge.
+/// What one batch reads from one session-window partition to merge.
 struct Read {
-    /// The held state rows to merge (session windows: with their merged bounds).
+    /// The held sessions to merge, with their merged bounds.
     held: RecordBatch,
-    /// The batch's partial states of this partition (idem).
+    /// The batch's partial states of this partition, with their merged bounds.
     new: RecordBatch,
-    /// Session windows: the held sessions of the batch's keys, as they were.
-    original: Option<RecordBatch>,
+    /// The held sessions of the batch's keys, as they were.
+    original: RecordBatch,
 }
 
 /// What one batch did to one partition.
@@ -135,18 +140,8 @@ struct PartitionChange {
     removed: RecordBatch,
     /// For a deduplication: the updated rows whose key was not held before.
     fresh: Option<RecordBatch>,
-}
-
-impl Default for PartitionChange {
-    fn default() -> Self {
-        let empty = RecordBatch::new_empty(Arc::new(datafusion::arrow::datatypes::Schema::empty()));
-        PartitionChange {
-            updated: empty.clone(),
-            evicted: empty.clone(),
-            removed: empty,
-            fresh: None,
-        }
-    }
+    /// Held state rows read to merge with the batch's.
+    read: usize,
 }
 
 impl StreamingAggregation {
@@ -274,11 +269,11 @@ impl StreamingAggregation {
     /// `plan` is the batch's whole physical plan, as DataFusion planned it.
     ///
     /// Only the keys the batch touches are read from the state and merged: the batch's
-    /// partial states are split by partition, each partition's held rows of those keys
-    /// are looked up in its index, and both are merged by DataFusion's `PartialReduce`
-    /// step (one input partition per state partition, run in parallel); the merged
-    /// rows replace the old ones. Session windows read their partition's whole state
-    /// (sessions of a key merge with each other).
+    /// partial states are split by partition; in each partition (in parallel) every key
+    /// is looked up once, the touched groups' held rows are merged with the batch's by
+    /// group number ([`GroupMerge`]), and the merged rows replace the old ones through
+    /// the same lookup. Session windows read the held sessions of the batch's other key
+    /// values and merge with DataFusion's `PartialReduce` step (`fold_sessions`).
     ///
     /// With a `watermark` (ms) and a key that is event time (a `window()` or the
     /// watermarked column), as in Spark: this batch's partial states of groups that
@@ -332,130 +327,35 @@ impl StreamingAggregation {
             ));
         };
         let routed = state.split(&incoming)?;
-
-        // 1. Per partition, the held rows this batch merges with: the rows of the keys
-        //    it touches (a session window: the held sessions of the batch's other key
-        //    values, with the sessions of both rewritten to their merged bounds).
-        let (session_key, key_columns) = (self.session_key, self.key_columns);
-        let reads = par_map(
-            state.partitions.iter().zip(&routed).collect(),
-            |(partition, batch)| -> Result<Read> {
-                match session_key {
-                    Some(session) => {
-                        let original =
-                            sessions_of_keys_of(&partition.rows, batch, session, key_columns)?;
-                        let merged = merge_sessions(
-                            &[original.clone(), batch.clone()],
-                            batch.schema_ref(),
-                            session,
-                            key_columns,
-                        )?;
-                        Ok(Read {
-                            held: merged[0].clone(),
-                            new: merged[1].clone(),
-                            original: Some(original),
-                        })
-                    }
-                    None => Ok(Read {
-                        held: partition.rows.rows_for_keys_of(batch)?,
-                        new: batch.clone(),
-                        original: None,
-                    }),
-                }
-            },
-        )?;
-        let rows_read: usize = reads.iter().map(|r| r.held.num_rows()).sum();
-
-        // 2. Merge held and new states, partitions in parallel: states in, states out.
-        let inputs: Vec<Vec<RecordBatch>> = reads
-            .iter()
-            .map(|r| vec![r.held.clone(), r.new.clone()])
-            .collect();
-        let merged = AggregateExec::try_new(
-            AggregateMode::PartialReduce,
-            partial_exec.group_expr().as_final(),
-            partial_exec.aggr_expr().to_vec(),
-            vec![None; partial_exec.aggr_expr().len()],
-            MemorySourceConfig::try_new_exec(&inputs, state_schema.clone(), None)?,
-            partial_exec.input_schema(),
-        )?;
-        let merged = collect_partitioned(Arc::new(merged), task.clone()).await?;
-        if merged.len() != state.partitions.len() {
-            return Err(Error::Unsupported(format!(
-                "the merge of the state produced {} partitions for {} state partitions",
-                merged.len(),
-                state.partitions.len()
-            )));
-        }
-
-        // 3. Per partition: split off the ended groups, write the merged rows back,
-        //    evict the held groups the watermark passed.
         let evict_held = match (watermark, self.evicted_up_to) {
             (Some(w), Some(done)) => w > done,
             (Some(_), None) => true,
             (None, _) => false,
         };
-        let dedup = self.dedup;
-        let work: Vec<_> = state.partitions.iter_mut().zip(merged).zip(reads).collect();
-        let changes = par_map(work, |((partition, merged), read)| {
-            let merged = concat_batches(&state_schema, &merged)?;
-            let (ended, open) = match (watermark, time_key) {
-                (Some(w), Some(key)) => split_ended(&merged, key, w)?,
-                _ => (RecordBatch::new_empty(state_schema.clone()), merged),
-            };
-            let rows = &mut partition.rows;
-            // The held groups the watermark passed since the last eviction leave the
-            // state (a scan of their event-time column, only when it moved).
-            let evict_passed = |rows: &mut KeyedRows| -> Result<RecordBatch> {
-                match (evict_held, watermark, time_key) {
-                    (true, Some(w), Some(key)) => {
-                        let passed = rows.live_rows_where(|b| ended_mask(b, key, w))?;
-                        rows.remove(&passed)?;
-                        Ok(passed)
-                    }
-                    _ => Ok(RecordBatch::new_empty(state_schema.clone())),
-                }
-            };
-            let mut change = PartitionChange::default();
-            if session_key.is_some() {
-                // The touched sessions' new rows are `open` (and `ended`); the updated
-                // groups are those with keys of this batch's (merged) sessions. The
-                // touched held sessions' own bounds, before merging, are the keys to
-                // drop; untouched held sessions stay unless the watermark passed them.
-                let original = read.original.as_ref().unwrap_or(&read.held);
-                change.updated = rows_with_keys_of(&open, &read.new, key_columns)?;
-                let merged_away = rows_without_keys_of(original, &open, key_columns)?;
-                rows.remove(original)?;
-                rows.upsert(open)?;
-                let passed = evict_passed(rows)?;
-                change.removed = concat_batches(&state_schema, &[merged_away, passed.clone()])?;
-                change.evicted = concat_batches(&state_schema, &[ended, passed])?;
-            } else {
-                change.fresh = if dedup {
-                    let all = concat_batches(&state_schema, &[open.clone(), ended.clone()])?;
-                    let held = rows.contains_keys_of(&all)?;
-                    Some(filter_record_batch(&all, &not(&held)?)?)
-                } else {
-                    None
-                };
-                rows.upsert(open.clone())?;
-                rows.remove(&ended)?;
-                let touched_ended = (ended.num_rows() > 0).then(|| ended.clone());
-                let passed = evict_passed(rows)?;
-                change.evicted = concat_batches(&state_schema, &[ended, passed])?;
-                change.removed = change.evicted.clone();
-                change.updated = open;
-                // A group this batch updated may also be evicted by it (it ended
-                // between the two watermarks): update mode shows it, append emits it.
-                if let Some(touched_ended) = touched_ended {
-                    change.updated =
-                        concat_batches(&state_schema, &[change.updated, touched_ended])?;
-                }
+        let fold = Fold {
+            schema: state_schema.clone(),
+            key_columns: self.key_columns,
+            ended_at: watermark.zip(time_key),
+            evict_held,
+            dedup: self.dedup,
+        };
+        let changes = match self.session_key {
+            Some(session) => {
+                fold_sessions(state, routed, partial_exec, session, &fold, task.clone()).await?
             }
-            rows.maybe_compact()?;
-            partition.set_pending(change.updated.clone(), change.removed.clone());
-            Ok(change)
-        })?;
+            None => {
+                let merge = GroupMerge::new(
+                    state_schema.clone(),
+                    self.key_columns,
+                    partial_exec.aggr_expr(),
+                )?;
+                let work: Vec<_> = state.partitions.iter_mut().zip(routed).collect();
+                par_map(work, |(partition, batch)| {
+                    fold.keyed(partition, batch, &merge)
+                })?
+            }
+        };
+        let rows_read: usize = changes.iter().map(|c| c.read).sum();
         if evict_held {
             self.evicted_up_to = watermark;
         }
@@ -482,24 +382,44 @@ impl StreamingAggregation {
             OutputMode::Append => evicted.clone(),
             OutputMode::Update => updated.clone(),
         };
-        let source: Arc<dyn ExecutionPlan> =
-            MemorySourceConfig::try_new_exec(&[vec![shown]], state_schema.clone(), None)?;
-        let replacement: Arc<dyn ExecutionPlan> = if Arc::ptr_eq(&replace, &partial) {
-            source
-        } else {
-            Arc::new(AggregateExec::try_new(
-                AggregateMode::Final,
-                top_exec.group_expr().as_final(),
-                top_exec.aggr_expr().to_vec(),
-                vec![None; top_exec.aggr_expr().len()],
-                source,
-                top_exec.input_schema(),
-            )?)
-        };
+        // The aggregate's output over them: evaluated here by group number when the
+        // top step allows it (see `group_merge::final_output`), else by DataFusion's
+        // Final step over the states.
+        let (target, replacement): (_, Arc<dyn ExecutionPlan>) =
+            match final_output(&top, &shown, self.key_columns)? {
+                Some(parts) => (
+                    top.clone(),
+                    MemorySourceConfig::try_new_exec(&parts, top.schema(), None)?,
+                ),
+                None => {
+                    let source: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(
+                        &[vec![shown]],
+                        state_schema.clone(),
+                        None,
+                    )?;
+                    let replacement: Arc<dyn ExecutionPlan> = if Arc::ptr_eq(&replace, &partial) {
+                        source
+                    } else {
+                        Arc::new(AggregateExec::try_new(
+                            AggregateMode::Final,
+                            top_exec.group_expr().as_final(),
+                            top_exec.aggr_expr().to_vec(),
+                            vec![None; top_exec.aggr_expr().len()],
+                            source,
+                            top_exec.input_schema(),
+                        )?)
+                    };
+                    (replace.clone(), replacement)
+                }
+            };
         let rest = plan
-            .transform_up(|node| {
-                Ok(if Arc::ptr_eq(&node, &replace) {
-                    Transformed::yes(replacement.clone())
+            .transform_down(|node| {
+                Ok(if Arc::ptr_eq(&node, &target) {
+                    Transformed::new(
+                        replacement.clone(),
+                        true,
+                        datafusion::common::tree_node::TreeNodeRecursion::Jump,
+                    )
                 } else {
                     Transformed::no(node)
                 })
@@ -649,6 +569,190 @@ impl StreamingAggregation {
             ))),
         }
     }
+}
+
+/// What every partition's fold of one batch needs to know.
+struct Fold {
+    schema: SchemaRef,
+    key_columns: usize,
+    /// The eviction watermark (ms) and the event-time key column, when both exist:
+    /// groups that ended at or before it leave the state.
+    ended_at: Option<(i64, usize)>,
+    /// Whether held groups must be scanned for eviction (the watermark moved).
+    evict_held: bool,
+    /// A deduplication: the batch's output is the groups not held before.
+    dedup: bool,
+}
+
+impl Fold {
+    fn empty(&self) -> RecordBatch {
+        RecordBatch::new_empty(self.schema.clone())
+    }
+
+    /// The held groups the watermark passed since the last eviction, removed from
+    /// `rows` (a scan of their event-time column, only when the watermark moved).
+    fn evict_passed(&self, rows: &mut KeyedRows) -> Result<RecordBatch> {
+        match (self.evict_held, self.ended_at) {
+            (true, Some((w, key))) => {
+                let passed = rows.live_rows_where(|b| ended_mask(b, key, w))?;
+                rows.remove(&passed)?;
+                Ok(passed)
+            }
+            _ => Ok(self.empty()),
+        }
+    }
+
+    /// Folds one partition's share of the batch (`batch`: partial states) into its
+    /// state: each key looked up once ([`KeyedRows::touch`]), the touched groups' held
+    /// rows merged with the batch's by group number ([`GroupMerge`]), the result
+    /// written back through the same lookup ([`KeyedRows::settle`]).
+    fn keyed(
+        &self,
+        partition: &mut StatePartition,
+        batch: RecordBatch,
+        merge: &GroupMerge,
+    ) -> Result<PartitionChange> {
+        let rows = &mut partition.rows;
+        let touched = rows.touch(&batch)?;
+        let merged = (|| -> Result<_> {
+            let (held, held_groups) = rows.held_rows(&touched)?;
+            let merged = merge.merge(&held, &held_groups, &batch, &touched)?;
+            let ended = match self.ended_at {
+                Some((w, key)) => Some(ended_mask(&merged, key, w)?),
+                None => None,
+            };
+            Ok((held.num_rows(), merged, ended))
+        })();
+        let (read, merged, ended) = match merged {
+            Ok(merged) => merged,
+            Err(e) => {
+                rows.abandon(touched);
+                return Err(e);
+            }
+        };
+        let fresh = if self.dedup {
+            let new: BooleanArray = (0..touched.groups())
+                .map(|g| Some(!touched.was_held(g)))
+                .collect();
+            Some(filter_record_batch(&merged, &new)?)
+        } else {
+            None
+        };
+        let (updated, ended, keep) = match ended {
+            // A group this batch updated may also end with it (it ended between the two
+            // watermarks): update mode shows it, append emits it, and it leaves the state.
+            Some(ended) => {
+                let open = not(&ended)?;
+                let ended_rows = filter_record_batch(&merged, &ended)?;
+                let updated = concat_batches(
+                    &self.schema,
+                    &[filter_record_batch(&merged, &open)?, ended_rows.clone()],
+                )?;
+                (updated, ended_rows, Some(open))
+            }
+            None => (merged.clone(), self.empty(), None),
+        };
+        rows.settle(touched, merged, keep.as_ref())?;
+        let passed = self.evict_passed(rows)?;
+        let evicted = concat_batches(&self.schema, &[ended, passed])?;
+        rows.maybe_compact()?;
+        partition.set_pending(updated.clone(), evicted.clone());
+        Ok(PartitionChange {
+            updated,
+            removed: evicted.clone(),
+            evicted,
+            fresh,
+            read,
+        })
+    }
+}
+
+/// Folds a batch's partial states into session-window state: per partition, the held
+/// sessions of the batch's other key values are read, sessions that overlap are merged
+/// (`merge_sessions`), and DataFusion's `PartialReduce` step merges the states of the
+/// sessions that became one; the touched sessions are written back.
+async fn fold_sessions(
+    state: &mut PartitionedState,
+    routed: Vec<RecordBatch>,
+    partial_exec: &AggregateExec,
+    session: usize,
+    fold: &Fold,
+    task: Arc<TaskContext>,
+) -> Result<Vec<PartitionChange>> {
+    let (schema, key_columns) = (&fold.schema, fold.key_columns);
+    // 1. Per partition, the held sessions of the batch's other key values, and the
+    //    sessions of both rewritten to their merged bounds.
+    let reads = par_map(
+        state.partitions.iter().zip(&routed).collect(),
+        |(partition, batch)| -> Result<Read> {
+            let original = sessions_of_keys_of(&partition.rows, batch, session, key_columns)?;
+            let merged = merge_sessions(
+                &[original.clone(), batch.clone()],
+                batch.schema_ref(),
+                session,
+                key_columns,
+            )?;
+            Ok(Read {
+                held: merged[0].clone(),
+                new: merged[1].clone(),
+                original,
+            })
+        },
+    )?;
+
+    // 2. Merge held and new states, partitions in parallel: states in, states out.
+    let inputs: Vec<Vec<RecordBatch>> = reads
+        .iter()
+        .map(|r| vec![r.held.clone(), r.new.clone()])
+        .collect();
+    let merged = AggregateExec::try_new(
+        AggregateMode::PartialReduce,
+        partial_exec.group_expr().as_final(),
+        partial_exec.aggr_expr().to_vec(),
+        vec![None; partial_exec.aggr_expr().len()],
+        MemorySourceConfig::try_new_exec(&inputs, schema.clone(), None)?,
+        partial_exec.input_schema(),
+    )?;
+    let merged = collect_partitioned(Arc::new(merged), task).await?;
+    if merged.len() != state.partitions.len() {
+        return Err(Error::Unsupported(format!(
+            "the merge of the state produced {} partitions for {} state partitions",
+            merged.len(),
+            state.partitions.len()
+        )));
+    }
+
+    // 3. Per partition: split off the ended sessions, write the merged ones back,
+    //    evict the held sessions the watermark passed.
+    let work: Vec<_> = state.partitions.iter_mut().zip(merged).zip(reads).collect();
+    par_map(work, |((partition, merged), read)| {
+        let merged = concat_batches(schema, &merged)?;
+        let (ended, open) = match fold.ended_at {
+            Some((w, key)) => split_ended(&merged, key, w)?,
+            None => (fold.empty(), merged),
+        };
+        let rows = &mut partition.rows;
+        // The touched sessions' new rows are `open` (and `ended`); the updated groups
+        // are those with keys of this batch's (merged) sessions. The touched held
+        // sessions' own bounds, before merging, are the keys to drop; untouched held
+        // sessions stay unless the watermark passed them.
+        let updated = rows_with_keys_of(&open, &read.new, key_columns)?;
+        let merged_away = rows_without_keys_of(&read.original, &open, key_columns)?;
+        rows.remove(&read.original)?;
+        rows.upsert(open)?;
+        let passed = fold.evict_passed(rows)?;
+        let removed = concat_batches(schema, &[merged_away, passed.clone()])?;
+        let evicted = concat_batches(schema, &[ended, passed])?;
+        rows.maybe_compact()?;
+        partition.set_pending(updated.clone(), removed.clone());
+        Ok(PartitionChange {
+            updated,
+            evicted,
+            removed,
+            fresh: None,
+            read: read.held.num_rows(),
+        })
+    })
 }
 
 /// The key column that is event time: a `window()` struct (`{start, end}` timestamps)

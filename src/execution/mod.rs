@@ -6,6 +6,7 @@
 //! sink commit → `commits/N` → sources told → progress.
 
 mod aggregation;
+mod group_merge;
 pub mod operator;
 mod progress;
 mod query;

@@ -2,18 +2,23 @@
 //! rewrites only the keys it touches.
 //!
 //! Rows live in append-only Arrow chunks (the state schema: key columns, then the
-//! accumulators' states). An upsert appends the new rows as a chunk and points the index
-//! at them; the rows they replace stay in their chunk, marked dead in the chunk's live
-//! bitmap, until [`KeyedRows::compact`] filters them out (Arrow's `filter` kernel) once
-//! dead rows outnumber a fraction of the live ones. So a batch costs O(keys it touches)
-//! plus, now and then, a compaction that copies the live rows once — never a merge of
-//! the whole state.
+//! accumulators' states). Writing a key's new row appends it to a chunk and points the
+//! key at it; the row it replaces stays in its chunk, marked dead in the chunk's live
+//! bitmap, until [`KeyedRows::compact`] filters the dead rows out (Arrow's `filter`
+//! kernel) once they outnumber a fraction of the live ones. So a batch costs O(keys it
+//! touches) plus, now and then, a compaction that copies the live rows once — never a
+//! merge of the whole state.
 //!
-//! The index is a [`hashbrown::HashTable`] of packed `(chunk, row)` positions; keys are
-//! compared on their [`RowConverter`] encoding, kept per chunk (back to back when every
-//! key of the chunk has the same width, as fixed-width key types do), and hashed with
-//! [`key_hash`], a fixed function (not a per-process random seed) because the
-//! partition a key belongs to must be the same after a restart.
+//! Each key held gets a **group id**: a small number that stays the key's while it is
+//! held (ids of removed keys are reused). The index is a [`hashbrown::HashTable`] of
+//! group ids, hashed with [`key_hash`] over the key's [`RowConverter`] encoding, which
+//! is kept once per group id (back to back when every key has the same width, as keys
+//! of fixed-width types do); a second array maps each group id to its live row. A
+//! batch's keys are looked up **once**: [`KeyedRows::touch`] finds or registers each
+//! key's group id, and [`KeyedRows::settle`] writes the merged rows back through those
+//! ids without hashing again. [`key_hash`] is a fixed function (not a per-process
+//! random seed) because the partition a key belongs to must be the same after a
+//! restart.
 
 use std::sync::Arc;
 
@@ -24,6 +29,7 @@ use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 
 use crate::error::{Error, Result};
 
@@ -31,53 +37,124 @@ use crate::error::{Error, Result};
 /// it bounds the dead rows' memory to that fraction of the state.
 const COMPACT_RATIO: usize = 4;
 
-/// The key encodings of one chunk's rows, as the index reads them: every probe of the
-/// index compares a stored key, at a random place in memory, so its layout matters.
+/// The position of a group id that has no row: a free id, or a key registered by
+/// [`KeyedRows::touch`] whose row [`KeyedRows::settle`] has not written yet.
+const NO_ROW: u64 = u64::MAX;
+
+/// A group id's mark in [`KeyedRows::touched_as`] when the running touch has not met it.
+const UNTOUCHED: u32 = u32::MAX;
+
+/// The key encodings of the held keys, by group id. Every probe of the index compares
+/// a stored key, at a random place in memory, so their layout matters.
 #[derive(Debug)]
-enum ChunkKeys {
+enum KeyStore {
     /// No key columns (a global aggregate): every key is the empty one.
     Empty,
-    /// Every key of the chunk encodes to `width` bytes (keys of fixed-width types, such
-    /// as `BIGINT` or timestamps): the encodings back to back, so a row's key is found
-    /// by a multiplication, without reading an offsets array (one cache miss less per
-    /// probe, and 8 bytes less per key).
+    /// Every key encodes to `width` bytes (keys of fixed-width types, such as `BIGINT`
+    /// or timestamps): group id `g`'s key is at `g * width`, found by a multiplication
+    /// without reading an offsets array (one cache miss less per probe).
     Fixed { width: usize, bytes: Vec<u8> },
-    /// Encodings of varying length (strings, ...), as Arrow's row format keeps them.
-    Varying(Rows),
+    /// Encodings of varying length (strings, ...): `(start, len)` of each id's bytes.
+    /// The bytes of removed keys stay until [`KeyStore::compact`] drops them.
+    Varying {
+        bytes: Vec<u8>,
+        spans: Vec<(usize, usize)>,
+        garbage: usize,
+    },
 }
 
-impl ChunkKeys {
-    /// The chunk's keys from their row encoding (`None`: no key columns).
-    fn new(rows: Option<Rows>) -> Self {
-        let Some(rows) = rows else {
-            return ChunkKeys::Empty;
-        };
-        let width = rows.iter().next().map_or(0, |r| r.data().len());
-        if rows.iter().any(|r| r.data().len() != width) {
-            return ChunkKeys::Varying(rows);
+impl KeyStore {
+    fn key(&self, gid: u32) -> &[u8] {
+        let g = gid as usize;
+        match self {
+            KeyStore::Empty => &[],
+            KeyStore::Fixed { width, bytes } => &bytes[g * width..(g + 1) * width],
+            KeyStore::Varying { bytes, spans, .. } => {
+                let (start, len) = spans[g];
+                &bytes[start..start + len]
+            }
         }
-        let mut bytes = Vec::with_capacity(width * rows.num_rows());
-        for row in rows.iter() {
-            bytes.extend_from_slice(row.data());
-        }
-        ChunkKeys::Fixed { width, bytes }
     }
 
-    /// The encoded key of row `row`.
-    fn key(&self, row: usize) -> &[u8] {
-        match self {
-            ChunkKeys::Empty => &[],
-            ChunkKeys::Fixed { width, bytes } => &bytes[row * width..(row + 1) * width],
-            ChunkKeys::Varying(rows) => rows.row(row).data(),
+    /// Stores `key` as group id `gid`'s: `gid` is a reused id or the next new one.
+    fn set(&mut self, gid: u32, key: &[u8]) {
+        let g = gid as usize;
+        if let KeyStore::Fixed { width, bytes } = self {
+            if key.len() == *width || (bytes.is_empty() && g == 0) {
+                *width = key.len();
+                let at = g * *width;
+                if at == bytes.len() {
+                    bytes.extend_from_slice(key);
+                } else {
+                    bytes[at..at + *width].copy_from_slice(key);
+                }
+                return;
+            }
+            // A key of another width: keep every key with its own span from now on.
+            let width = *width;
+            let spans = (0..bytes.len() / width.max(1))
+                .map(|i| (i * width, width))
+                .collect();
+            *self = KeyStore::Varying {
+                bytes: std::mem::take(bytes),
+                spans,
+                garbage: 0,
+            };
+        }
+        if let KeyStore::Varying {
+            bytes,
+            spans,
+            garbage,
+        } = self
+        {
+            let span = (bytes.len(), key.len());
+            bytes.extend_from_slice(key);
+            if g == spans.len() {
+                spans.push(span);
+            } else {
+                *garbage += spans[g].1;
+                spans[g] = span;
+            }
+        }
+    }
+
+    /// Marks a removed id's bytes as garbage (they stay until [`KeyStore::compact`]).
+    fn free(&mut self, gid: u32) {
+        if let KeyStore::Varying { spans, garbage, .. } = self {
+            *garbage += spans[gid as usize].1;
+            spans[gid as usize] = (0, 0);
+        }
+    }
+
+    /// Rewrites varying-length keys without the garbage once it exceeds a fraction of
+    /// the bytes (group ids do not change, so the index is not touched).
+    fn compact(&mut self) {
+        if let KeyStore::Varying {
+            bytes,
+            spans,
+            garbage,
+        } = self
+            && *garbage * COMPACT_RATIO > bytes.len()
+        {
+            let mut out = Vec::with_capacity(bytes.len() - *garbage);
+            for span in spans.iter_mut() {
+                let start = out.len();
+                out.extend_from_slice(&bytes[span.0..span.0 + span.1]);
+                span.0 = start;
+            }
+            *bytes = out;
+            *garbage = 0;
         }
     }
 
     /// Bytes held.
     fn size(&self) -> usize {
         match self {
-            ChunkKeys::Empty => 0,
-            ChunkKeys::Fixed { bytes, .. } => bytes.capacity(),
-            ChunkKeys::Varying(rows) => rows.size(),
+            KeyStore::Empty => 0,
+            KeyStore::Fixed { bytes, .. } => bytes.capacity(),
+            KeyStore::Varying { bytes, spans, .. } => {
+                bytes.capacity() + spans.capacity() * std::mem::size_of::<(usize, usize)>()
+            }
         }
     }
 }
@@ -86,8 +163,6 @@ impl ChunkKeys {
 #[derive(Debug)]
 struct Chunk {
     rows: RecordBatch,
-    /// The key columns' encodings.
-    keys: ChunkKeys,
     /// Which rows are still the live row of their key.
     live: BooleanBufferBuilder,
     live_count: usize,
@@ -101,9 +176,44 @@ pub struct KeyedRows {
     /// `None` when there are no key columns (a global aggregate: one key for all rows).
     converter: Option<RowConverter>,
     chunks: Vec<Chunk>,
-    /// Packed `(chunk << 32) | row` of each key's live row.
-    index: HashTable<u64>,
+    /// The group ids of the held keys, hashed by key.
+    index: HashTable<u32>,
+    /// Each group id's key encoding.
+    keys: KeyStore,
+    /// Packed `(chunk << 32) | row` of each group id's live row ([`NO_ROW`]: none).
+    rows_of: Vec<u64>,
+    /// Group ids free for reuse.
+    free: Vec<u32>,
+    /// During a [`KeyedRows::touch`]: each group id's number among the touched groups.
+    touched_as: Vec<u32>,
     dead: usize,
+}
+
+/// The groups one batch touches, found by [`KeyedRows::touch`]: one lookup per row.
+/// Groups are numbered from 0 in the order the batch first names them.
+#[derive(Debug)]
+pub struct Touched {
+    /// For each row of the batch, its group's number (as DataFusion's
+    /// `GroupsAccumulator::merge_batch` takes group indices).
+    pub group_of_row: Vec<usize>,
+    /// For each group, the batch's row that names it first.
+    pub first_row: Vec<u32>,
+    /// For each group, its group id.
+    gids: Vec<u32>,
+    /// For each group, the packed position of its held row ([`NO_ROW`]: a new key).
+    held: Vec<u64>,
+}
+
+impl Touched {
+    /// Number of groups touched.
+    pub fn groups(&self) -> usize {
+        self.gids.len()
+    }
+
+    /// Whether group `group` was held before the batch.
+    pub fn was_held(&self, group: usize) -> bool {
+        self.held[group] != NO_ROW
+    }
 }
 
 /// A deterministic 64-bit hash of a key's encoded bytes (FNV-1a over 8-byte words,
@@ -163,12 +273,24 @@ impl KeyedRows {
     /// An empty partition of rows of `schema`, keyed by its first `key_columns` columns.
     pub fn new(schema: SchemaRef, key_columns: usize) -> Result<Self> {
         let converter = key_converter(&schema, key_columns)?;
+        let keys = if converter.is_some() {
+            KeyStore::Fixed {
+                width: 0,
+                bytes: Vec::new(),
+            }
+        } else {
+            KeyStore::Empty
+        };
         Ok(KeyedRows {
             schema,
             key_columns,
             converter,
             chunks: Vec::new(),
             index: HashTable::new(),
+            keys,
+            rows_of: Vec::new(),
+            free: Vec::new(),
+            touched_as: Vec::new(),
             dead: 0,
         })
     }
@@ -198,11 +320,167 @@ impl KeyedRows {
         }
     }
 
-    fn find(&self, key: &[u8]) -> Option<u64> {
-        let chunks = &self.chunks;
+    /// The group id of `key`, if held.
+    fn find(&self, key: &[u8]) -> Option<u32> {
+        let keys = &self.keys;
         self.index
-            .find(key_hash(key), |&p| stored_key(chunks, p) == key)
+            .find(key_hash(key), |&g| keys.key(g) == key)
             .copied()
+    }
+
+    /// The group id of `key`, registered (with no row yet) if the key is new.
+    fn find_or_register(&mut self, key: &[u8]) -> u32 {
+        let hash = key_hash(key);
+        let keys = &self.keys;
+        let entry = self
+            .index
+            .entry(hash, |&g| keys.key(g) == key, |&g| key_hash(keys.key(g)));
+        match entry {
+            Entry::Occupied(slot) => *slot.get(),
+            Entry::Vacant(slot) => {
+                let gid = match self.free.pop() {
+                    Some(gid) => gid,
+                    None => {
+                        self.rows_of.push(NO_ROW);
+                        self.touched_as.push(UNTOUCHED);
+                        (self.rows_of.len() - 1) as u32
+                    }
+                };
+                slot.insert(gid);
+                self.keys.set(gid, key);
+                gid
+            }
+        }
+    }
+
+    /// Drops group id `gid` from the index and frees it (its row, if any, is the
+    /// caller's to mark dead).
+    fn unregister(&mut self, gid: u32) {
+        let hash = key_hash(self.keys.key(gid));
+        if let Ok(entry) = self.index.find_entry(hash, |&g| g == gid) {
+            entry.remove();
+        }
+        self.keys.free(gid);
+        self.rows_of[gid as usize] = NO_ROW;
+        self.free.push(gid);
+    }
+
+    /// Marks the row at `position` dead.
+    fn kill(&mut self, position: u64) {
+        let (c, r) = unpack(position);
+        self.chunks[c].live.set_bit(r, false);
+        self.chunks[c].live_count -= 1;
+        self.dead += 1;
+    }
+
+    /// Looks up every row's key of `batch` once, registering the new keys, and numbers
+    /// the groups the batch touches. The caller merges the held rows
+    /// ([`Self::held_rows`]) with the batch's, then writes the result with
+    /// [`Self::settle`] — or, if the merge failed, undoes the registration with
+    /// [`Self::abandon`].
+    pub fn touch(&mut self, batch: &RecordBatch) -> Result<Touched> {
+        let encoded = self.encode(batch)?;
+        let mut touched = Touched {
+            group_of_row: Vec::with_capacity(batch.num_rows()),
+            first_row: Vec::new(),
+            gids: Vec::new(),
+            held: Vec::new(),
+        };
+        for row in 0..batch.num_rows() {
+            let gid = self.find_or_register(key_at(&encoded, row));
+            let mark = &mut self.touched_as[gid as usize];
+            if *mark == UNTOUCHED {
+                *mark = touched.gids.len() as u32;
+                touched.gids.push(gid);
+                touched.first_row.push(row as u32);
+                touched.held.push(self.rows_of[gid as usize]);
+            }
+            touched.group_of_row.push(*mark as usize);
+        }
+        for &gid in &touched.gids {
+            self.touched_as[gid as usize] = UNTOUCHED;
+        }
+        Ok(touched)
+    }
+
+    /// The held rows of `touched`'s groups, and each one's group number (read in the
+    /// order they are stored, so the gather walks the chunks forwards).
+    pub fn held_rows(&self, touched: &Touched) -> Result<(RecordBatch, Vec<usize>)> {
+        let mut held: Vec<(u64, usize)> = touched
+            .held
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| **p != NO_ROW)
+            .map(|(group, &p)| (p, group))
+            .collect();
+        held.sort_unstable();
+        let positions: Vec<(usize, usize)> = held.iter().map(|&(p, _)| unpack(p)).collect();
+        let groups = held.into_iter().map(|(_, group)| group).collect();
+        Ok((self.gather(&positions)?, groups))
+    }
+
+    /// Writes `rows` (one per touched group, in group order) as the groups' live rows;
+    /// with `keep`, the groups it does not select are removed instead.
+    pub fn settle(
+        &mut self,
+        touched: Touched,
+        rows: RecordBatch,
+        keep: Option<&BooleanArray>,
+    ) -> Result<()> {
+        if rows.num_rows() != touched.groups() {
+            let message = format!(
+                "internal error: {} merged rows for {} touched groups",
+                rows.num_rows(),
+                touched.groups()
+            );
+            self.abandon(touched);
+            return Err(Error::Unsupported(message));
+        }
+        let kept = match keep {
+            Some(mask) => filter_record_batch(&rows, mask)?,
+            None => rows,
+        };
+        if self.chunks.len() >= u32::MAX as usize || kept.num_rows() > u32::MAX as usize {
+            self.compact()?;
+        }
+        let chunk = self.chunks.len();
+        self.push_chunk(kept);
+        let mut next_row = 0;
+        for (group, (&gid, &old)) in touched.gids.iter().zip(&touched.held).enumerate() {
+            if old != NO_ROW {
+                self.kill(old);
+            }
+            if keep.is_none_or(|mask| mask.value(group)) {
+                self.rows_of[gid as usize] = pack(chunk, next_row);
+                next_row += 1;
+            } else {
+                self.unregister(gid);
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes [`Self::touch`]: the keys it registered are dropped again.
+    pub fn abandon(&mut self, touched: Touched) {
+        for (&gid, &old) in touched.gids.iter().zip(&touched.held) {
+            if old == NO_ROW {
+                self.unregister(gid);
+            }
+        }
+    }
+
+    fn push_chunk(&mut self, rows: RecordBatch) {
+        let n = rows.num_rows();
+        if n == 0 {
+            return;
+        }
+        let mut live = BooleanBufferBuilder::new(n);
+        live.append_n(n, true);
+        self.chunks.push(Chunk {
+            rows,
+            live,
+            live_count: n,
+        });
     }
 
     /// The live state rows of the keys of `batch` that are held, each once, in the
@@ -212,6 +490,8 @@ impl KeyedRows {
         let keys = self.encode(batch)?;
         let mut found: Vec<u64> = (0..batch.num_rows())
             .filter_map(|row| self.find(key_at(&keys, row)))
+            .map(|gid| self.rows_of[gid as usize])
+            .filter(|&p| p != NO_ROW)
             .collect();
         found.sort_unstable();
         found.dedup();
@@ -254,34 +534,15 @@ impl KeyedRows {
         if self.chunks.len() >= u32::MAX as usize || rows.num_rows() > u32::MAX as usize {
             self.compact()?;
         }
-        let keys = ChunkKeys::new(self.encode(&rows)?);
-        let chunk_index = self.chunks.len();
-        let mut live = BooleanBufferBuilder::new(rows.num_rows());
-        live.append_n(rows.num_rows(), true);
-        self.chunks.push(Chunk {
-            live_count: rows.num_rows(),
-            rows,
-            keys,
-            live,
-        });
-        let n = self.chunks[chunk_index].rows.num_rows();
+        let encoded = self.encode(&rows)?;
+        let (chunk, n) = (self.chunks.len(), rows.num_rows());
+        self.push_chunk(rows);
         for row in 0..n {
-            let new = pack(chunk_index, row);
-            let (chunks, index) = (&mut self.chunks, &mut self.index);
-            let key = chunks[chunk_index].keys.key(row);
-            let hash = key_hash(key);
-            let replaced = match index.find_mut(hash, |&p| stored_key(chunks, p) == key) {
-                Some(slot) => Some(std::mem::replace(slot, new)),
-                None => {
-                    index.insert_unique(hash, new, |&p| key_hash(stored_key(chunks, p)));
-                    None
-                }
-            };
-            if let Some(old) = replaced {
-                let (c, r) = unpack(old);
-                chunks[c].live.set_bit(r, false);
-                chunks[c].live_count -= 1;
-                self.dead += 1;
+            let gid = self.find_or_register(key_at(&encoded, row));
+            // A key met twice in `rows` kills its first row, in the chunk just pushed.
+            let old = std::mem::replace(&mut self.rows_of[gid as usize], pack(chunk, row));
+            if old != NO_ROW {
+                self.kill(old);
             }
         }
         Ok(())
@@ -291,17 +552,12 @@ impl KeyedRows {
     pub fn remove(&mut self, keys: &RecordBatch) -> Result<()> {
         let encoded = self.encode(keys)?;
         for row in 0..keys.num_rows() {
-            let key = key_at(&encoded, row);
-            let chunks = &self.chunks;
-            if let Ok(entry) = self
-                .index
-                .find_entry(key_hash(key), |&p| stored_key(chunks, p) == key)
-            {
-                let (old, _) = entry.remove();
-                let (c, r) = unpack(old);
-                self.chunks[c].live.set_bit(r, false);
-                self.chunks[c].live_count -= 1;
-                self.dead += 1;
+            if let Some(gid) = self.find(key_at(&encoded, row)) {
+                let old = self.rows_of[gid as usize];
+                self.unregister(gid);
+                if old != NO_ROW {
+                    self.kill(old);
+                }
             }
         }
         Ok(())
@@ -350,8 +606,8 @@ impl KeyedRows {
         Ok(false)
     }
 
-    /// Filters the dead rows out: one chunk of the live rows; index positions are
-    /// remapped without rehashing any key.
+    /// Filters the dead rows out: one chunk of the live rows; each group id's position
+    /// is remapped without rehashing any key.
     pub fn compact(&mut self) -> Result<()> {
         if self.chunks.len() <= 1 && self.dead == 0 {
             return Ok(());
@@ -370,52 +626,14 @@ impl KeyedRows {
             new_positions.push(positions);
         }
         let rows = self.live_rows()?;
-        let keys = match &self.converter {
-            Some(converter) => {
-                let mut live_keys: Vec<&[u8]> = Vec::with_capacity(self.index.len());
-                let mut bytes = 0;
-                for chunk in &self.chunks {
-                    for row in 0..chunk.rows.num_rows() {
-                        if chunk.live.get_bit(row) {
-                            let key = chunk.keys.key(row);
-                            bytes += key.len();
-                            live_keys.push(key);
-                        }
-                    }
-                }
-                // Sized exactly: the index's memory is part of the state's.
-                let width = live_keys.first().map_or(0, |k| k.len());
-                if live_keys.iter().all(|k| k.len() == width) {
-                    let mut out = Vec::with_capacity(bytes);
-                    for key in &live_keys {
-                        out.extend_from_slice(key);
-                    }
-                    ChunkKeys::Fixed { width, bytes: out }
-                } else {
-                    let parser = converter.parser();
-                    let mut out = converter.empty_rows(live_keys.len(), bytes);
-                    for key in live_keys {
-                        out.push(parser.parse(key));
-                    }
-                    ChunkKeys::Varying(out)
-                }
-            }
-            None => ChunkKeys::Empty,
-        };
-        for position in self.index.iter_mut() {
+        for position in self.rows_of.iter_mut().filter(|p| **p != NO_ROW) {
             let (c, r) = unpack(*position);
             *position = pack(0, new_positions[c][r] as usize);
         }
-        let n = rows.num_rows();
-        let mut live = BooleanBufferBuilder::new(n);
-        live.append_n(n, true);
-        self.chunks = vec![Chunk {
-            rows,
-            keys,
-            live,
-            live_count: n,
-        }];
+        self.chunks.clear();
+        self.push_chunk(rows);
         self.dead = 0;
+        self.keys.compact();
         Ok(())
     }
 
@@ -427,13 +645,17 @@ impl KeyedRows {
             .sum()
     }
 
-    /// Bytes of the index: the hash table, the key encodings and the live bitmaps.
+    /// Bytes of the index: the hash table, the key encodings, the group ids' row
+    /// positions and marks, and the live bitmaps.
     pub fn index_bytes(&self) -> usize {
         self.index.allocation_size()
+            + self.keys.size()
+            + self.rows_of.capacity() * 8
+            + (self.free.capacity() + self.touched_as.capacity()) * 4
             + self
                 .chunks
                 .iter()
-                .map(|c| c.keys.size() + c.live.capacity() / 8)
+                .map(|c| c.live.capacity() / 8)
                 .sum::<usize>()
     }
 
@@ -441,11 +663,6 @@ impl KeyedRows {
     pub fn dead_rows(&self) -> usize {
         self.dead
     }
-}
-
-fn stored_key(chunks: &[Chunk], position: u64) -> &[u8] {
-    let (c, r) = unpack(position);
-    chunks[c].keys.key(r)
 }
 
 fn key_at(keys: &Option<Rows>, row: usize) -> &[u8] {
@@ -595,6 +812,57 @@ mod tests {
         state.upsert(batch(&[(Some("c"), 9)])).unwrap();
         assert_eq!(state.len(), 5);
         assert_eq!(as_map(&state.rows_for_keys_of(&probe).unwrap()).len(), 3);
+    }
+
+    #[test]
+    fn a_touch_looks_each_key_up_once_and_settle_writes_or_removes_the_groups() {
+        let mut state = KeyedRows::new(schema(), 1).unwrap();
+        state.upsert(rows(&[(1, 10), (2, 20), (3, 30)])).unwrap();
+        // Key 2 twice, key 7 new, key 1 held.
+        let touched = state
+            .touch(&rows(&[(2, 1), (7, 1), (2, 1), (1, 1)]))
+            .unwrap();
+        assert_eq!(touched.groups(), 3);
+        assert_eq!(touched.group_of_row, vec![0, 1, 0, 2]);
+        assert_eq!(touched.first_row, vec![0, 1, 3]);
+        assert!(touched.was_held(0) && !touched.was_held(1) && touched.was_held(2));
+        let (held, groups) = state.held_rows(&touched).unwrap();
+        let held_by_group: BTreeMap<usize, i64> = groups
+            .iter()
+            .zip(held.column(1).as_primitive::<Int64Type>().values())
+            .map(|(&g, &n)| (g, n))
+            .collect();
+        assert_eq!(held_by_group, BTreeMap::from([(0, 20), (2, 10)]));
+        // Group 0 (key 2) and 1 (key 7) keep their new rows; group 2 (key 1) is removed.
+        let keep = BooleanArray::from(vec![true, true, false]);
+        state
+            .settle(touched, rows(&[(2, 22), (7, 7), (1, 11)]), Some(&keep))
+            .unwrap();
+        assert_eq!(
+            to_map(&state.live_rows().unwrap()),
+            BTreeMap::from([(2, 22), (3, 30), (7, 7)])
+        );
+        assert_eq!(state.len(), 3);
+        // An abandoned touch leaves the held keys as they were and forgets the new ones;
+        // a removed key's group id is reused without confusing the keys.
+        let touched = state.touch(&rows(&[(8, 0), (3, 0)])).unwrap();
+        state.abandon(touched);
+        assert_eq!(state.len(), 3);
+        assert!(!state.contains_keys_of(&rows(&[(8, 0)])).unwrap().value(0));
+        state.upsert(rows(&[(9, 9), (1, 1)])).unwrap();
+        state.compact().unwrap();
+        assert_eq!(
+            to_map(&state.live_rows().unwrap()),
+            BTreeMap::from([(1, 1), (2, 22), (3, 30), (7, 7), (9, 9)])
+        );
+        assert_eq!(
+            to_map(
+                &state
+                    .rows_for_keys_of(&rows(&[(9, 0), (1, 0), (8, 0)]))
+                    .unwrap()
+            ),
+            BTreeMap::from([(1, 1), (9, 9)])
+        );
     }
 
     #[test]

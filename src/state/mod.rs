@@ -65,7 +65,7 @@ use crate::error::{Error, Result};
 pub mod keyed;
 pub mod partitioned;
 
-pub use keyed::KeyedRows;
+pub use keyed::{KeyedRows, Touched};
 pub use partitioned::{PartitionedState, StatePartitions};
 
 /// How often full snapshots are written and how many versions are kept.
