@@ -41,8 +41,23 @@ const COMPACT_RATIO: usize = 4;
 /// [`KeyedRows::touch`] whose row [`KeyedRows::settle`] has not written yet.
 const NO_ROW: u64 = u64::MAX;
 
-/// A group id's mark in [`KeyedRows::touched_as`] when the running touch has not met it.
-const UNTOUCHED: u32 = u32::MAX;
+/// While [`KeyedRows::touch`] runs, a group id it has met holds `TOUCHED | group` in
+/// place of its row position (restored before it returns): a key met again in the
+/// batch finds its group number there, without a second array as large as the index.
+const TOUCHED: u64 = 1 << 63;
+
+/// Chunks kept before a compaction is forced: a position's chunk number stays below
+/// 2^31, so a position never has the [`TOUCHED`] bit.
+const MAX_CHUNKS: usize = (u32::MAX >> 1) as usize;
+
+/// Grows `vec` to hold `additional` more items by an eighth of its length at a time,
+/// not by doubling: the index's arrays are a large part of the state's memory, and
+/// doubling would leave up to half of them unused.
+fn reserve_gently<T>(vec: &mut Vec<T>, additional: usize) {
+    if vec.capacity() - vec.len() < additional {
+        vec.reserve_exact(additional.max(vec.len() / 8).max(1024));
+    }
+}
 
 /// The key encodings of the held keys, by group id. Every probe of the index compares
 /// a stored key, at a random place in memory, so their layout matters.
@@ -84,6 +99,7 @@ impl KeyStore {
                 *width = key.len();
                 let at = g * *width;
                 if at == bytes.len() {
+                    reserve_gently(bytes, key.len());
                     bytes.extend_from_slice(key);
                 } else {
                     bytes[at..at + *width].copy_from_slice(key);
@@ -108,8 +124,10 @@ impl KeyStore {
         } = self
         {
             let span = (bytes.len(), key.len());
+            reserve_gently(bytes, key.len());
             bytes.extend_from_slice(key);
             if g == spans.len() {
+                reserve_gently(spans, 1);
                 spans.push(span);
             } else {
                 *garbage += spans[g].1;
@@ -184,19 +202,18 @@ pub struct KeyedRows {
     rows_of: Vec<u64>,
     /// Group ids free for reuse.
     free: Vec<u32>,
-    /// During a [`KeyedRows::touch`]: each group id's number among the touched groups.
-    touched_as: Vec<u32>,
     dead: usize,
 }
 
 /// The groups one batch touches, found by [`KeyedRows::touch`]: one lookup per row.
-/// Groups are numbered from 0 in the order the batch first names them.
+/// Groups are numbered from 0 in the order they were looked up (the order of their
+/// index buckets).
 #[derive(Debug)]
 pub struct Touched {
     /// For each row of the batch, its group's number (as DataFusion's
     /// `GroupsAccumulator::merge_batch` takes group indices).
     pub group_of_row: Vec<usize>,
-    /// For each group, the batch's row that names it first.
+    /// For each group, a row of the batch that names it.
     pub first_row: Vec<u32>,
     /// For each group, its group id.
     gids: Vec<u32>,
@@ -290,7 +307,6 @@ impl KeyedRows {
             keys,
             rows_of: Vec::new(),
             free: Vec::new(),
-            touched_as: Vec::new(),
             dead: 0,
         })
     }
@@ -328,9 +344,9 @@ impl KeyedRows {
             .copied()
     }
 
-    /// The group id of `key`, registered (with no row yet) if the key is new.
-    fn find_or_register(&mut self, key: &[u8]) -> u32 {
-        let hash = key_hash(key);
+    /// The group id of `key` (whose [`key_hash`] is `hash`), registered (with no row
+    /// yet) if the key is new.
+    fn find_or_register(&mut self, key: &[u8], hash: u64) -> u32 {
         let keys = &self.keys;
         let entry = self
             .index
@@ -341,8 +357,8 @@ impl KeyedRows {
                 let gid = match self.free.pop() {
                     Some(gid) => gid,
                     None => {
+                        reserve_gently(&mut self.rows_of, 1);
                         self.rows_of.push(NO_ROW);
-                        self.touched_as.push(UNTOUCHED);
                         (self.rows_of.len() - 1) as u32
                     }
                 };
@@ -380,27 +396,56 @@ impl KeyedRows {
     /// [`Self::abandon`].
     pub fn touch(&mut self, batch: &RecordBatch) -> Result<Touched> {
         let encoded = self.encode(batch)?;
+        let n = batch.num_rows();
         let mut touched = Touched {
-            group_of_row: Vec::with_capacity(batch.num_rows()),
+            group_of_row: vec![0; n],
             first_row: Vec::new(),
             gids: Vec::new(),
             held: Vec::new(),
         };
-        for row in 0..batch.num_rows() {
-            let gid = self.find_or_register(key_at(&encoded, row));
-            let mark = &mut self.touched_as[gid as usize];
-            if *mark == UNTOUCHED {
-                *mark = touched.gids.len() as u32;
+        for (hash, row) in self.in_bucket_order(&encoded, n) {
+            let row = row as usize;
+            let gid = self.find_or_register(key_at(&encoded, row), hash);
+            let slot = &mut self.rows_of[gid as usize];
+            let group = if *slot != NO_ROW && *slot & TOUCHED != 0 {
+                (*slot & !TOUCHED) as usize
+            } else {
+                let group = touched.gids.len();
                 touched.gids.push(gid);
                 touched.first_row.push(row as u32);
-                touched.held.push(self.rows_of[gid as usize]);
-            }
-            touched.group_of_row.push(*mark as usize);
+                touched
+                    .held
+                    .push(std::mem::replace(slot, TOUCHED | group as u64));
+                group
+            };
+            touched.group_of_row[row] = group;
         }
-        for &gid in &touched.gids {
-            self.touched_as[gid as usize] = UNTOUCHED;
+        for (&gid, &held) in touched.gids.iter().zip(&touched.held) {
+            self.rows_of[gid as usize] = held;
         }
         Ok(touched)
+    }
+
+    /// The `n` rows of `encoded` with their key hashes, in the order of the index
+    /// buckets their keys fall in (as the index will be once the new keys are in).
+    ///
+    /// Probing in that order walks the hash table forwards instead of jumping about it,
+    /// and, because new keys get group ids in the order they are registered, it walks
+    /// the group ids' keys and row positions nearly forwards too (keys registered in
+    /// one batch come back in the order of their ids): most probes then find their
+    /// memory in cache, where in row order nearly each one would miss several times.
+    fn in_bucket_order(&self, encoded: &Option<Rows>, n: usize) -> Vec<(u64, u32)> {
+        // hashbrown picks a key's first bucket from the hash's low bits, as many as the
+        // table has buckets (a power of two, at most 7/8 full).
+        let buckets = ((self.index.len() + n).max(self.index.capacity()) * 8 / 7)
+            .next_power_of_two()
+            .max(1);
+        let mask = buckets as u64 - 1;
+        let mut order: Vec<(u64, u32)> = (0..n)
+            .map(|row| (key_hash(key_at(encoded, row)), row as u32))
+            .collect();
+        order.sort_unstable_by_key(|&(hash, row)| (hash & mask, row));
+        order
     }
 
     /// The held rows of `touched`'s groups, and each one's group number (read in the
@@ -440,7 +485,7 @@ impl KeyedRows {
             Some(mask) => filter_record_batch(&rows, mask)?,
             None => rows,
         };
-        if self.chunks.len() >= u32::MAX as usize || kept.num_rows() > u32::MAX as usize {
+        if self.chunks.len() >= MAX_CHUNKS || kept.num_rows() > u32::MAX as usize {
             self.compact()?;
         }
         let chunk = self.chunks.len();
@@ -531,14 +576,16 @@ impl KeyedRows {
         if rows.num_rows() == 0 {
             return Ok(());
         }
-        if self.chunks.len() >= u32::MAX as usize || rows.num_rows() > u32::MAX as usize {
+        if self.chunks.len() >= MAX_CHUNKS || rows.num_rows() > u32::MAX as usize {
             self.compact()?;
         }
         let encoded = self.encode(&rows)?;
         let (chunk, n) = (self.chunks.len(), rows.num_rows());
         self.push_chunk(rows);
-        for row in 0..n {
-            let gid = self.find_or_register(key_at(&encoded, row));
+        // In bucket order (see `in_bucket_order`); a key's rows stay in row order.
+        for (hash, row) in self.in_bucket_order(&encoded, n) {
+            let row = row as usize;
+            let gid = self.find_or_register(key_at(&encoded, row), hash);
             // A key met twice in `rows` kills its first row, in the chunk just pushed.
             let old = std::mem::replace(&mut self.rows_of[gid as usize], pack(chunk, row));
             if old != NO_ROW {
@@ -651,7 +698,7 @@ impl KeyedRows {
         self.index.allocation_size()
             + self.keys.size()
             + self.rows_of.capacity() * 8
-            + (self.free.capacity() + self.touched_as.capacity()) * 4
+            + self.free.capacity() * 4
             + self
                 .chunks
                 .iter()
@@ -819,25 +866,36 @@ mod tests {
         let mut state = KeyedRows::new(schema(), 1).unwrap();
         state.upsert(rows(&[(1, 10), (2, 20), (3, 30)])).unwrap();
         // Key 2 twice, key 7 new, key 1 held.
-        let touched = state
-            .touch(&rows(&[(2, 1), (7, 1), (2, 1), (1, 1)]))
-            .unwrap();
+        let batch = [(2, 1), (7, 1), (2, 1), (1, 1)];
+        let touched = state.touch(&rows(&batch)).unwrap();
+        let g = touched.group_of_row.clone();
         assert_eq!(touched.groups(), 3);
-        assert_eq!(touched.group_of_row, vec![0, 1, 0, 2]);
-        assert_eq!(touched.first_row, vec![0, 1, 3]);
-        assert!(touched.was_held(0) && !touched.was_held(1) && touched.was_held(2));
+        assert_eq!(g[0], g[2]);
+        assert!(g[0] != g[1] && g[1] != g[3] && g[0] != g[3]);
+        for (group, &row) in touched.first_row.iter().enumerate() {
+            assert_eq!(g[row as usize], group, "first_row names its group");
+        }
+        assert!(touched.was_held(g[0]) && !touched.was_held(g[1]) && touched.was_held(g[3]));
         let (held, groups) = state.held_rows(&touched).unwrap();
         let held_by_group: BTreeMap<usize, i64> = groups
             .iter()
             .zip(held.column(1).as_primitive::<Int64Type>().values())
             .map(|(&g, &n)| (g, n))
             .collect();
-        assert_eq!(held_by_group, BTreeMap::from([(0, 20), (2, 10)]));
-        // Group 0 (key 2) and 1 (key 7) keep their new rows; group 2 (key 1) is removed.
-        let keep = BooleanArray::from(vec![true, true, false]);
-        state
-            .settle(touched, rows(&[(2, 22), (7, 7), (1, 11)]), Some(&keep))
-            .unwrap();
+        assert_eq!(held_by_group, BTreeMap::from([(g[0], 20), (g[3], 10)]));
+        // Keys 2 and 7 keep their new rows; key 1 is removed. Rows go in group order.
+        let new_row = |key: i64| match key {
+            2 => (2, 22),
+            7 => (7, 7),
+            _ => (1, 11),
+        };
+        let merged: Vec<(i64, i64)> = touched
+            .first_row
+            .iter()
+            .map(|&row| new_row(batch[row as usize].0))
+            .collect();
+        let keep: BooleanArray = merged.iter().map(|&(k, _)| Some(k != 1)).collect();
+        state.settle(touched, rows(&merged), Some(&keep)).unwrap();
         assert_eq!(
             to_map(&state.live_rows().unwrap()),
             BTreeMap::from([(2, 22), (3, 30), (7, 7)])
