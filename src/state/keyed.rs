@@ -50,12 +50,12 @@ const TOUCHED: u64 = 1 << 63;
 /// 2^31, so a position never has the [`TOUCHED`] bit.
 const MAX_CHUNKS: usize = (u32::MAX >> 1) as usize;
 
-/// Grows `vec` to hold `additional` more items by an eighth of its length at a time,
+/// Grows `vec` to hold `additional` more items by a quarter of its length at a time,
 /// not by doubling: the index's arrays are a large part of the state's memory, and
 /// doubling would leave up to half of them unused.
 fn reserve_gently<T>(vec: &mut Vec<T>, additional: usize) {
     if vec.capacity() - vec.len() < additional {
-        vec.reserve_exact(additional.max(vec.len() / 8).max(1024));
+        vec.reserve_exact(additional.max(vec.len() / 4).max(1024));
     }
 }
 
@@ -340,7 +340,7 @@ impl KeyedRows {
     fn find(&self, key: &[u8]) -> Option<u32> {
         let keys = &self.keys;
         self.index
-            .find(key_hash(key), |&g| keys.key(g) == key)
+            .find(key_hash(key), |&g| key_eq(keys.key(g), key))
             .copied()
     }
 
@@ -348,9 +348,11 @@ impl KeyedRows {
     /// yet) if the key is new.
     fn find_or_register(&mut self, key: &[u8], hash: u64) -> u32 {
         let keys = &self.keys;
-        let entry = self
-            .index
-            .entry(hash, |&g| keys.key(g) == key, |&g| key_hash(keys.key(g)));
+        let entry = self.index.entry(
+            hash,
+            |&g| key_eq(keys.key(g), key),
+            |&g| key_hash(keys.key(g)),
+        );
         match entry {
             Entry::Occupied(slot) => *slot.get(),
             Entry::Vacant(slot) => {
@@ -403,9 +405,10 @@ impl KeyedRows {
             gids: Vec::new(),
             held: Vec::new(),
         };
-        for (hash, row) in self.in_bucket_order(&encoded, n) {
+        let keys = key_slices(&encoded, n);
+        for (hash, row) in self.in_bucket_order(&keys) {
             let row = row as usize;
-            let gid = self.find_or_register(key_at(&encoded, row), hash);
+            let gid = self.find_or_register(keys[row], hash);
             let slot = &mut self.rows_of[gid as usize];
             let group = if *slot != NO_ROW && *slot & TOUCHED != 0 {
                 (*slot & !TOUCHED) as usize
@@ -434,17 +437,33 @@ impl KeyedRows {
     /// the group ids' keys and row positions nearly forwards too (keys registered in
     /// one batch come back in the order of their ids): most probes then find their
     /// memory in cache, where in row order nearly each one would miss several times.
-    fn in_bucket_order(&self, encoded: &Option<Rows>, n: usize) -> Vec<(u64, u32)> {
+    fn in_bucket_order(&self, keys: &[&[u8]]) -> Vec<(u64, u32)> {
+        let n = keys.len();
         // hashbrown picks a key's first bucket from the hash's low bits, as many as the
         // table has buckets (a power of two, at most 7/8 full).
         let buckets = ((self.index.len() + n).max(self.index.capacity()) * 8 / 7)
             .next_power_of_two()
             .max(1);
         let mask = buckets as u64 - 1;
-        let mut order: Vec<(u64, u32)> = (0..n)
-            .map(|row| (key_hash(key_at(encoded, row)), row as u32))
-            .collect();
-        order.sort_unstable_by_key(|&(hash, row)| (hash & mask, row));
+        // A counting sort into at most 2^16 runs of neighbouring buckets: the order
+        // within a run does not matter for the memory walked, and it keeps a key's
+        // rows in row order (a stable sort), which `upsert` relies on.
+        let shift = buckets.trailing_zeros().saturating_sub(16);
+        let bin = |hash: u64| ((hash & mask) >> shift) as usize;
+        let hashes: Vec<u64> = keys.iter().map(|key| key_hash(key)).collect();
+        let mut starts = vec![0u32; (buckets >> shift) + 1];
+        for &hash in &hashes {
+            starts[bin(hash) + 1] += 1;
+        }
+        for b in 1..starts.len() {
+            starts[b] += starts[b - 1];
+        }
+        let mut order = vec![(0u64, 0u32); n];
+        for (row, &hash) in hashes.iter().enumerate() {
+            let at = &mut starts[bin(hash)];
+            order[*at as usize] = (hash, row as u32);
+            *at += 1;
+        }
         order
     }
 
@@ -583,9 +602,10 @@ impl KeyedRows {
         let (chunk, n) = (self.chunks.len(), rows.num_rows());
         self.push_chunk(rows);
         // In bucket order (see `in_bucket_order`); a key's rows stay in row order.
-        for (hash, row) in self.in_bucket_order(&encoded, n) {
+        let keys = key_slices(&encoded, n);
+        for (hash, row) in self.in_bucket_order(&keys) {
             let row = row as usize;
-            let gid = self.find_or_register(key_at(&encoded, row), hash);
+            let gid = self.find_or_register(keys[row], hash);
             // A key met twice in `rows` kills its first row, in the chunk just pushed.
             let old = std::mem::replace(&mut self.rows_of[gid as usize], pack(chunk, row));
             if old != NO_ROW {
@@ -710,6 +730,29 @@ impl KeyedRows {
     pub fn dead_rows(&self) -> usize {
         self.dead
     }
+}
+
+/// The encoded key of each of the `n` rows (empty keys without key columns).
+fn key_slices(keys: &Option<Rows>, n: usize) -> Vec<&[u8]> {
+    match keys {
+        Some(rows) => rows.iter().map(|row| row.data()).collect(),
+        None => vec![&[]; n],
+    }
+}
+
+/// Whether two encoded keys are equal. Keys are short (9 bytes for a `BIGINT`), and a
+/// slice comparison calls `memcmp` for them; up to 16 bytes, two word loads do.
+#[inline]
+fn key_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if (8..=16).contains(&n) {
+        let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap());
+        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
+    }
+    a == b
 }
 
 fn key_at(keys: &Option<Rows>, row: usize) -> &[u8] {
@@ -921,6 +964,20 @@ mod tests {
             ),
             BTreeMap::from([(1, 1), (9, 9)])
         );
+    }
+
+    #[test]
+    fn short_keys_compare_by_every_byte() {
+        for n in 0..=20usize {
+            let a: Vec<u8> = (0..n as u8).collect();
+            assert!(key_eq(&a, &a.clone()));
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 0x80;
+                assert!(!key_eq(&a, &b), "length {n}, byte {i}");
+            }
+            assert!(!key_eq(&a, &a[..n.saturating_sub(1)]) || n == 0);
+        }
     }
 
     #[test]
