@@ -178,17 +178,38 @@ fn word_count(record: &Record) -> (String, i64) {
 fn skipped_batches(logs: &Path) -> BTreeSet<u64> {
     let mut skipped = BTreeSet::new();
     for entry in std::fs::read_dir(logs).expect("logs").flatten() {
-        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        for line in text.lines() {
-            if let Some(rest) = line.split("Kafka sink: batch ").nth(1)
-                && rest.contains(" is already committed to topic")
-            {
-                let id: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                skipped.insert(id.parse().expect("a batch id"));
-            }
-        }
+        skipped.extend(skipped_in(&entry.path()));
     }
     skipped
+}
+
+/// The batches one run's log reports skipping (already committed to the topic).
+fn skipped_in(log: &Path) -> BTreeSet<u64> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.split("Kafka sink: batch ").nth(1)?;
+            rest.contains(" is already committed to topic").then(|| {
+                let id: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                id.parse().expect("a batch id")
+            })
+        })
+        .collect()
+}
+
+/// Each batch a run aborted inside its transaction must be written again by the run
+/// right after it: at that run's start the broker holds no commit of it, so a skip
+/// there is wrong. (A later run may skip it: the run in between may have written it
+/// and been killed before `commits/N`.)
+fn assert_rewritten(logs: &Path, must_rewrite: &BTreeSet<(u64, usize)>) {
+    for &(batch, run) in must_rewrite {
+        let next = logs.join(format!("run-{:02}.err", run + 1));
+        assert!(
+            !skipped_in(&next).contains(&batch),
+            "batch {batch} crashed before the broker's commit (run {run}), but the next run \
+             skipped it"
+        );
+    }
 }
 
 /// What the topic held right after a crash that followed the broker's commit.
@@ -237,8 +258,9 @@ struct Schedule {
     killed: usize,
     aimed: usize,
     runs_that_committed: usize,
-    /// Batches a run aborted inside the transaction: a later run must write them.
-    must_rewrite: BTreeSet<u64>,
+    /// Batches a run aborted inside the transaction, with that run's number: the next
+    /// run must write them.
+    must_rewrite: BTreeSet<(u64, usize)>,
     /// Batches the broker committed before the run ended (aimed or killed): a later
     /// run must skip them.
     committed_before_crash: BTreeSet<u64>,
@@ -293,7 +315,7 @@ fn crash_schedule(
                     marker.is_none_or(|m| m <= batch as i64),
                     "{point}: marker {marker:?} names batch {batch}, which was not committed"
                 );
-                schedule.must_rewrite.insert(batch);
+                schedule.must_rewrite.insert((batch, run));
             }
             // (after-offsets, after-state-commit: the batch may be a replay of one an
             // earlier, killed run had already committed to Kafka; nothing to assert.)
@@ -436,12 +458,7 @@ fn kill_minus_nine_anywhere_keeps_the_counts_exact_and_never_rewrites_a_committe
             snapshot.batch
         );
     }
-    for batch in &must_rewrite {
-        assert!(
-            !skipped.contains(batch),
-            "batch {batch} crashed before the broker's commit, but a run skipped it"
-        );
-    }
+    assert_rewritten(&logs, &must_rewrite);
 
     // The marker ends at the newest batch that wrote records + 1.
     let last_with_output = log_ids(&checkpoint.join("commits"))
@@ -653,12 +670,7 @@ fn kill_minus_nine_anywhere_on_the_file_to_kafka_path_writes_each_row_once() {
             "batch {batch} was committed to Kafka before the crash, but no run reported skipping it"
         );
     }
-    for batch in &must_rewrite {
-        assert!(
-            !skipped.contains(batch),
-            "batch {batch} crashed before the broker's commit, but a run skipped it"
-        );
-    }
+    assert_rewritten(&logs, &must_rewrite);
     assert!(
         runs_that_committed > 5,
         "only {runs_that_committed} runs committed a batch: the test exercised little"
