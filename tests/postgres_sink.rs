@@ -280,19 +280,7 @@ fn kill_9_during_files_to_aggregation_to_postgres_changes_nothing_in_the_table()
     let tmp = temp_dir();
     let root = tmp.path();
     let input = make_dir(root, "in");
-    for file in 0..90u64 {
-        let mut text = String::new();
-        for _ in 0..8 {
-            let seconds = (file * 2 + 9 + rng.range(0, 12)) as i64 - 9;
-            let (minute, second) = (seconds / 60, seconds % 60);
-            let key = ["a", "b", "c"][rng.range(0, 2) as usize];
-            text.push_str(&format!(
-                "{{\"k\": \"{key}\", \"ts\": \"2026-01-01T10:{minute:02}:{second:02}\", \"v\": {}}}\n",
-                rng.range(1, 100)
-            ));
-        }
-        write_atomic(&input, &format!("f-{file:03}.json"), text.as_bytes());
-    }
+    windowed_event_files(&input, &mut rng, 90);
     let select = |table: &str| format!("SELECT k, start, n, total FROM {table} ORDER BY k, start");
 
     let reference = windowed_job(root, "reference.sql", &input, "reference", &db);
