@@ -638,19 +638,13 @@ impl Fold {
         } else {
             None
         };
-        let (updated, ended, keep) = match ended {
-            // A group this batch updated may also end with it (it ended between the two
-            // watermarks): update mode shows it, append emits it, and it leaves the state.
-            Some(ended) => {
-                let open = not(&ended)?;
-                let ended_rows = filter_record_batch(&merged, &ended)?;
-                let updated = concat_batches(
-                    &self.schema,
-                    &[filter_record_batch(&merged, &open)?, ended_rows.clone()],
-                )?;
-                (updated, ended_rows, Some(open))
-            }
-            None => (merged.clone(), self.empty(), None),
+        // Every touched group is updated. One that also ended with this batch (between
+        // the two watermarks) is shown by update mode, emitted by append, and leaves
+        // the state.
+        let updated = merged.clone();
+        let (ended, keep) = match ended {
+            Some(ended) => (filter_record_batch(&merged, &ended)?, Some(not(&ended)?)),
+            None => (self.empty(), None),
         };
         rows.settle(touched, merged, keep.as_ref())?;
         let passed = self.evict_passed(rows)?;
