@@ -405,20 +405,29 @@ fn run_script(session: &Session, runtime: &Runtime, script: &str) -> Result<()> 
             return Err(e);
         }
     }
+    // Stderr may be a closed pipe: a failed note must not stop the shutdown.
+    let note = || {
+        let _ = writeln!(
+            std::io::stderr(),
+            "millrace: stopping after the current batch (press Ctrl-C again to abort)"
+        );
+    };
+    if signalled {
+        // Also stops a query whose start the abandoned statement had begun.
+        session.stop_all();
+        note();
+    }
     let stopper = {
         let queries = session.queries();
         runtime.spawn(async move {
             if !signalled {
+                // Every statement has run, so no query is still starting.
                 signals.recv().await;
+                for q in &queries {
+                    q.stop();
+                }
+                note();
             }
-            for q in &queries {
-                q.stop();
-            }
-            // Stderr may be a closed pipe: a failed note must not stop the shutdown.
-            let _ = writeln!(
-                std::io::stderr(),
-                "millrace: stopping after the current batch (press Ctrl-C again to abort)"
-            );
             signals.recv().await;
             std::process::exit(130);
         })

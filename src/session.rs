@@ -549,11 +549,18 @@ impl Session {
         let plan_text = config.plan.plan.display_indent().to_string();
         // Opening sources and sinks talks to external systems with blocking calls
         // (librdkafka: metadata, `init_transactions`): off tokio's worker threads.
+        // The query is recorded on that thread too: if this statement is abandoned
+        // while the query starts (a signal), the start goes on, and the session must
+        // still know the query to stop it and wait for it.
         let runtime = self.runtime.clone();
-        let query = tokio::task::spawn_blocking(move || StreamingQuery::start(config, runtime))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
-        self.queries.push(query.clone(), plan_text);
+        let (queries, ticket) = (self.queries.clone(), self.queries.begin_start());
+        let query = tokio::task::spawn_blocking(move || {
+            let query = StreamingQuery::start(config, runtime)?;
+            queries.push(ticket, query.clone(), plan_text);
+            Ok::<_, Error>(query)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         Ok(query)
     }
 
@@ -673,15 +680,16 @@ impl Session {
         )?)
     }
 
-    /// Asks every running query to stop after its current batch.
+    /// Asks every query to stop after its current batch, including one still starting
+    /// for a statement that was abandoned (see [`QueryList`]).
     pub fn stop_all(&self) {
-        for query in self.queries() {
-            query.stop();
-        }
+        self.queries.stop_all();
     }
 
-    /// Blocks until every query has ended; returns the first failure, if any.
+    /// Blocks until every query has ended, including those still starting; returns
+    /// the first failure, if any.
     pub fn await_all(&self) -> Result<()> {
+        self.queries.wait_for_starts(None);
         let mut first_error = None;
         for query in self.queries() {
             if let Err(e) = query.await_termination_blocking() {
@@ -694,6 +702,9 @@ impl Session {
     /// Blocks until every query has ended or `timeout` passed; `false` on timeout.
     pub fn await_all_timeout(&self, timeout: Duration) -> Result<bool> {
         let deadline = std::time::Instant::now() + timeout;
+        if !self.queries.wait_for_starts(Some(timeout)) {
+            return Ok(false);
+        }
         for query in self.queries() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match query.await_termination_timeout(left) {

@@ -645,3 +645,68 @@ fn a_short_soak_stays_exactly_once_with_bounded_logs() {
         );
     }
 }
+
+/// A statement that starts a query may be abandoned while the start runs (a script
+/// stopped by SIGTERM drops it); the start goes on, on its own thread, so the session
+/// must still know that query: `stop_all` stops it and `await_all` waits for it,
+/// and its first batch ends committed, not cut off by the process's exit.
+#[test]
+fn a_query_whose_starting_statement_was_abandoned_is_still_stopped_and_awaited() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = temp_dir();
+    let root = tmp.path();
+    make_dir(root, "in");
+    for n in 0..4 {
+        land_ids(root, n);
+    }
+    let session = millrace::Session::new(
+        runtime.handle().clone(),
+        millrace::SessionSettings::default(),
+    );
+    runtime
+        .block_on(session.execute(&format!(
+            "CREATE UNBOUNDED EXTERNAL TABLE ev (id BIGINT NOT NULL, payload VARCHAR) \
+             STORED AS JSON LOCATION '{}' OPTIONS ('max_files_per_trigger' '1')",
+            root.join("in").display()
+        )))
+        .unwrap();
+    let start = format!(
+        "CREATE SINK out STORED AS PARQUET LOCATION '{}' \
+         OPTIONS ('checkpoint' '{}') AS SELECT id FROM ev",
+        root.join("out").display(),
+        root.join("ckpt").display()
+    );
+    let metadata = root.join("ckpt/metadata");
+    runtime.block_on(async {
+        let mut statement = std::pin::pin!(session.execute(&start));
+        let deadline = Instant::now() + PATIENCE;
+        // Poll the statement until its query's start has written the checkpoint's
+        // metadata, then drop it, as a signal would.
+        while !metadata.exists() {
+            assert!(Instant::now() < deadline, "the query never started");
+            if let std::task::Poll::Ready(outcome) = futures::poll!(&mut statement) {
+                // The start ended between the check and the poll: nothing was
+                // abandoned this time, but the assertions below still hold.
+                outcome.unwrap();
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    });
+    session.stop_all();
+    session.await_all().unwrap();
+    let queries = session.queries();
+    assert_eq!(
+        queries.len(),
+        1,
+        "the session lost the query whose starting statement was abandoned"
+    );
+    assert!(!queries[0].is_active(), "stop_all did not stop the query");
+    let checkpoint = root.join("ckpt");
+    for batch in log_ids(&checkpoint.join("offsets")) {
+        assert!(
+            checkpoint.join(format!("commits/{batch}")).exists(),
+            "batch {batch} planned but not committed after stop_all and await_all"
+        );
+    }
+}

@@ -17,7 +17,8 @@ mod api;
 pub mod metrics;
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -41,26 +42,115 @@ pub struct TrackedQuery {
 
 /// The queries of a session, in start order, shared between the session (which adds
 /// them) and the web server (which reads them). Cheap to clone.
+///
+/// It also counts the starts still under way. A start runs on a blocking thread and
+/// outlives the statement that asked for it when that statement is abandoned (a
+/// SIGTERM while a script starts its query): [`stop_all`](Self::stop_all) must stop
+/// such a query too, and [`wait_for_starts`](Self::wait_for_starts) lets a shutdown
+/// wait for it, or the process would exit in the middle of its first batch.
 #[derive(Clone, Default)]
 pub struct QueryList {
-    inner: Arc<Mutex<Vec<TrackedQuery>>>,
+    inner: Arc<Mutex<Queries>>,
+    starts_done: Arc<Condvar>,
     metrics: Arc<metrics::Metrics>,
 }
 
+#[derive(Default)]
+struct Queries {
+    tracked: Vec<TrackedQuery>,
+    /// Starts taken with [`QueryList::begin_start`] and not yet pushed or failed.
+    starting: usize,
+    /// How many times [`QueryList::stop_all`] was called: a start that began before
+    /// the latest call is stopped as soon as it is pushed.
+    stop_calls: u64,
+}
+
+/// A query start under way, from [`QueryList::begin_start`] until
+/// [`QueryList::push`] takes it or it is dropped (the start failed).
+pub struct StartTicket {
+    list: QueryList,
+    stop_calls: u64,
+}
+
+impl Drop for StartTicket {
+    fn drop(&mut self) {
+        self.list.lock().starting -= 1;
+        self.list.starts_done.notify_all();
+    }
+}
+
 impl QueryList {
-    /// Records a query just started, with its plan's text.
-    pub fn push(&self, query: StreamingQuery, plan: String) {
-        self.lock().push(TrackedQuery {
-            query,
-            sql: None,
-            plan,
-        });
+    /// Notes that a query is being started; hand the ticket to [`push`](Self::push).
+    pub fn begin_start(&self) -> StartTicket {
+        let mut queries = self.lock();
+        queries.starting += 1;
+        StartTicket {
+            list: self.clone(),
+            stop_calls: queries.stop_calls,
+        }
+    }
+
+    /// Records a query just started, with its plan's text; stops it at once if
+    /// [`stop_all`](Self::stop_all) was called while it was starting.
+    pub fn push(&self, ticket: StartTicket, query: StreamingQuery, plan: String) {
+        let stopped_meanwhile = {
+            let mut queries = self.lock();
+            queries.tracked.push(TrackedQuery {
+                query: query.clone(),
+                sql: None,
+                plan,
+            });
+            queries.stop_calls != ticket.stop_calls
+        };
+        drop(ticket);
+        if stopped_meanwhile {
+            query.stop();
+        }
+    }
+
+    /// Asks every query, running or still starting, to stop after its current batch.
+    pub fn stop_all(&self) {
+        let queries = {
+            let mut queries = self.lock();
+            queries.stop_calls += 1;
+            queries.tracked.clone()
+        };
+        for tracked in queries {
+            tracked.query.stop();
+        }
+    }
+
+    /// Blocks until no query start is under way, or `timeout` (if any) passed;
+    /// `false` on timeout.
+    pub fn wait_for_starts(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut queries = self.lock();
+        while queries.starting > 0 {
+            queries = match deadline {
+                None => self
+                    .starts_done
+                    .wait(queries)
+                    .unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    self.starts_done
+                        .wait_timeout(queries, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+        true
     }
 
     /// Records the statement that started `query`.
     pub fn set_sql(&self, query: &StreamingQuery, sql: &str) {
         if let Some(tracked) = self
             .lock()
+            .tracked
             .iter_mut()
             .rev()
             .find(|t| t.query.run_id() == query.run_id())
@@ -71,18 +161,23 @@ impl QueryList {
 
     /// The query handles, in start order.
     pub fn queries(&self) -> Vec<StreamingQuery> {
-        self.lock().iter().map(|t| t.query.clone()).collect()
+        self.lock()
+            .tracked
+            .iter()
+            .map(|t| t.query.clone())
+            .collect()
     }
 
     /// Every query with its SQL and plan, in start order.
     pub fn tracked(&self) -> Vec<TrackedQuery> {
-        self.lock().clone()
+        self.lock().tracked.clone()
     }
 
     /// The query a URL names: by run id, else by query id, else by name (the running
     /// one, else the latest started).
     pub fn find(&self, key: &str) -> Option<TrackedQuery> {
-        let all = self.lock();
+        let queries = self.lock();
+        let all = &queries.tracked;
         all.iter()
             .find(|t| t.query.run_id() == key)
             .or_else(|| all.iter().rev().find(|t| t.query.id() == key))
@@ -100,7 +195,7 @@ impl QueryList {
         self.metrics.clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<TrackedQuery>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queries> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
