@@ -1,8 +1,10 @@
 //! Decoding one file of a file source into Arrow, with Spark's malformed-record modes.
 //!
 //! - CSV: the `csv` crate splits records (with their line numbers and byte spans);
-//!   each column is then cast from text with Arrow's `cast` kernel in safe mode, so a
-//!   value that does not fit its column shows up as a null where the text was not null.
+//!   [`fields`](super::fields) parses numeric, date and time fields as they are read,
+//!   with the function Arrow's `cast` kernel uses for each value, and gathers other
+//!   columns as text that is cast afterwards; either way a value that does not fit its
+//!   column shows up as a null where the text was not null.
 //! - JSON lines: Arrow's JSON decoder reads the whole file in one pass; only when that
 //!   fails is the file decoded line by line to find, and handle, the bad lines.
 //! - TEXT: one `value` row per line. PARQUET: columns are matched by name and cast.
@@ -19,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StringBuilder, new_null_array,
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, new_null_array,
 };
 use datafusion::arrow::compute::{
     CastOptions, cast_with_options, concat_batches, filter_record_batch,
@@ -30,6 +32,7 @@ use datafusion::arrow::util::display::FormatOptions;
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use super::fields::{Column, FieldColumns};
 use crate::error::{Error, Result};
 
 /// Name of the optional column that receives the raw text of malformed records.
@@ -399,7 +402,7 @@ fn decode_json_each(records: &[Option<&[u8]>], schema: &SchemaRef) -> Option<Rec
 /// CSV records: each value is one delimited record.
 fn csv_records(records: &[Option<&[u8]>], delimiter: u8, shape: &Shape) -> Result<TextRows> {
     let width = shape.data.fields().len();
-    let mut columns: Vec<StringBuilder> = (0..width).map(|_| StringBuilder::new()).collect();
+    let mut columns = FieldColumns::new(shape.data.fields());
     let mut problems: Vec<Option<Problem>> = Vec::with_capacity(records.len());
     let mut record = csv::ByteRecord::new();
     for value in records {
@@ -440,26 +443,14 @@ fn csv_records(records: &[Option<&[u8]>], delimiter: u8, shape: &Shape) -> Resul
         if value.is_none() {
             record.clear();
         }
-        for (i, column) in columns.iter_mut().enumerate() {
-            match record.get(i).filter(|f| !f.is_empty()) {
-                None => column.append_null(),
-                Some(field) => match std::str::from_utf8(field) {
-                    Ok(text) => column.append_value(text),
-                    Err(_) => {
-                        column.append_null();
-                        reason.get_or_insert_with(|| format!("field {} is not valid UTF-8", i + 1));
-                    }
-                },
-            }
-        }
-        problems.push(reason.map(|reason| Problem {
+        let utf8_reason = columns.push_record(|i| record.get(i));
+        problems.push(reason.or(utf8_reason).map(|reason| Problem {
             line: 0,
             reason,
             raw: String::new(),
         }));
     }
-    let texts: Vec<StringArray> = columns.iter_mut().map(|c| c.finish()).collect();
-    let rows = typed_rows(texts, shape, problems)?;
+    let rows = typed_rows(columns.finish(), shape, problems)?;
     let problems = rows
         .problems
         .into_iter()
@@ -524,7 +515,7 @@ fn read_csv(
     let width = shape.data.fields().len();
     let mut reader = csv_reader(bytes, delimiter);
     let mut record = csv::ByteRecord::new();
-    let mut columns: Vec<StringBuilder> = (0..width).map(|_| StringBuilder::new()).collect();
+    let mut columns = FieldColumns::new(shape.data.fields());
     let mut problems: Vec<Option<Problem>> = Vec::new();
     let mut spans: Vec<(u64, usize, usize)> = Vec::new();
     let mut first = true;
@@ -545,28 +536,16 @@ fn read_csv(
         }
         let end = reader.position().byte() as usize;
         spans.push((position.line(), position.byte() as usize, end));
-        let mut reason = (record.len() != width)
+        let width_reason = (record.len() != width)
             .then(|| format!("expected {width} fields, found {}", record.len()));
-        for (i, column) in columns.iter_mut().enumerate() {
-            match record.get(i).filter(|f| !f.is_empty()) {
-                None => column.append_null(),
-                Some(field) => match std::str::from_utf8(field) {
-                    Ok(text) => column.append_value(text),
-                    Err(_) => {
-                        column.append_null();
-                        reason.get_or_insert_with(|| format!("field {} is not valid UTF-8", i + 1));
-                    }
-                },
-            }
-        }
-        problems.push(reason.map(|reason| Problem {
+        let utf8_reason = columns.push_record(|i| record.get(i));
+        problems.push(width_reason.or(utf8_reason).map(|reason| Problem {
             line: position.line(),
             reason,
             raw: String::new(),
         }));
     }
-    let texts: Vec<StringArray> = columns.iter_mut().map(|c| c.finish()).collect();
-    let rows = typed_rows(texts, shape, problems)?;
+    let rows = typed_rows(columns.finish(), shape, problems)?;
     // Attach raw lines only to the rows that need them.
     let problems = rows
         .problems
@@ -585,9 +564,10 @@ fn read_csv(
     Ok(TextRows { problems, ..rows })
 }
 
-/// Casts text columns to the declared types, marking rows whose values do not fit.
+/// Casts the text columns to the declared types and marks the rows whose values do not
+/// fit (for each row, the first such column in column order gives the reason).
 fn typed_rows(
-    texts: Vec<StringArray>,
+    columns: Vec<Column>,
     shape: &Shape,
     mut problems: Vec<Option<Problem>>,
 ) -> Result<TextRows> {
@@ -597,25 +577,36 @@ fn typed_rows(
         safe: true,
         format_options: FormatOptions::default(),
     };
-    let mut arrays = Vec::with_capacity(texts.len());
-    for (text, field) in texts.iter().zip(shape.data.fields()) {
-        let typed = cast_with_options(text, field.data_type(), &options)?;
-        if typed.null_count() > text.null_count() {
-            for (row, problem) in problems.iter_mut().enumerate() {
-                if typed.is_null(row) && text.is_valid(row) && problem.is_none() {
-                    *problem = Some(Problem {
-                        line: 0,
-                        reason: format!(
-                            "'{}' is not a valid {} for column '{}'",
-                            text.value(row),
-                            field.data_type(),
-                            field.name()
-                        ),
-                        raw: String::new(),
-                    });
+    let not_valid = |text: &str, field: &Field| Problem {
+        line: 0,
+        reason: format!(
+            "'{text}' is not a valid {} for column '{}'",
+            field.data_type(),
+            field.name()
+        ),
+        raw: String::new(),
+    };
+    let mut arrays = Vec::with_capacity(columns.len());
+    for (column, field) in columns.into_iter().zip(shape.data.fields()) {
+        let typed = match column {
+            Column::Parsed { values, unreadable } => {
+                for (row, text) in unreadable {
+                    problems[row].get_or_insert_with(|| not_valid(&text, field));
                 }
+                values
             }
-        }
+            Column::Text(text) => {
+                let typed = cast_with_options(&text, field.data_type(), &options)?;
+                if typed.null_count() > text.null_count() {
+                    for (row, problem) in problems.iter_mut().enumerate() {
+                        if typed.is_null(row) && text.is_valid(row) && problem.is_none() {
+                            *problem = Some(not_valid(text.value(row), field));
+                        }
+                    }
+                }
+                typed
+            }
+        };
         if !field.is_nullable() && typed.null_count() > 0 {
             for (row, slot) in unkeepable.iter_mut().enumerate() {
                 if typed.is_null(row) {
@@ -780,7 +771,11 @@ fn read_text(bytes: &[u8], shape: &Shape) -> Result<TextRows> {
         .map(|l| Some(l.trim_end_matches('\r')))
         .collect();
     let rows = lines.len();
-    typed_rows(vec![lines], shape, (0..rows).map(|_| None).collect())
+    typed_rows(
+        vec![Column::Text(lines)],
+        shape,
+        (0..rows).map(|_| None).collect(),
+    )
 }
 
 /// Finds the declared columns in a Parquet file, by name.

@@ -12,6 +12,7 @@
 //! - [`delta`](crate::connector::delta::source): the commits of a Delta Lake table, by
 //!   table version and file index
 
+pub mod fields;
 pub mod file;
 pub mod format;
 pub use crate::connector::kafka::source as kafka;
