@@ -43,6 +43,10 @@ pub enum Error {
     Arrow(ArrowError),
     /// The query was stopped while the caller waited for it.
     Stopped(String),
+    /// Code inside a running query panicked: a user-defined function (for example a
+    /// `flat_map_groups_with_state` closure) or a bug in millrace. The panic ends the
+    /// query with this error instead of leaving it hung; the message is the panic's.
+    Panic(String),
     /// A running streaming query failed (Spark's `StreamingQueryException`): `cause`
     /// is the error that ended it, with its own variant, so a caller of
     /// `await_termination` can tell a checkpoint problem from bad data or a full disk.
@@ -88,6 +92,12 @@ impl fmt::Display for Error {
             Error::DataFusion(e) => write!(f, "{e}"),
             Error::Arrow(e) => write!(f, "Arrow error: {e}"),
             Error::Stopped(m) => write!(f, "query stopped: {m}"),
+            Error::Panic(m) => write!(
+                f,
+                "panic inside the query: {m}; nothing of the batch it was in was committed: \
+                 fix the function that panicked (or report the bug), then start the query \
+                 again: it resumes from its last committed batch"
+            ),
             Error::Query { name, cause } => write!(f, "streaming query '{name}' failed: {cause}"),
         }
     }

@@ -207,6 +207,78 @@ async fn state_is_updated_removed_and_restored_across_batches_and_restarts() {
     assert_eq!(second, sorted(&["a|10|updated", "b|7|updated"]));
 }
 
+/// A closure that panics ends its query with an error that carries the panic's message,
+/// instead of leaving the query running forever with nobody told: the batch it panicked
+/// in is not committed, the one before it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_closure_fails_the_query_with_its_message() {
+    let tmp = common::temp_dir();
+    let input = common::make_dir(tmp.path(), "in");
+    let checkpoint = tmp.path().join("ckpt");
+    land(&input, "1.json", &[("a", 1)]);
+    land(&input, "2.json", &[("a", 13)]);
+    let ctx = StreamingContext::new();
+    let users = ctx
+        .read_stream()
+        .format("json")
+        .schema(Schema::new(vec![
+            Field::new("user", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]))
+        .option("max_files_per_trigger", "1")
+        .load(input.to_str().unwrap())
+        .await
+        .unwrap();
+    let frame = users
+        .group_by_key(&["user"])
+        .flat_map_groups_with_state(
+            output_schema(),
+            OutputMode::Append,
+            GroupStateTimeout::NoTimeout,
+            |key, rows, _state: &mut GroupState<Tally>| {
+                let n = rows
+                    .column_by_name("n")
+                    .unwrap()
+                    .as_primitive::<Int64Type>();
+                if n.values().contains(&13) {
+                    panic!("unlucky number for {:?}", key[0]);
+                }
+                Ok(vec![vec![
+                    key[0].clone(),
+                    ScalarValue::Int64(Some(n.values().iter().sum())),
+                    ScalarValue::Utf8(Some("updated".into())),
+                ]])
+            },
+        )
+        .unwrap();
+    let query = frame
+        .write_stream()
+        .format("memory")
+        .query_name("panics")
+        .option("checkpoint", checkpoint.to_str().unwrap())
+        .output_mode(OutputMode::Append)
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(120), query.await_termination())
+        .await
+        .expect("the query hung after its closure panicked");
+    let error = outcome.expect_err("a panicking closure must fail the query");
+    assert!(
+        matches!(error.root_cause(), millrace::Error::Panic(_)),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("unlucky number for"), "{message}");
+    assert!(
+        message.contains("resumes from its last committed batch"),
+        "{message}"
+    );
+    assert_eq!(common::log_ids(&checkpoint.join("commits")), vec![0]);
+    assert_eq!(memory_rows(&ctx, "panics").await, vec!["a|1|updated"]);
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

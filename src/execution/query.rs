@@ -13,6 +13,7 @@ use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMillisecondType}
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::collect;
+use futures::FutureExt;
 use serde_json::Value;
 use tokio::runtime::Handle;
 use tracing::Instrument;
@@ -226,7 +227,13 @@ impl StreamingQuery {
                 let outcome = runtime.block_on(
                     async {
                         tracing::info!("query started");
-                        let outcome = runner.run().await;
+                        // A panic (a user's closure, a bug) ends the query with an
+                        // error: unwinding past here would leave it running forever
+                        // for everyone waiting on it.
+                        let outcome = std::panic::AssertUnwindSafe(runner.run())
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|panic| Err(Error::Panic(panic_message(&*panic))));
                         // The failure goes back to the caller (await_termination, the
                         // shell, SHOW QUERIES); the log only records it.
                         match &outcome {
@@ -1092,4 +1099,13 @@ fn max_event_time(batches: &[RecordBatch], column: &str, limit: i64) -> Result<(
         }
     }
     Ok((result, beyond))
+}
+
+/// The text a panic was raised with (`panic!("...")` gives a `&str` or a `String`).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
