@@ -30,6 +30,20 @@ fn output_schema() -> SchemaRef {
     ]))
 }
 
+/// The `user, n` JSON rows landing in `input`, one file per batch.
+async fn users_stream(ctx: &StreamingContext, input: &Path) -> StreamFrame {
+    ctx.read_stream()
+        .format("json")
+        .schema(Schema::new(vec![
+            Field::new("user", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]))
+        .option("max_files_per_trigger", "1")
+        .load(input.to_str().unwrap())
+        .await
+        .unwrap()
+}
+
 /// Running totals of `n` per user: a batch's rows add to the total ("updated"); a row
 /// with `n = 0` ends the user's tally ("removed": the state goes); a processing-time
 /// timeout (set to the batch's own timestamp, so it passes at any later batch) ends it
@@ -39,17 +53,7 @@ async fn running_totals(
     input: &Path,
     timeout: GroupStateTimeout,
 ) -> StreamFrame {
-    let users = ctx
-        .read_stream()
-        .format("json")
-        .schema(Schema::new(vec![
-            Field::new("user", DataType::Utf8, false),
-            Field::new("n", DataType::Int64, false),
-        ]))
-        .option("max_files_per_trigger", "1")
-        .load(input.to_str().unwrap())
-        .await
-        .unwrap();
+    let users = users_stream(ctx, input).await;
     users
         .group_by_key(&["user"])
         .flat_map_groups_with_state(
@@ -218,17 +222,7 @@ async fn a_panicking_closure_fails_the_query_with_its_message() {
     land(&input, "1.json", &[("a", 1)]);
     land(&input, "2.json", &[("a", 13)]);
     let ctx = StreamingContext::new();
-    let users = ctx
-        .read_stream()
-        .format("json")
-        .schema(Schema::new(vec![
-            Field::new("user", DataType::Utf8, false),
-            Field::new("n", DataType::Int64, false),
-        ]))
-        .option("max_files_per_trigger", "1")
-        .load(input.to_str().unwrap())
-        .await
-        .unwrap();
+    let users = users_stream(&ctx, &input).await;
     let frame = users
         .group_by_key(&["user"])
         .flat_map_groups_with_state(
