@@ -386,7 +386,7 @@ impl StreamingAggregation {
         // top step allows it (see `group_merge::final_output`), else by DataFusion's
         // Final step over the states.
         let (target, replacement): (_, Arc<dyn ExecutionPlan>) =
-            match final_output(&top, &shown, self.key_columns)? {
+            match final_output(&plan, &top, &shown, self.key_columns)? {
                 Some(parts) => (
                     top.clone(),
                     MemorySourceConfig::try_new_exec(&parts, top.schema(), None)?,

@@ -18,6 +18,7 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::Distribution;
 use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::ExecutionPlan;
@@ -128,10 +129,13 @@ fn groups_accumulator(
 /// runs over the states.
 ///
 /// Each aggregate's accumulator merges the states with group `i` for row `i` and
-/// evaluates them. The rows are put into `top`'s output partitions with DataFusion's
-/// own partitioner, so an operator above that relies on `top`'s hash partitioning
-/// (a join on the group key, say) sees the rows where it expects them.
+/// evaluates them. When an operator above `top` in `plan` relies on `top`'s hash
+/// partitioning (a join on the group key, an aggregate by the same key, say), the rows
+/// are put into `top`'s output partitions with DataFusion's own partitioner, so that
+/// operator sees them where it expects them; otherwise they all go to the first
+/// partition and the others stay empty, which saves hashing every output row again.
 pub fn final_output(
+    plan: &Arc<dyn ExecutionPlan>,
     top: &Arc<dyn ExecutionPlan>,
     states: &RecordBatch,
     key_columns: usize,
@@ -180,6 +184,10 @@ pub fn final_output(
         return Ok(Some(vec![vec![output]]));
     }
     let mut parts = vec![Vec::new(); partitions];
+    if !hash_partitioning_used_above(plan, top) {
+        parts[0].push(output);
+        return Ok(Some(parts));
+    }
     let Ok(mut partitioner) = BatchPartitioner::try_new(partitioning, Time::new(), 0, 1) else {
         return Ok(None);
     };
@@ -188,4 +196,118 @@ pub fn final_output(
         Ok(())
     })?;
     Ok(Some(parts))
+}
+
+/// Whether an operator on the path from `plan` down to `node` requires its input there
+/// to be hash-partitioned (a partitioned join or aggregate, a window partitioned by a
+/// key): only then must `node`'s rows stay in the partitions its declared output
+/// partitioning names. `false` when `node` is not in `plan`.
+fn hash_partitioning_used_above(
+    plan: &Arc<dyn ExecutionPlan>,
+    node: &Arc<dyn ExecutionPlan>,
+) -> bool {
+    if Arc::ptr_eq(plan, node) {
+        return false;
+    }
+    let required = plan.input_distribution_requirements();
+    plan.children().into_iter().enumerate().any(|(i, child)| {
+        let by_key = !matches!(
+            required.child_distribution(i),
+            None | Some(Distribution::UnspecifiedDistribution | Distribution::SinglePartition)
+        );
+        path_reaches(child, node) && (by_key || hash_partitioning_used_above(child, node))
+    })
+}
+
+/// Whether `node` is `plan` or below it.
+fn path_reaches(plan: &Arc<dyn ExecutionPlan>, node: &Arc<dyn ExecutionPlan>) -> bool {
+    Arc::ptr_eq(plan, node) || plan.children().into_iter().any(|c| path_reaches(c, node))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    /// The physical plan of `sql` over two tables `t(k, x)` and `u(k, y)`, on two
+    /// partitions, with hash joins always partitioned (never built from one side).
+    async fn physical(sql: &str) -> Arc<dyn ExecutionPlan> {
+        let config = SessionConfig::new()
+            .with_target_partitions(2)
+            .set_usize(
+                "datafusion.optimizer.hash_join_single_partition_threshold",
+                0,
+            )
+            .set_usize(
+                "datafusion.optimizer.hash_join_single_partition_threshold_rows",
+                0,
+            );
+        let ctx = SessionContext::new_with_config(config);
+        for (table, value) in [("t", "x"), ("u", "y")] {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Int64, false),
+                Field::new(value, DataType::Int64, false),
+            ]));
+            let batch = RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(Int64Array::from(vec![1, 2, 3])),
+                    Arc::new(Int64Array::from(vec![10, 20, 30])),
+                ],
+            )
+            .unwrap();
+            ctx.register_batch(table, batch).unwrap();
+        }
+        ctx.sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap()
+    }
+
+    /// Every final aggregate step in `plan`.
+    fn final_steps(plan: &Arc<dyn ExecutionPlan>) -> Vec<Arc<dyn ExecutionPlan>> {
+        let mut found = Vec::new();
+        if let Some(exec) = plan.downcast_ref::<AggregateExec>()
+            && exec.mode() == &AggregateMode::FinalPartitioned
+        {
+            found.push(plan.clone());
+        }
+        for child in plan.children() {
+            found.extend(final_steps(child));
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn a_join_on_the_group_key_keeps_the_aggregates_hash_partitions() {
+        let plan = physical(
+            "SELECT a.k, a.n, b.m FROM (SELECT k, count(*) AS n FROM t GROUP BY k) a \
+             JOIN (SELECT k, count(*) AS m FROM u GROUP BY k) b ON a.k = b.k",
+        )
+        .await;
+        let steps = final_steps(&plan);
+        let shown = datafusion::physical_plan::displayable(plan.as_ref()).indent(true);
+        assert_eq!(steps.len(), 2, "{shown}");
+        for step in &steps {
+            assert!(hash_partitioning_used_above(&plan, step), "{shown}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_projection_and_a_filter_above_the_aggregate_need_no_hash_partitions() {
+        let plan = physical(
+            "SELECT k + 1 AS k1, n FROM (SELECT k, count(*) AS n FROM t GROUP BY k) WHERE n > 0",
+        )
+        .await;
+        let steps = final_steps(&plan);
+        let shown = datafusion::physical_plan::displayable(plan.as_ref()).indent(true);
+        assert_eq!(steps.len(), 1, "{shown}");
+        assert!(!hash_partitioning_used_above(&plan, &steps[0]), "{shown}");
+        let unrelated = physical("SELECT k, count(*) AS n FROM u GROUP BY k").await;
+        assert!(!hash_partitioning_used_above(&unrelated, &steps[0]));
+    }
 }
