@@ -270,3 +270,56 @@ fn a_bare_select_over_a_stream_prints_batches_until_stopped() {
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
 }
+
+/// Like Spark's CSV column pruning (`spark.sql.csv.parser.columnPruning.enabled`, on by
+/// default): a column the query does not read is not parsed, so a value that does not
+/// fit it does not make its record malformed. Checked against pyspark 4.3.0 on the
+/// same file with `mode` `DROPMALFORMED`: `SELECT key, x` keeps keys 1 and 2, `SELECT
+/// key, ts` keeps keys 1 and 5.
+#[test]
+fn a_csv_column_the_query_does_not_read_is_not_parsed_so_its_bad_values_drop_nothing() {
+    let rt = runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    fs::create_dir(&input).unwrap();
+    land(
+        &input,
+        "a.csv",
+        "1,2026-01-01T00:00:00,5\n2,not-a-time,7\n5,2026-01-01T00:00:04,zz\nx,2026-01-01T00:00:03,3\n",
+    );
+    let session = Session::new(rt.handle().clone(), SessionSettings::default());
+    rt.block_on(session.execute_script(&format!(
+        "CREATE UNBOUNDED EXTERNAL TABLE t (key BIGINT, ts TIMESTAMP, x BIGINT) STORED AS CSV \
+         LOCATION '{}' OPTIONS ('mode' 'drop_malformed')",
+        input.display()
+    )))
+    .unwrap();
+    for (sink, columns, kept, dropped) in [
+        ("no_ts", "key, x", vec![1, 2], "2"),
+        ("no_x", "key, ts", vec![1, 5], "2"),
+        ("every_column", "key, ts, x", vec![1], "3"),
+    ] {
+        let query = started(
+            rt.block_on(session.execute_script(&format!(
+                "CREATE SINK {sink} STORED AS MEMORY OPTIONS ('trigger' 'available_now') \
+                 AS SELECT {columns} FROM t"
+            )))
+            .unwrap(),
+        );
+        query.await_termination_blocking().unwrap();
+        let report = serde_json::to_value(&query.recent_progress()[0]).unwrap();
+        assert_eq!(
+            report["sources"][0]["metrics"]["numMalformedRowsDropped"], dropped,
+            "SELECT {columns}"
+        );
+        assert_eq!(
+            ids(
+                &session,
+                &rt,
+                &format!("SELECT key FROM {sink} ORDER BY key")
+            ),
+            kept,
+            "SELECT {columns}"
+        );
+    }
+}

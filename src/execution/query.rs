@@ -202,6 +202,11 @@ impl StreamingQuery {
             last_trigger_start: None,
             last_batch_start: None,
         };
+        for open in &mut runner.sources {
+            if let Some(columns) = runner.plan.columns_read(&open.name, &runner.state) {
+                open.source.read_columns(&columns);
+            }
+        }
         runner.recover()?;
         if runner.trigger == Trigger::AvailableNow {
             for open in &mut runner.sources {

@@ -123,6 +123,47 @@ pub struct StreamingPlan {
     pub schema: SchemaRef,
 }
 
+impl StreamingPlan {
+    /// The columns of input `name` the query reads, as indices into its schema, in
+    /// order: those DataFusion's optimizer leaves in the scans of its batch table, plus
+    /// the watermark's event-time column. `None` (read everything) when a scan reads
+    /// every column or the plan cannot be optimized here. Sources use it to skip
+    /// decoding the rest ([`crate::source::StreamSource::read_columns`]).
+    pub fn columns_read(
+        &self,
+        name: &str,
+        state: &datafusion::execution::SessionState,
+    ) -> Option<Vec<usize>> {
+        let (def, table) = self.inputs.get(name)?;
+        let optimized = state.optimize(&self.plan).ok()?;
+        let mut columns = std::collections::BTreeSet::new();
+        let mut every = false;
+        let mut found = false;
+        let walked = optimized.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node
+                && let Ok(provider) = source_as_provider(&scan.source)
+                && provider
+                    .downcast_ref::<BatchTable>()
+                    .is_some_and(|scanned| std::ptr::eq(scanned, table.as_ref()))
+            {
+                found = true;
+                match &scan.projection {
+                    Some(projection) => columns.extend(projection.iter().copied()),
+                    None => every = true,
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        if walked.is_err() || every || !found {
+            return None;
+        }
+        if let Some(watermark) = &def.watermark {
+            columns.insert(def.schema.index_of(&watermark.column).ok()?);
+        }
+        Some(columns.into_iter().collect())
+    }
+}
+
 /// The session settings that change how a streaming query is planned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PlanOptions {

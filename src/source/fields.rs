@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, ArrowPrimitiveType, PrimitiveBuilder, StringArray, StringBuilder,
+    ArrayRef, ArrowPrimitiveType, PrimitiveBuilder, StringArray, StringBuilder, new_null_array,
 };
 use datafusion::arrow::compute::kernels::cast_utils::{Parser, string_to_datetime};
 use datafusion::arrow::datatypes::{
@@ -40,7 +40,10 @@ pub(super) enum Column {
 
 /// The columns of a schema, filled one record at a time.
 pub(super) struct FieldColumns {
-    builders: Vec<Box<dyn ColumnBuilder>>,
+    /// Per field: its builder, or `None` for a field the query does not read, which
+    /// is neither checked nor parsed and comes out all NULL (see [`Self::pruned`]).
+    builders: Vec<Option<Box<dyn ColumnBuilder>>>,
+    fields: Vec<Arc<Field>>,
     rows: usize,
 }
 
@@ -48,8 +51,21 @@ impl FieldColumns {
     /// Empty columns for `fields`, each parsing its values as it goes where its type
     /// allows it.
     pub(super) fn new(fields: &[Arc<Field>]) -> Self {
+        Self::pruned(fields, &|_| true)
+    }
+
+    /// Like [`Self::new`], but field `i` is read only if `read(i)`: the others are
+    /// skipped, so a value that would not fit such a column never makes its record
+    /// malformed (as Spark's CSV column pruning,
+    /// `spark.sql.csv.parser.columnPruning.enabled`), and the column is all NULL.
+    pub(super) fn pruned(fields: &[Arc<Field>], read: &dyn Fn(usize) -> bool) -> Self {
         FieldColumns {
-            builders: fields.iter().map(|f| builder_for(f.data_type())).collect(),
+            builders: fields
+                .iter()
+                .enumerate()
+                .map(|(i, f)| read(i).then(|| builder_for(f.data_type())))
+                .collect(),
+            fields: fields.to_vec(),
             rows: 0,
         }
     }
@@ -66,6 +82,9 @@ impl FieldColumns {
         self.rows += 1;
         let mut reason = None;
         for (i, builder) in self.builders.iter_mut().enumerate() {
+            let Some(builder) = builder else {
+                continue;
+            };
             let text = match field(i).filter(|f| !f.is_empty()) {
                 None => None,
                 Some(bytes) => match std::str::from_utf8(bytes) {
@@ -83,7 +102,18 @@ impl FieldColumns {
 
     /// The finished columns, in field order.
     pub(super) fn finish(self) -> Vec<Column> {
-        self.builders.into_iter().map(|b| b.finish()).collect()
+        let rows = self.rows;
+        self.builders
+            .into_iter()
+            .zip(&self.fields)
+            .map(|(builder, field)| match builder {
+                Some(builder) => builder.finish(),
+                None => Column::Parsed {
+                    values: new_null_array(field.data_type(), rows),
+                    unreadable: Vec::new(),
+                },
+            })
+            .collect()
     }
 }
 

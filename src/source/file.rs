@@ -80,6 +80,8 @@ pub struct FileSource {
     seen: HashSet<PathBuf>,
     /// With `available_now`: only these files may be taken.
     bound: Option<HashSet<PathBuf>>,
+    /// The columns the query reads (`None`: all), see [`StreamSource::read_columns`].
+    columns: Option<Vec<usize>>,
 }
 
 impl FileSource {
@@ -118,6 +120,7 @@ impl FileSource {
             compacted,
             seen,
             bound: None,
+            columns: None,
         };
         if let Some(c) = compacted {
             source.delete_folded(c)?;
@@ -341,6 +344,7 @@ impl StreamSource for FileSource {
             .max(1);
         let per_thread = paths.len().div_ceil(threads).max(1);
         let (format, schema) = (&self.options.format, &self.schema);
+        let columns = self.columns.as_deref();
         let decoded = std::thread::scope(|scope| {
             let handles: Vec<_> = paths
                 .chunks(per_thread)
@@ -348,7 +352,7 @@ impl StreamSource for FileSource {
                     scope.spawn(move || {
                         group
                             .iter()
-                            .map(|path| format.read_file(path, schema))
+                            .map(|path| format.read_file_columns(path, schema, columns))
                             .collect::<Result<Vec<_>>>()
                     })
                 })
@@ -369,6 +373,10 @@ impl StreamSource for FileSource {
             }
         }
         Ok(out)
+    }
+
+    fn read_columns(&mut self, columns: &[usize]) {
+        self.columns = Some(columns.to_vec());
     }
 
     fn commit(&mut self, end: &Offset) -> Result<()> {

@@ -113,7 +113,22 @@ impl FileFormat {
 
     /// Reads one whole file into a batch of `schema`, applying the malformed-record mode.
     pub fn read_file(&self, path: &Path, schema: &SchemaRef) -> Result<Decoded> {
-        let shape = Shape::new(schema);
+        self.read_file_columns(path, schema, None)
+    }
+
+    /// [`Self::read_file`] for a query that reads only `columns` (indices into
+    /// `schema`; `None`: all). CSV files skip the other columns' fields (as Spark's
+    /// CSV column pruning does): they are neither parsed nor checked, so a value that
+    /// would not fit such a column does not make its record malformed, and the column
+    /// is NULL. `NOT NULL` columns and, when the query reads `_corrupt_record`, every
+    /// column are still read. Other formats read every column.
+    pub fn read_file_columns(
+        &self,
+        path: &Path,
+        schema: &SchemaRef,
+        columns: Option<&[usize]>,
+    ) -> Result<Decoded> {
+        let shape = Shape::new(schema).reading(columns);
         match &self.encoding {
             Encoding::Parquet => read_parquet(path, &shape),
             encoding => {
@@ -168,6 +183,8 @@ struct Shape {
     schema: SchemaRef,
     data: SchemaRef,
     corrupt_index: Option<usize>,
+    /// Per data column: whether the query reads it (see [`Shape::reading`]).
+    read: Vec<bool>,
 }
 
 impl Shape {
@@ -179,11 +196,41 @@ impl Shape {
             .filter(|f| f.name() != CORRUPT_RECORD_COLUMN)
             .map(|f| f.as_ref().clone())
             .collect();
+        let read = vec![true; data_fields.len()];
         Shape {
             schema: schema.clone(),
             data: Arc::new(Schema::new(data_fields)),
             corrupt_index,
+            read,
         }
+    }
+
+    /// The same shape for a query that reads only `columns` of the declared schema
+    /// (`None`: all of them). Every data column stays read when the query reads
+    /// `_corrupt_record` (a record's malformedness is then part of the answer); a
+    /// `NOT NULL` column always does (its check drops records).
+    fn reading(mut self, columns: Option<&[usize]>) -> Self {
+        let Some(columns) = columns else {
+            return self;
+        };
+        if self.corrupt_index.is_some_and(|c| columns.contains(&c)) {
+            return self;
+        }
+        let data_indices =
+            (0..self.schema.fields().len()).filter(|&i| Some(i) != self.corrupt_index);
+        for (slot, (index, field)) in self
+            .read
+            .iter_mut()
+            .zip(data_indices.zip(self.data.fields()))
+        {
+            *slot = columns.contains(&index) || !field.is_nullable();
+        }
+        self
+    }
+
+    /// Empty columns for the data columns, skipping those the query does not read.
+    fn field_columns(&self) -> FieldColumns {
+        FieldColumns::pruned(self.data.fields(), &|i| self.read[i])
     }
 
     /// Inserts the corrupt-record column (if declared) into a batch of data columns,
@@ -515,7 +562,7 @@ fn read_csv(
     let width = shape.data.fields().len();
     let mut reader = csv_reader(bytes, delimiter);
     let mut record = csv::ByteRecord::new();
-    let mut columns = FieldColumns::new(shape.data.fields());
+    let mut columns = shape.field_columns();
     let mut problems: Vec<Option<Problem>> = Vec::new();
     let mut spans: Vec<(u64, usize, usize)> = Vec::new();
     let mut first = true;
@@ -925,6 +972,37 @@ mod tests {
         assert_eq!(corrupt.value(1), "2,hot");
         assert_eq!(corrupt.value(2), "3");
         assert_eq!(decoded.malformed_dropped, 0);
+    }
+
+    #[test]
+    fn csv_columns_the_query_does_not_read_are_skipped_unless_it_reads_corrupt_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input");
+        std::fs::write(&path, "1,20.5\nx,hot\n2,hot\n").unwrap();
+        let format = csv(MalformedMode::DropMalformed);
+        let schema = id_temp_corrupt();
+        // `temp` unread: its bad value drops nothing and the column is NULL. `id` is
+        // NOT NULL, so it is read even when the query does not ask for it.
+        for columns in [&[0][..], &[]] {
+            let decoded = format
+                .read_file_columns(&path, &schema, Some(columns))
+                .unwrap();
+            assert_eq!(
+                column::<Int64Array>(&decoded.batch, 0).values().to_vec(),
+                vec![1, 2]
+            );
+            assert_eq!(decoded.malformed_dropped, 1, "only 'x' is not a BIGINT");
+            assert_eq!(decoded.batch.column(1).null_count(), 2);
+        }
+        // Every column read, or `_corrupt_record` read: `hot` is malformed again.
+        for columns in [None, Some(&[0, 2][..])] {
+            let decoded = format.read_file_columns(&path, &schema, columns).unwrap();
+            assert_eq!(
+                column::<Int64Array>(&decoded.batch, 0).values().to_vec(),
+                vec![1]
+            );
+            assert_eq!(decoded.malformed_dropped, 2);
+        }
     }
 
     #[test]

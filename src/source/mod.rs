@@ -75,6 +75,12 @@ pub trait StreamSource: Send {
     /// The rows in `(start, end]`: the same rows every time for the same range.
     fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<SourceBatch>;
 
+    /// The query reads only `columns` (indices into [`schema`](Self::schema), the
+    /// event-time column included when there is a watermark): a source may leave the
+    /// other columns NULL in its batches to save decoding them. Called once, before
+    /// the first batch; by default every column is decoded.
+    fn read_columns(&mut self, _columns: &[usize]) {}
+
     /// Batches up to `end` are committed: the source may forget what lies before it.
     fn commit(&mut self, end: &Offset) -> Result<()>;
 
