@@ -320,13 +320,12 @@ impl StreamingAggregation {
                 *batch = open;
             }
         }
-        let incoming = concat_batches(&state_schema, &batch_states)?;
         let Some(state) = self.state.as_mut() else {
             return Err(Error::Unsupported(
                 "the aggregation's state was not opened before its first batch".into(),
             ));
         };
-        let routed = state.split(&incoming)?;
+        let routed = state.split_all(&batch_states)?;
         let evict_held = match (watermark, self.evicted_up_to) {
             (Some(w), Some(done)) => w > done,
             (Some(_), None) => true,
@@ -341,6 +340,10 @@ impl StreamingAggregation {
         };
         let changes = match self.session_key {
             Some(session) => {
+                let routed = routed
+                    .iter()
+                    .map(|pieces| concat_batches(&state_schema, pieces))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
                 fold_sessions(state, routed, partial_exec, session, &fold, task.clone()).await?
             }
             None => {
@@ -350,7 +353,8 @@ impl StreamingAggregation {
                     partial_exec.aggr_expr(),
                 )?;
                 let work: Vec<_> = state.partitions.iter_mut().zip(routed).collect();
-                par_map(work, |(partition, batch)| {
+                par_map(work, |(partition, pieces)| {
+                    let batch = concat_batches(&state_schema, &pieces)?;
                     fold.keyed(partition, batch, &merge)
                 })?
             }

@@ -201,6 +201,32 @@ impl PartitionedState {
         self.route(batch, self.partitions.len())
     }
 
+    /// [`Self::split`] for many batches at once, on as many threads as there are cores
+    /// (each splitting a run of consecutive batches): per partition, its rows of every
+    /// batch, in the batches' order (a key's rows keep their order, as `split` keeps
+    /// it). The caller concatenates each partition's pieces where it works on that
+    /// partition, in parallel, instead of once for the whole batch beforehand.
+    pub fn split_all(&self, batches: &[RecordBatch]) -> Result<Vec<Vec<RecordBatch>>> {
+        let n = self.partitions.len();
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        let per_thread = batches.len().div_ceil(threads).max(1);
+        let runs: Vec<&[RecordBatch]> = batches.chunks(per_thread).collect();
+        let routed = par_map(runs, |run| {
+            run.iter()
+                .map(|batch| self.route(batch, n))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let mut pieces = vec![Vec::new(); n];
+        for split in routed.into_iter().flatten() {
+            for (partition, rows) in split.into_iter().enumerate() {
+                if rows.num_rows() > 0 {
+                    pieces[partition].push(rows);
+                }
+            }
+        }
+        Ok(pieces)
+    }
+
     fn route(&self, batch: &RecordBatch, n: usize) -> Result<Vec<RecordBatch>> {
         if n == 1 || batch.num_rows() == 0 {
             let mut out = vec![RecordBatch::new_empty(batch.schema()); n];
@@ -391,6 +417,7 @@ pub fn par_map<T: Send, R: Send>(
 mod tests {
     use super::*;
     use datafusion::arrow::array::{AsArray, Int64Array};
+    use datafusion::arrow::compute::concat_batches;
     use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
     use std::sync::Arc;
 
@@ -464,6 +491,35 @@ mod tests {
         assert!(message.contains("3 partitions"), "{message}");
         // Before anything is committed, the number may change.
         assert_eq!(open(dir.path(), Some(4), None).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn splitting_many_batches_at_once_gives_each_partition_its_rows_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = open(dir.path(), Some(3), None).unwrap();
+        // Keys repeat across the batches, each row with its position as `n`.
+        let batches: Vec<RecordBatch> = (0..7)
+            .map(|b| {
+                let keys: Vec<i64> = (0..100).map(|i| (b * 37 + i) % 50).collect();
+                let order: Vec<i64> = (0..100).map(|i| b * 100 + i).collect();
+                RecordBatch::try_new(
+                    schema(),
+                    vec![
+                        Arc::new(Int64Array::from(keys)),
+                        Arc::new(Int64Array::from(order)),
+                    ],
+                )
+                .unwrap()
+            })
+            .collect();
+        let whole = concat_batches(&schema(), &batches).unwrap();
+        let expected = state.split(&whole).unwrap();
+        let pieces = state.split_all(&batches).unwrap();
+        assert_eq!(pieces.len(), 3);
+        for (p, (pieces, expected)) in pieces.iter().zip(&expected).enumerate() {
+            let got = concat_batches(&schema(), pieces).unwrap();
+            assert_eq!(&got, expected, "partition {p}");
+        }
     }
 
     #[test]
