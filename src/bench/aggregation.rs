@@ -97,7 +97,7 @@ pub fn write_keyed_input(
             );
         }
         let path = input.join(format!("part-{file:05}.csv"));
-        fs::write(&path, &text).map_err(Error::io(&path))?;
+        super::write_input_file(&path, &text)?;
     }
     Ok((files * rows_per_file) as u64)
 }

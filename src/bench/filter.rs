@@ -98,7 +98,7 @@ pub fn write_input(
             };
         }
         let path = input.join(format!("part-{file:05}.{}", format.name().to_lowercase()));
-        fs::write(&path, &text).map_err(Error::io(&path))?;
+        super::write_input_file(&path, &text)?;
     }
     Ok((files * rows_per_file) as u64)
 }

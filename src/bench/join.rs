@@ -87,7 +87,7 @@ pub fn write_join_input(dir: &Path, files: usize, rows_per_file: usize) -> Resul
                 }
             }
             let path = input.join(format!("part-{file:05}.json"));
-            fs::write(&path, &text).map_err(Error::io(&path))?;
+            super::write_input_file(&path, &text)?;
         }
     }
     Ok((2 * files * rows_per_file) as u64)

@@ -33,6 +33,18 @@ use crate::error::{Error, Result};
 use crate::execution::QueryProgress;
 use crate::session::{Session, SessionSettings, StatementResult};
 
+/// Writes one input file of a workload and flushes it to disk, as the files of a
+/// landing directory are by the time a query reads them. Left dirty, the input (a few
+/// hundred MB) would be written back while the timed run goes, and the run's own
+/// `fsync`s of its checkpoint would wait behind it: the figures would measure the
+/// benchmark's input generation as much as the engine.
+pub fn write_input_file(path: &std::path::Path, contents: &str) -> Result<()> {
+    std::fs::write(path, contents).map_err(Error::io(path))?;
+    std::fs::File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(Error::io(path))
+}
+
 /// Which query `millrace bench` measures; one value per workload so the command line
 /// and the criterion benchmarks name them alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -33,8 +33,9 @@ use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::format::{CORRUPT_RECORD_COLUMN, Encoding, FileFormat, MalformedMode};
+use super::format::{CORRUPT_RECORD_COLUMN, Decoded, Encoding, FileFormat, MalformedMode};
 use super::options::Options;
+use super::read_ahead::{ReadAhead, map_on_all_cores};
 use super::{
     DeclaredSource, Offset, SourceArgs, SourceBatch, SourceDefinition, StreamDef, StreamSource,
 };
@@ -82,6 +83,10 @@ pub struct FileSource {
     bound: Option<HashSet<PathBuf>>,
     /// The columns the query reads (`None`: all), see [`StreamSource::read_columns`].
     columns: Option<Vec<usize>>,
+    /// New files beyond the last batch's share, in order: the next batch's likely files.
+    upcoming: Vec<FileEntry>,
+    /// The next batch's likely files, being decoded while the current batch runs.
+    read_ahead: Option<ReadAhead>,
 }
 
 impl FileSource {
@@ -121,6 +126,8 @@ impl FileSource {
             seen,
             bound: None,
             columns: None,
+            upcoming: Vec::new(),
+            read_ahead: None,
         };
         if let Some(c) = compacted {
             source.delete_folded(c)?;
@@ -272,19 +279,29 @@ pub fn list_files(dir: &Path, glob: Option<&glob::Pattern>) -> Result<Vec<FileEn
         if !meta.is_file() {
             continue;
         }
-        let mtime_ms = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        files.push(FileEntry {
-            path,
-            mtime_ms,
-            size: meta.len(),
-        });
+        files.push(entry_of(path, &meta));
     }
     Ok(files)
+}
+
+/// The file at `path` as a listing would record it now (its size and modification
+/// time), to tell whether it changed since it was listed.
+pub fn stat(path: &Path) -> std::io::Result<FileEntry> {
+    Ok(entry_of(path.to_path_buf(), &fs::symlink_metadata(path)?))
+}
+
+fn entry_of(path: PathBuf, meta: &fs::Metadata) -> FileEntry {
+    let mtime_ms = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    FileEntry {
+        path,
+        mtime_ms,
+        size: meta.len(),
+    }
 }
 
 fn log_offset(offset: Option<&Offset>) -> Result<i64> {
@@ -305,12 +322,14 @@ impl StreamSource for FileSource {
         let start = log_offset(start)?;
         let next = (start + 1) as u64;
         // A batch planned before a crash but not yet in the offset log: take it again.
+        self.upcoming.clear();
         if self.log.get(next)?.is_some() {
             return Ok(Some(json!({ "logOffset": next })));
         }
         let mut files = self.new_files()?;
         if let Some(limit) = self.options.max_files_per_trigger {
-            files.truncate(limit);
+            let rest = files.split_off(limit.min(files.len()));
+            self.upcoming = rest.into_iter().take(limit).collect();
         }
         if files.is_empty() {
             return Ok((start >= 0).then(|| json!({ "logOffset": start })));
@@ -328,49 +347,64 @@ impl StreamSource for FileSource {
 
     fn get_batch(&mut self, start: Option<&Offset>, end: &Offset) -> Result<SourceBatch> {
         let (start, end) = (log_offset(start)?, log_offset(Some(end))?);
-        let mut paths = Vec::new();
+        let mut files = Vec::new();
         for id in (start + 1)..=end {
-            let files = self.log.get(id as u64)?.ok_or_else(|| {
+            files.extend(self.log.get(id as u64)?.ok_or_else(|| {
                 Error::Checkpoint(format!(
                     "the file source log has no entry {id}: the checkpoint is damaged"
                 ))
-            })?;
-            paths.extend(files.into_iter().map(|f| f.path));
+            })?);
         }
-        // Decode the files on as many threads as there are cores, keeping their order.
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(paths.len())
-            .max(1);
-        let per_thread = paths.len().div_ceil(threads).max(1);
+        // Files read ahead as they are listed are taken as they are; the others are
+        // decoded now, on as many threads as there are cores, keeping their order.
+        let mut ready = self
+            .read_ahead
+            .take()
+            .map(ReadAhead::finish)
+            .unwrap_or_default();
+        let mut read_ahead = 0;
+        let mut decoded: Vec<Option<Decoded>> = files
+            .iter()
+            .map(|listed| match ready.remove(&listed.path) {
+                Some((seen, decoded)) if seen == *listed => {
+                    read_ahead += 1;
+                    Some(decoded)
+                }
+                _ => None,
+            })
+            .collect();
+        let missing: Vec<&Path> = files
+            .iter()
+            .zip(&decoded)
+            .filter(|(_, d)| d.is_none())
+            .map(|(f, _)| f.path.as_path())
+            .collect();
         let (format, schema) = (&self.options.format, &self.schema);
         let columns = self.columns.as_deref();
-        let decoded = std::thread::scope(|scope| {
-            let handles: Vec<_> = paths
-                .chunks(per_thread)
-                .map(|group| {
-                    scope.spawn(move || {
-                        group
-                            .iter()
-                            .map(|path| format.read_file_columns(path, schema, columns))
-                            .collect::<Result<Vec<_>>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| match h.join() {
-                    Ok(result) => result,
-                    Err(panic) => std::panic::resume_unwind(panic),
-                })
-                .collect::<Result<Vec<_>>>()
-        })?;
+        let mut fresh = map_on_all_cores(&missing, |path| {
+            format.read_file_columns(path, schema, columns)
+        })
+        .into_iter();
+        for slot in decoded.iter_mut().filter(|d| d.is_none()) {
+            *slot = fresh.next().transpose()?;
+        }
         let mut out = SourceBatch::default();
         for decoded in decoded.into_iter().flatten() {
             out.malformed_dropped += decoded.malformed_dropped;
             if decoded.batch.num_rows() > 0 {
                 out.batches.push(decoded.batch);
             }
+        }
+        out.metrics
+            .insert("numFilesReadAhead".into(), read_ahead.to_string());
+        // While this batch runs, decode the files the next one will most likely take.
+        if !self.upcoming.is_empty() {
+            self.read_ahead = Some(ReadAhead::start(
+                std::mem::take(&mut self.upcoming),
+                self.options.format.clone(),
+                self.schema.clone(),
+                self.columns.clone(),
+            ));
         }
         Ok(out)
     }
@@ -616,6 +650,16 @@ fn check_first_file(options: &FileSourceOptions, dir: &Path, schema: &Arc<Schema
 }
 
 #[cfg(test)]
+impl FileSource {
+    /// Waits until the running read-ahead (if any) has decoded its files.
+    fn wait_for_read_ahead(&mut self) {
+        if let Some(read_ahead) = self.read_ahead.as_mut() {
+            read_ahead.wait();
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
@@ -652,6 +696,80 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    /// The lines a batch read and how many of its files were read ahead.
+    fn batch_lines(
+        source: &mut FileSource,
+        start: Option<&Offset>,
+        end: &Offset,
+    ) -> (Vec<String>, String) {
+        use datafusion::arrow::array::AsArray;
+        let batch = source.get_batch(start, end).unwrap();
+        let lines = batch
+            .batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|v| v.unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        (lines, batch.metrics["numFilesReadAhead"].clone())
+    }
+
+    /// With more new files than a batch takes, the next batch's files are decoded
+    /// while the current batch runs, and the next batch takes them from there: the
+    /// same rows as reading them then.
+    #[test]
+    fn the_next_batchs_files_are_read_ahead_and_give_the_same_rows() {
+        let input = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        for i in 0..3 {
+            fs::write(
+                input.path().join(format!("{i}.txt")),
+                format!("a{i}\nb{i}\n"),
+            )
+            .unwrap();
+        }
+        let mut source = open(input.path(), state.path());
+        let mut start: Option<Offset> = None;
+        let mut read = Vec::new();
+        for i in 0..3 {
+            let end = source.latest_offset(start.as_ref()).unwrap().unwrap();
+            let (lines, read_ahead) = batch_lines(&mut source, start.as_ref(), &end);
+            // The first batch has nothing read ahead; each later one its one file.
+            assert_eq!(read_ahead, if i == 0 { "0" } else { "1" });
+            read.extend(lines);
+            source.commit(&end).unwrap();
+            start = Some(end);
+        }
+        assert_eq!(read, ["a0", "b0", "a1", "b1", "a2", "b2"]);
+        // Nothing is left to read ahead, and no batch follows.
+        assert_eq!(source.latest_offset(start.as_ref()).unwrap(), start);
+    }
+
+    /// A file that changes after it was read ahead (here: rewritten before the next
+    /// batch lists it) is read again: the read-ahead never hides what the file holds
+    /// when its batch takes it.
+    #[test]
+    fn a_file_rewritten_after_it_was_read_ahead_is_read_again() {
+        let input = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        fs::write(input.path().join("0.txt"), "first\n").unwrap();
+        fs::write(input.path().join("1.txt"), "old\n").unwrap();
+        let mut source = open(input.path(), state.path());
+        let end = source.latest_offset(None).unwrap().unwrap();
+        assert_eq!(batch_lines(&mut source, None, &end).0, ["first"]);
+        source.wait_for_read_ahead();
+        fs::write(input.path().join("1.txt"), "rewritten, longer\n").unwrap();
+        source.commit(&end).unwrap();
+        let next = source.latest_offset(Some(&end)).unwrap().unwrap();
+        let (lines, read_ahead) = batch_lines(&mut source, Some(&end), &next);
+        assert_eq!(lines, ["rewritten, longer"]);
+        assert_eq!(read_ahead, "0");
     }
 
     /// After 45 batches the log holds one compaction and at most

@@ -6,6 +6,7 @@
 //! restart: that is what makes a replayed batch identical to the one that crashed.
 //!
 //! - [`file`](mod@file): files landing in a directory (CSV, JSON lines, Parquet, text)
+//!   ([`read_ahead`] decodes the next batch's files while the current batch runs)
 //! - [`rate`]: a generator of `(timestamp, value)` rows at a fixed rate
 //! - [`socket`]: lines from a TCP server, made replayable by a write-ahead log
 //! - [`kafka`]: records of Kafka topics, by per-partition offsets kept in the checkpoint
@@ -18,6 +19,7 @@ pub mod format;
 pub use crate::connector::kafka::source as kafka;
 pub mod options;
 pub mod rate;
+pub mod read_ahead;
 pub mod socket;
 
 use std::collections::BTreeMap;
