@@ -29,6 +29,15 @@
 //! the files (the first version committed, or batch ids that skipped a version), so
 //! that every committed version is always loadable.
 //!
+//! **Snapshots in the background.** A periodic snapshot is not needed to load the
+//! version it belongs to (that version's delta is written and synced first), so it is
+//! encoded and written on a thread of its own while the next batch runs, as Spark's
+//! state store maintenance writes its snapshots. The next commit (or load) of the
+//! store waits for it first, and a failure to write it stops the query there; until
+//! the snapshot is there, loading and purging simply use the older one. A snapshot the
+//! version cannot do without (the first version committed) is written before the
+//! commit returns.
+//!
 //! **Loading version `N`** starts from the newest snapshot at or before `N` and applies
 //! the deltas after it up to `N` in order: each delta's rows replace the rows with the
 //! same key, then its removed keys are deleted. Keys are matched on their
@@ -160,6 +169,9 @@ pub struct StateStore {
     /// Encodes the key columns into comparable bytes; `None` when there are no key
     /// columns (a global aggregation: the state is at most one row).
     keys: Option<RowConverter>,
+    /// The periodic snapshot being written in the background, if any (see the module
+    /// documentation).
+    snapshot_writer: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 impl StateStore {
@@ -223,7 +235,18 @@ impl StateStore {
             key_columns,
             config,
             keys,
+            snapshot_writer: None,
         })
+    }
+
+    /// Waits for the snapshot being written in the background, if any, and gives its
+    /// outcome: call it before anything lists, deletes or loads the store's files.
+    pub fn finish_snapshot(&mut self) -> Result<()> {
+        match self.snapshot_writer.take().map(|h| h.join()) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+        }
     }
 
     /// The directory the store keeps its files in.
@@ -248,6 +271,7 @@ impl StateStore {
     /// Fails with [`Error::Checkpoint`] if a file needed to rebuild `version` is
     /// missing or unreadable: the checkpoint is damaged.
     pub fn load(&mut self, version: Option<u64>) -> Result<RecordBatch> {
+        self.finish_snapshot()?;
         let listing = self.list()?;
         self.delete_versions(&listing, |v| version.is_none_or(|keep| v > keep))?;
         let Some(version) = version else {
@@ -317,6 +341,7 @@ impl StateStore {
         removed: &RecordBatch,
         current: impl FnOnce() -> Result<RecordBatch>,
     ) -> Result<()> {
+        self.finish_snapshot()?;
         let upserts = self.conform(upserts, &self.schema, "the upserted rows")?;
         let removed = self.conform_removed(removed)?;
 
@@ -334,12 +359,21 @@ impl StateStore {
         let previous_loadable = version
             .checked_sub(1)
             .is_some_and(|previous| self.plan(&listing, previous).is_ok());
-        if (version + self.config.snapshot_phase).is_multiple_of(interval) || !previous_loadable {
+        if !previous_loadable {
+            // This version's only way to load: written before the commit returns.
             let current = self.conform(&current()?, &self.schema, "the current state")?;
             write_atomic(
                 &self.path(version, Kind::Snapshot),
                 &ipc_bytes(&self.schema, &current)?,
             )?;
+        } else if (version + self.config.snapshot_phase).is_multiple_of(interval) {
+            let current = self.conform(&current()?, &self.schema, "the current state")?;
+            let (path, schema) = (self.path(version, Kind::Snapshot), self.schema.clone());
+            let writer = std::thread::Builder::new()
+                .name("millrace-snapshot".into())
+                .spawn(move || write_atomic(&path, &ipc_bytes(&schema, &current)?))
+                .map_err(|e| Error::io(&self.dir)(e))?;
+            self.snapshot_writer = Some(writer);
         } else if listing.get(&version).is_some_and(|f| f.snapshot) {
             // Left by an earlier attempt at this version: it may hold another state.
             let path = self.path(version, Kind::Snapshot);
@@ -550,6 +584,17 @@ impl StateStore {
     }
 }
 
+impl Drop for StateStore {
+    /// A snapshot still being written when the query stops is waited for, so no
+    /// thread outlives the store; if it failed, the older snapshot and the deltas
+    /// still load every version, so the failure is only logged.
+    fn drop(&mut self) {
+        if let Err(e) = self.finish_snapshot() {
+            tracing::warn!(store = %self.dir.display(), error = %e, "a state snapshot could not be written; the store loads from the previous one");
+        }
+    }
+}
+
 /// The key bytes of `row` (empty when there are no key columns: one key for all rows).
 fn key_of(keys: &Option<Rows>, row: usize) -> &[u8] {
     match keys {
@@ -691,6 +736,49 @@ mod tests {
         versions
     }
 
+    /// A periodic snapshot is written in the background. The next commit waits for
+    /// it; when it could not be written (a full disk) that commit fails with the error
+    /// naming the file, nothing else is lost (the version loads from the older snapshot
+    /// and the deltas), and the commit succeeds once retried.
+    #[test]
+    fn a_background_snapshot_is_waited_for_and_its_failure_stops_the_next_commit() {
+        use crate::checkpoint::fault::{self, Op};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), config(2, 100));
+        let mut state = BTreeMap::new();
+        run_batch(&mut store, &mut state, 0, &[1, 2], &[]);
+        run_batch(&mut store, &mut state, 1, &[1], &[]);
+        let snapshot = dir.path().join("2.snapshot.arrow");
+        let full = fault::inject(&snapshot, Op::Write, libc::ENOSPC);
+        run_batch(&mut store, &mut state, 2, &[2, 3], &[]);
+        let at_two = state.clone();
+        let error = store
+            .commit(3, &rows(&[(3, 2)]), &no_keys(), &rows(&[]))
+            .expect_err("the snapshot's failure is reported");
+        assert!(
+            error.to_string().contains(&snapshot.display().to_string()),
+            "{error}"
+        );
+        assert!(!snapshot.exists());
+        drop(full);
+        run_batch(&mut store, &mut state, 3, &[3], &[]);
+        run_batch(&mut store, &mut state, 4, &[4], &[]);
+        store.finish_snapshot().unwrap();
+        assert_eq!(versions_with(dir.path(), ".snapshot.arrow"), vec![0, 4]);
+        drop(store);
+        for (version, expected) in [(2, &at_two), (4, &state)] {
+            let mut restarted = open(dir.path(), config(2, 100));
+            assert_eq!(&to_map(&restarted.load(Some(version)).unwrap()), expected);
+            if version == 2 {
+                // Loading 2 deleted 3 and 4; commit them again for the next load.
+                let mut again = at_two.clone();
+                run_batch(&mut restarted, &mut again, 3, &[3], &[]);
+                run_batch(&mut restarted, &mut again, 4, &[4], &[]);
+                assert_eq!(&again, &state);
+            }
+        }
+    }
+
     /// Commits one batch of a counting operator: `adds` are counted, `drops` removed.
     fn run_batch(
         store: &mut StateStore,
@@ -752,6 +840,7 @@ mod tests {
             run_batch(&mut store, &mut state, version, &adds, &drops);
             history.push(state.clone());
         }
+        store.finish_snapshot().unwrap();
         assert_eq!(
             versions_with(dir.path(), ".snapshot.arrow"),
             vec![0, 3, 6, 9, 12, 15, 18]
@@ -853,6 +942,7 @@ mod tests {
             run_batch(&mut store, &mut state, version, &[version as i64], &[]);
         }
         // Batches 3 and 4 wrote their state but never reached the commit log.
+        drop(store);
         let mut restarted = open(dir.path(), config(2, 100));
         let loaded = to_map(&restarted.load(Some(2)).unwrap());
         assert_eq!(loaded, BTreeMap::from([(0, 1), (1, 1), (2, 1)]));
@@ -907,6 +997,7 @@ mod tests {
         store
             .commit(1, &rows(&[(1, 2)]), &no_keys(), &rows(&[(1, 2)]))
             .unwrap();
+        store.finish_snapshot().unwrap();
         assert_eq!(versions_with(dir.path(), ".snapshot.arrow"), vec![0, 1]);
 
         // Restarted with a longer interval, version 1 is committed again with another state.
@@ -914,6 +1005,7 @@ mod tests {
         store
             .commit(1, &rows(&[(1, 5)]), &no_keys(), &rows(&[(1, 5)]))
             .unwrap();
+        store.finish_snapshot().unwrap();
         assert_eq!(versions_with(dir.path(), ".snapshot.arrow"), vec![0]);
         assert_eq!(
             to_map(&store.load(Some(1)).unwrap()),
@@ -932,6 +1024,7 @@ mod tests {
             history.push(state.clone());
         }
         // Retained: 11, 12, 13. Loading 11 starts from snapshot 10, so 10 stays too.
+        store.finish_snapshot().unwrap();
         assert_eq!(versions_with(dir.path(), ".snapshot.arrow"), vec![10]);
         assert_eq!(
             versions_with(dir.path(), ".delta.arrow"),
@@ -960,6 +1053,7 @@ mod tests {
         for version in 0..6 {
             run_batch(&mut store, &mut state, version, &[1], &[]);
         }
+        store.finish_snapshot().unwrap();
         assert_eq!(versions_with(dir.path(), ".snapshot.arrow"), vec![4, 5]);
         let mut restarted = open(dir.path(), config(1, 1));
         assert_eq!(
@@ -1175,6 +1269,7 @@ mod tests {
             .commit(7, &rows(&[(1, 2)]), &no_keys(), &rows(&[(1, 2), (2, 1)]))
             .unwrap();
         // The first version committed and the one after the gap are snapshots.
+        store.finish_snapshot().unwrap();
         assert_eq!(versions_with(dir.path(), ".snapshot.arrow"), vec![3, 7]);
         let mut restarted = open(dir.path(), config(10, 100));
         assert_eq!(
