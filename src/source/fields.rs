@@ -49,15 +49,10 @@ pub(super) struct FieldColumns {
 
 impl FieldColumns {
     /// Empty columns for `fields`, each parsing its values as it goes where its type
-    /// allows it.
-    pub(super) fn new(fields: &[Arc<Field>]) -> Self {
-        Self::pruned(fields, &|_| true)
-    }
-
-    /// Like [`Self::new`], but field `i` is read only if `read(i)`: the others are
-    /// skipped, so a value that would not fit such a column never makes its record
-    /// malformed (as Spark's CSV column pruning,
-    /// `spark.sql.csv.parser.columnPruning.enabled`), and the column is all NULL.
+    /// allows it. Field `i` is read only if `read(i)`: the others are skipped, so a
+    /// value that would not fit such a column never makes its record malformed (as
+    /// Spark's CSV column pruning, `spark.sql.csv.parser.columnPruning.enabled`), and
+    /// the column is all NULL.
     pub(super) fn pruned(fields: &[Arc<Field>], read: &dyn Fn(usize) -> bool) -> Self {
         FieldColumns {
             builders: fields
@@ -353,7 +348,8 @@ mod tests {
             DataType::Decimal128(10, 2),
             DataType::Timestamp(TimeUnit::Millisecond, Some("+02:00".into())),
         ] {
-            let mut columns = FieldColumns::new(&[Arc::new(Field::new("c", data_type, true))]);
+            let fields = [Arc::new(Field::new("c", data_type, true))];
+            let mut columns = FieldColumns::pruned(&fields, &|_| true);
             assert_eq!(columns.push_record(|_| Some(b"1".as_slice())), None);
             assert_eq!(
                 columns.push_record(|_| Some(b"\xff".as_slice())).as_deref(),

@@ -449,7 +449,7 @@ fn decode_json_each(records: &[Option<&[u8]>], schema: &SchemaRef) -> Option<Rec
 /// CSV records: each value is one delimited record.
 fn csv_records(records: &[Option<&[u8]>], delimiter: u8, shape: &Shape) -> Result<TextRows> {
     let width = shape.data.fields().len();
-    let mut columns = FieldColumns::new(shape.data.fields());
+    let mut columns = shape.field_columns();
     let mut problems: Vec<Option<Problem>> = Vec::with_capacity(records.len());
     let mut record = csv::ByteRecord::new();
     for value in records {
