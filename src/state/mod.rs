@@ -359,21 +359,20 @@ impl StateStore {
         let previous_loadable = version
             .checked_sub(1)
             .is_some_and(|previous| self.plan(&listing, previous).is_ok());
-        if !previous_loadable {
-            // This version's only way to load: written before the commit returns.
-            let current = self.conform(&current()?, &self.schema, "the current state")?;
-            write_atomic(
-                &self.path(version, Kind::Snapshot),
-                &ipc_bytes(&self.schema, &current)?,
-            )?;
-        } else if (version + self.config.snapshot_phase).is_multiple_of(interval) {
+        if (version + self.config.snapshot_phase).is_multiple_of(interval) || !previous_loadable {
             let current = self.conform(&current()?, &self.schema, "the current state")?;
             let (path, schema) = (self.path(version, Kind::Snapshot), self.schema.clone());
-            let writer = std::thread::Builder::new()
-                .name("millrace-snapshot".into())
-                .spawn(move || write_atomic(&path, &ipc_bytes(&schema, &current)?))
-                .map_err(|e| Error::io(&self.dir)(e))?;
-            self.snapshot_writer = Some(writer);
+            let write = move || write_atomic(&path, &ipc_bytes(&schema, &current)?);
+            if previous_loadable {
+                let writer = std::thread::Builder::new()
+                    .name("millrace-snapshot".into())
+                    .spawn(write)
+                    .map_err(Error::io(&self.dir))?;
+                self.snapshot_writer = Some(writer);
+            } else {
+                // This version's only way to load: written before the commit returns.
+                write()?;
+            }
         } else if listing.get(&version).is_some_and(|f| f.snapshot) {
             // Left by an earlier attempt at this version: it may hold another state.
             let path = self.path(version, Kind::Snapshot);
