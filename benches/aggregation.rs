@@ -22,6 +22,11 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 use millrace::bench::{AggregationWorkload, run_aggregation, write_keyed_input};
 use tokio::runtime::Runtime;
 
+/// The allocator of the `millrace` binary (see `src/main.rs`), so that these figures
+/// match the command's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Input files per workload.
 const FILES: usize = 4;
 /// Files per micro-batch: 2 batches (plus, for tumbling, the final no-data batch).

@@ -24,6 +24,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::runtime::Runtime;
 
+/// The allocator of the `millrace` binary (see `src/main.rs`), so that these figures
+/// match the command's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TOPIC: &str = "readings";
 const PARTITIONS: i32 = 4;
 const DEFAULT_ROWS: usize = 200_000;

@@ -29,6 +29,11 @@ use millrace::bench::{KafkaRun, KafkaWorkload, produce_readings, rows_from_env};
 use millrace::sink::kafka::KafkaDelivery;
 use tokio::runtime::Runtime;
 
+/// The allocator of the `millrace` binary (see `src/main.rs`), so that these figures
+/// match the command's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[allow(dead_code)]
 #[path = "../tests/common/kafka.rs"]
 mod kafka;

@@ -18,6 +18,11 @@ use millrace::bench::{BenchFormat, write_input};
 use millrace::{Session, SessionSettings, StatementResult};
 use tokio::runtime::Runtime;
 
+/// The allocator of the `millrace` binary (see `src/main.rs`), so that these figures
+/// match the command's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[allow(dead_code)]
 #[path = "../tests/common/kafka.rs"]
 mod kafka;

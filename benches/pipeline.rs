@@ -21,6 +21,11 @@ use millrace::bench::{BenchFormat, run_pipeline, write_input};
 use millrace::source::format::{Encoding, FileFormat, MalformedMode};
 use tokio::runtime::Runtime;
 
+/// The allocator of the `millrace` binary (see `src/main.rs`), so that these figures
+/// match the command's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Input files per format for the pipeline group.
 const FILES: usize = 16;
 /// Files per micro-batch (`max_files_per_trigger`): 4 batches with the default sizes.

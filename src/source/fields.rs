@@ -52,13 +52,14 @@ impl FieldColumns {
     /// allows it. Field `i` is read only if `read(i)`: the others are skipped, so a
     /// value that would not fit such a column never makes its record malformed (as
     /// Spark's CSV column pruning, `spark.sql.csv.parser.columnPruning.enabled`), and
-    /// the column is all NULL.
-    pub(super) fn pruned(fields: &[Arc<Field>], read: &dyn Fn(usize) -> bool) -> Self {
+    /// the column is all NULL. `rows`: how many records are expected (room is made
+    /// for them up front).
+    pub(super) fn pruned(fields: &[Arc<Field>], read: &dyn Fn(usize) -> bool, rows: usize) -> Self {
         FieldColumns {
             builders: fields
                 .iter()
                 .enumerate()
-                .map(|(i, f)| read(i).then(|| builder_for(f.data_type())))
+                .map(|(i, f)| read(i).then(|| builder_for(f.data_type(), rows)))
                 .collect(),
             fields: fields.to_vec(),
             rows: 0,
@@ -120,44 +121,49 @@ trait ColumnBuilder: Send {
     fn finish(self: Box<Self>) -> Column;
 }
 
-fn builder_for(data_type: &DataType) -> Box<dyn ColumnBuilder> {
-    fn parsed<P: Parser + Send>() -> Box<dyn ColumnBuilder> {
-        Box::new(Parsed::<P>::new(P::parse))
+fn builder_for(data_type: &DataType, rows: usize) -> Box<dyn ColumnBuilder> {
+    fn parsed<P: Parser + Send>(rows: usize) -> Box<dyn ColumnBuilder> {
+        Box::new(Parsed::<P>::new(P::parse, rows))
     }
-    fn timestamps<T: ArrowTimestampType + Send>() -> Box<dyn ColumnBuilder> {
+    fn timestamps<T: ArrowTimestampType + Send>(rows: usize) -> Box<dyn ColumnBuilder> {
         // What `cast` does for a timestamp without a time zone: read in UTC, keep the
         // wall-clock time.
-        Box::new(Parsed::<T>::new(|text| {
-            let naive = string_to_datetime(&chrono::Utc, text).ok()?.naive_utc();
-            T::from_naive_datetime(naive, None)
-        }))
+        Box::new(Parsed::<T>::new(
+            |text| {
+                let naive = string_to_datetime(&chrono::Utc, text).ok()?.naive_utc();
+                T::from_naive_datetime(naive, None)
+            },
+            rows,
+        ))
     }
     match data_type {
-        DataType::Int8 => parsed::<Int8Type>(),
-        DataType::Int16 => parsed::<Int16Type>(),
-        DataType::Int32 => parsed::<Int32Type>(),
-        DataType::Int64 => parsed::<Int64Type>(),
-        DataType::UInt8 => parsed::<UInt8Type>(),
-        DataType::UInt16 => parsed::<UInt16Type>(),
-        DataType::UInt32 => parsed::<UInt32Type>(),
-        DataType::UInt64 => parsed::<UInt64Type>(),
-        DataType::Float32 => parsed::<Float32Type>(),
-        DataType::Float64 => parsed::<Float64Type>(),
-        DataType::Date32 => parsed::<Date32Type>(),
-        DataType::Date64 => parsed::<Date64Type>(),
-        DataType::Time32(TimeUnit::Second) => parsed::<Time32SecondType>(),
-        DataType::Time32(TimeUnit::Millisecond) => parsed::<Time32MillisecondType>(),
-        DataType::Time64(TimeUnit::Microsecond) => parsed::<Time64MicrosecondType>(),
-        DataType::Time64(TimeUnit::Nanosecond) => parsed::<Time64NanosecondType>(),
-        DataType::Timestamp(TimeUnit::Second, None) => timestamps::<TimestampSecondType>(),
+        DataType::Int8 => parsed::<Int8Type>(rows),
+        DataType::Int16 => parsed::<Int16Type>(rows),
+        DataType::Int32 => parsed::<Int32Type>(rows),
+        DataType::Int64 => parsed::<Int64Type>(rows),
+        DataType::UInt8 => parsed::<UInt8Type>(rows),
+        DataType::UInt16 => parsed::<UInt16Type>(rows),
+        DataType::UInt32 => parsed::<UInt32Type>(rows),
+        DataType::UInt64 => parsed::<UInt64Type>(rows),
+        DataType::Float32 => parsed::<Float32Type>(rows),
+        DataType::Float64 => parsed::<Float64Type>(rows),
+        DataType::Date32 => parsed::<Date32Type>(rows),
+        DataType::Date64 => parsed::<Date64Type>(rows),
+        DataType::Time32(TimeUnit::Second) => parsed::<Time32SecondType>(rows),
+        DataType::Time32(TimeUnit::Millisecond) => parsed::<Time32MillisecondType>(rows),
+        DataType::Time64(TimeUnit::Microsecond) => parsed::<Time64MicrosecondType>(rows),
+        DataType::Time64(TimeUnit::Nanosecond) => parsed::<Time64NanosecondType>(rows),
+        DataType::Timestamp(TimeUnit::Second, None) => timestamps::<TimestampSecondType>(rows),
         DataType::Timestamp(TimeUnit::Millisecond, None) => {
-            timestamps::<TimestampMillisecondType>()
+            timestamps::<TimestampMillisecondType>(rows)
         }
         DataType::Timestamp(TimeUnit::Microsecond, None) => {
-            timestamps::<TimestampMicrosecondType>()
+            timestamps::<TimestampMicrosecondType>(rows)
         }
-        DataType::Timestamp(TimeUnit::Nanosecond, None) => timestamps::<TimestampNanosecondType>(),
-        _ => Box::new(StringBuilder::new()),
+        DataType::Timestamp(TimeUnit::Nanosecond, None) => {
+            timestamps::<TimestampNanosecondType>(rows)
+        }
+        _ => Box::new(StringBuilder::with_capacity(rows, rows * 8)),
     }
 }
 
@@ -169,9 +175,9 @@ struct Parsed<P: ArrowPrimitiveType> {
 }
 
 impl<P: ArrowPrimitiveType> Parsed<P> {
-    fn new(parse: fn(&str) -> Option<P::Native>) -> Self {
+    fn new(parse: fn(&str) -> Option<P::Native>, rows: usize) -> Self {
         Parsed {
-            values: PrimitiveBuilder::new(),
+            values: PrimitiveBuilder::with_capacity(rows),
             parse,
             unreadable: Vec::new(),
         }
@@ -307,7 +313,7 @@ mod tests {
             .collect();
         let text_array = StringArray::from(texts.clone());
         for data_type in TYPES {
-            let mut builder = builder_for(data_type);
+            let mut builder = builder_for(data_type, 0);
             for (row, text) in texts.iter().enumerate() {
                 builder.push(row, text.filter(|t| !t.is_empty()));
             }
@@ -349,7 +355,7 @@ mod tests {
             DataType::Timestamp(TimeUnit::Millisecond, Some("+02:00".into())),
         ] {
             let fields = [Arc::new(Field::new("c", data_type, true))];
-            let mut columns = FieldColumns::pruned(&fields, &|_| true);
+            let mut columns = FieldColumns::pruned(&fields, &|_| true, 0);
             assert_eq!(columns.push_record(|_| Some(b"1".as_slice())), None);
             assert_eq!(
                 columns.push_record(|_| Some(b"\xff".as_slice())).as_deref(),

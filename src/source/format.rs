@@ -229,8 +229,8 @@ impl Shape {
     }
 
     /// Empty columns for the data columns, skipping those the query does not read.
-    fn field_columns(&self) -> FieldColumns {
-        FieldColumns::pruned(self.data.fields(), &|i| self.read[i])
+    fn field_columns(&self, rows: usize) -> FieldColumns {
+        FieldColumns::pruned(self.data.fields(), &|i| self.read[i], rows)
     }
 
     /// Inserts the corrupt-record column (if declared) into a batch of data columns,
@@ -265,7 +265,7 @@ struct TextRows {
     /// Data columns, with nulls where a value was missing or unreadable.
     data: RecordBatch,
     /// Per row: why it is malformed (if it is), with its line number and raw text.
-    problems: Vec<Option<Problem>>,
+    problems: Vec<Option<Box<Problem>>>,
     /// Rows that cannot be kept in any mode (null in a NOT NULL column).
     unkeepable: Vec<bool>,
 }
@@ -413,11 +413,11 @@ fn json_records(records: &[Option<&[u8]>], shape: &Shape) -> Result<TextRows> {
             Err(reason) => {
                 let bytes = record.unwrap_or_default();
                 batches.push(salvage_json(bytes, &schema)?);
-                problems.push(Some(Problem {
+                problems.push(Some(Box::new(Problem {
                     line: index as u64,
                     reason,
                     raw: String::from_utf8_lossy(bytes).into_owned(),
-                }));
+                })));
             }
         }
     }
@@ -449,8 +449,8 @@ fn decode_json_each(records: &[Option<&[u8]>], schema: &SchemaRef) -> Option<Rec
 /// CSV records: each value is one delimited record.
 fn csv_records(records: &[Option<&[u8]>], delimiter: u8, shape: &Shape) -> Result<TextRows> {
     let width = shape.data.fields().len();
-    let mut columns = shape.field_columns();
-    let mut problems: Vec<Option<Problem>> = Vec::with_capacity(records.len());
+    let mut columns = shape.field_columns(records.len());
+    let mut problems: Vec<Option<Box<Problem>>> = Vec::with_capacity(records.len());
     let mut record = csv::ByteRecord::new();
     for value in records {
         let mut reason = None;
@@ -491,10 +491,12 @@ fn csv_records(records: &[Option<&[u8]>], delimiter: u8, shape: &Shape) -> Resul
             record.clear();
         }
         let utf8_reason = columns.push_record(|i| record.get(i));
-        problems.push(reason.or(utf8_reason).map(|reason| Problem {
-            line: 0,
-            reason,
-            raw: String::new(),
+        problems.push(reason.or(utf8_reason).map(|reason| {
+            Box::new(Problem {
+                line: 0,
+                reason,
+                raw: String::new(),
+            })
         }));
     }
     let rows = typed_rows(columns.finish(), shape, problems)?;
@@ -504,12 +506,14 @@ fn csv_records(records: &[Option<&[u8]>], delimiter: u8, shape: &Shape) -> Resul
         .zip(records)
         .enumerate()
         .map(|(index, (problem, value))| {
-            problem.map(|p| Problem {
-                line: index as u64,
-                reason: p.reason,
-                raw: String::from_utf8_lossy(value.unwrap_or_default())
-                    .trim_end_matches(['\r', '\n'])
-                    .to_string(),
+            problem.map(|p| {
+                Box::new(Problem {
+                    line: index as u64,
+                    reason: p.reason,
+                    raw: String::from_utf8_lossy(value.unwrap_or_default())
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string(),
+                })
             })
         })
         .collect();
@@ -562,9 +566,12 @@ fn read_csv(
     let width = shape.data.fields().len();
     let mut reader = csv_reader(bytes, delimiter);
     let mut record = csv::ByteRecord::new();
-    let mut columns = shape.field_columns();
-    let mut problems: Vec<Option<Problem>> = Vec::new();
-    let mut spans: Vec<(u64, usize, usize)> = Vec::new();
+    // Sized once for the file's lines (a fast byte count), so that the per-row vectors
+    // and the columns are not grown and copied again and again as they fill.
+    let lines = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
+    let mut columns = shape.field_columns(lines);
+    let mut problems: Vec<Option<Box<Problem>>> = Vec::with_capacity(lines);
+    let mut spans: Vec<(u64, usize, usize)> = Vec::with_capacity(lines);
     let mut first = true;
     loop {
         let more = reader
@@ -586,10 +593,12 @@ fn read_csv(
         let width_reason = (record.len() != width)
             .then(|| format!("expected {width} fields, found {}", record.len()));
         let utf8_reason = columns.push_record(|i| record.get(i));
-        problems.push(width_reason.or(utf8_reason).map(|reason| Problem {
-            line: position.line(),
-            reason,
-            raw: String::new(),
+        problems.push(width_reason.or(utf8_reason).map(|reason| {
+            Box::new(Problem {
+                line: position.line(),
+                reason,
+                raw: String::new(),
+            })
         }));
     }
     let rows = typed_rows(columns.finish(), shape, problems)?;
@@ -599,12 +608,14 @@ fn read_csv(
         .into_iter()
         .zip(&spans)
         .map(|(problem, (line, start, end))| {
-            problem.map(|p| Problem {
-                line: *line,
-                reason: p.reason,
-                raw: String::from_utf8_lossy(&bytes[*start..*end])
-                    .trim_end_matches(['\r', '\n'])
-                    .to_string(),
+            problem.map(|p| {
+                Box::new(Problem {
+                    line: *line,
+                    reason: p.reason,
+                    raw: String::from_utf8_lossy(&bytes[*start..*end])
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string(),
+                })
             })
         })
         .collect();
@@ -616,7 +627,7 @@ fn read_csv(
 fn typed_rows(
     columns: Vec<Column>,
     shape: &Shape,
-    mut problems: Vec<Option<Problem>>,
+    mut problems: Vec<Option<Box<Problem>>>,
 ) -> Result<TextRows> {
     let rows = problems.len();
     let mut unkeepable = vec![false; rows];
@@ -624,14 +635,16 @@ fn typed_rows(
         safe: true,
         format_options: FormatOptions::default(),
     };
-    let not_valid = |text: &str, field: &Field| Problem {
-        line: 0,
-        reason: format!(
-            "'{text}' is not a valid {} for column '{}'",
-            field.data_type(),
-            field.name()
-        ),
-        raw: String::new(),
+    let not_valid = |text: &str, field: &Field| {
+        Box::new(Problem {
+            line: 0,
+            reason: format!(
+                "'{text}' is not a valid {} for column '{}'",
+                field.data_type(),
+                field.name()
+            ),
+            raw: String::new(),
+        })
     };
     let mut arrays = Vec::with_capacity(columns.len());
     for (column, field) in columns.into_iter().zip(shape.data.fields()) {
@@ -658,10 +671,15 @@ fn typed_rows(
             for (row, slot) in unkeepable.iter_mut().enumerate() {
                 if typed.is_null(row) {
                     *slot = true;
-                    problems[row].get_or_insert_with(|| Problem {
-                        line: 0,
-                        reason: format!("column '{}' is NOT NULL but has no value", field.name()),
-                        raw: String::new(),
+                    problems[row].get_or_insert_with(|| {
+                        Box::new(Problem {
+                            line: 0,
+                            reason: format!(
+                                "column '{}' is NOT NULL but has no value",
+                                field.name()
+                            ),
+                            raw: String::new(),
+                        })
                     });
                 }
             }
@@ -723,13 +741,13 @@ fn read_json(bytes: &[u8], shape: &Shape) -> Result<TextRows> {
                     Ok(_) => "not a single JSON object".to_string(),
                 };
                 batches.push(salvage_json(line, &schema)?);
-                problems.push(Some(Problem {
+                problems.push(Some(Box::new(Problem {
                     line: index as u64 + 1,
                     reason,
                     raw: String::from_utf8_lossy(line)
                         .trim_end_matches('\r')
                         .to_string(),
-                }));
+                })));
             }
         }
     }
@@ -741,7 +759,7 @@ fn read_json(bytes: &[u8], shape: &Shape) -> Result<TextRows> {
 fn mark_not_null(
     data: RecordBatch,
     shape: &Shape,
-    mut problems: Vec<Option<Problem>>,
+    mut problems: Vec<Option<Box<Problem>>>,
     lines: &[u64],
 ) -> Result<TextRows> {
     let mut unkeepable = vec![false; data.num_rows()];
@@ -752,10 +770,12 @@ fn mark_not_null(
         for (row, slot) in unkeepable.iter_mut().enumerate() {
             if column.is_null(row) {
                 *slot = true;
-                problems[row].get_or_insert_with(|| Problem {
-                    line: lines.get(row).copied().unwrap_or(row as u64 + 1),
-                    reason: format!("column '{}' is NOT NULL but has no value", field.name()),
-                    raw: String::new(),
+                problems[row].get_or_insert_with(|| {
+                    Box::new(Problem {
+                        line: lines.get(row).copied().unwrap_or(row as u64 + 1),
+                        reason: format!("column '{}' is NOT NULL but has no value", field.name()),
+                        raw: String::new(),
+                    })
                 });
             }
         }

@@ -347,6 +347,24 @@ impl StateStore {
 
         let listing = self.list()?;
         self.delete_versions(&listing, |v| v > version)?;
+        let previous_loadable = version
+            .checked_sub(1)
+            .is_some_and(|previous| self.plan(&listing, previous).is_ok());
+        if !previous_loadable {
+            // The first version (or the first after a gap): its snapshot is its only
+            // way to load, so it is written before the commit returns, and alone —
+            // loading starts at the newest snapshot, so a delta here would never be
+            // read. Files of an earlier attempt at this version go first.
+            let current = self.conform(&current()?, &self.schema, "the current state")?;
+            if listing.contains_key(&version) {
+                self.delete_versions(&listing, |v| v == version)?;
+            }
+            write_atomic(
+                &self.path(version, Kind::Snapshot),
+                &ipc_bytes(&self.schema, &current)?,
+            )?;
+            return self.purge(version);
+        }
         write_atomic(
             &self.path(version, Kind::Delta),
             &ipc_bytes(&self.schema, &upserts)?,
@@ -356,23 +374,16 @@ impl StateStore {
             &ipc_bytes(&self.key_schema, &removed)?,
         )?;
         let interval = self.config.snapshot_interval.max(1);
-        let previous_loadable = version
-            .checked_sub(1)
-            .is_some_and(|previous| self.plan(&listing, previous).is_ok());
-        if (version + self.config.snapshot_phase).is_multiple_of(interval) || !previous_loadable {
+        if (version + self.config.snapshot_phase).is_multiple_of(interval) {
+            // The delta, written and synced above, already makes this version loadable:
+            // the snapshot is written on a thread of its own while the next batch runs.
             let current = self.conform(&current()?, &self.schema, "the current state")?;
             let (path, schema) = (self.path(version, Kind::Snapshot), self.schema.clone());
-            let write = move || write_atomic(&path, &ipc_bytes(&schema, &current)?);
-            if previous_loadable {
-                let writer = std::thread::Builder::new()
-                    .name("millrace-snapshot".into())
-                    .spawn(write)
-                    .map_err(Error::io(&self.dir))?;
-                self.snapshot_writer = Some(writer);
-            } else {
-                // This version's only way to load: written before the commit returns.
-                write()?;
-            }
+            let writer = std::thread::Builder::new()
+                .name("millrace-snapshot".into())
+                .spawn(move || write_atomic(&path, &ipc_bytes(&schema, &current)?))
+                .map_err(Error::io(&self.dir))?;
+            self.snapshot_writer = Some(writer);
         } else if listing.get(&version).is_some_and(|f| f.snapshot) {
             // Left by an earlier attempt at this version: it may hold another state.
             let path = self.path(version, Kind::Snapshot);
@@ -844,13 +855,15 @@ mod tests {
             versions_with(dir.path(), ".snapshot.arrow"),
             vec![0, 3, 6, 9, 12, 15, 18]
         );
+        // The first version is a snapshot alone: nothing before it loads, so a delta
+        // would never be read.
         assert_eq!(
             versions_with(dir.path(), ".delta.arrow"),
-            (0..20).collect::<Vec<_>>()
+            (1..20).collect::<Vec<_>>()
         );
         assert_eq!(
             versions_with(dir.path(), ".removed.arrow"),
-            (0..20).collect::<Vec<_>>()
+            (1..20).collect::<Vec<_>>()
         );
 
         // Newest first: loading a version deletes the versions after it.
@@ -948,8 +961,6 @@ mod tests {
         assert_eq!(
             files(dir.path()),
             [
-                "0.delta.arrow",
-                "0.removed.arrow",
                 "0.snapshot.arrow",
                 "1.delta.arrow",
                 "1.removed.arrow",
