@@ -276,6 +276,18 @@ struct Problem {
     raw: String,
 }
 
+impl Problem {
+    /// The same problem, placed at `line` with its record's text (`raw`, without the
+    /// line end): a delimited record's problem is found before its place is attached.
+    fn at(mut self: Box<Self>, line: u64, raw: &[u8]) -> Box<Self> {
+        self.line = line;
+        self.raw = String::from_utf8_lossy(raw)
+            .trim_end_matches(['\r', '\n'])
+            .to_string();
+        self
+    }
+}
+
 impl TextRows {
     fn resolve(self, path: &Path, mode: MalformedMode, shape: &Shape) -> Result<Decoded> {
         let locate = |line: u64| format!("{} at line {line}", path.display());
@@ -506,15 +518,7 @@ fn csv_records(records: &[Option<&[u8]>], delimiter: u8, shape: &Shape) -> Resul
         .zip(records)
         .enumerate()
         .map(|(index, (problem, value))| {
-            problem.map(|p| {
-                Box::new(Problem {
-                    line: index as u64,
-                    reason: p.reason,
-                    raw: String::from_utf8_lossy(value.unwrap_or_default())
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string(),
-                })
-            })
+            problem.map(|p| p.at(index as u64, value.unwrap_or_default()))
         })
         .collect();
     Ok(TextRows { problems, ..rows })
@@ -607,17 +611,7 @@ fn read_csv(
         .problems
         .into_iter()
         .zip(&spans)
-        .map(|(problem, (line, start, end))| {
-            problem.map(|p| {
-                Box::new(Problem {
-                    line: *line,
-                    reason: p.reason,
-                    raw: String::from_utf8_lossy(&bytes[*start..*end])
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string(),
-                })
-            })
-        })
+        .map(|(problem, (line, start, end))| problem.map(|p| p.at(*line, &bytes[*start..*end])))
         .collect();
     Ok(TextRows { problems, ..rows })
 }

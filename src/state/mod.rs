@@ -356,9 +356,7 @@ impl StateStore {
             // loading starts at the newest snapshot, so a delta here would never be
             // read. Files of an earlier attempt at this version go first.
             let current = self.conform(&current()?, &self.schema, "the current state")?;
-            if listing.contains_key(&version) {
-                self.delete_versions(&listing, |v| v == version)?;
-            }
+            self.delete_versions(&listing, |v| v == version)?;
             write_atomic(
                 &self.path(version, Kind::Snapshot),
                 &ipc_bytes(&self.schema, &current)?,
