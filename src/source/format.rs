@@ -277,6 +277,24 @@ struct Problem {
 }
 
 impl Problem {
+    /// A problem found at `line` (0 while the line is not known yet), boxed as a row's
+    /// malformed slot holds it; its raw text is attached later, if at all.
+    fn new(line: u64, reason: String) -> Box<Self> {
+        Box::new(Problem {
+            line,
+            reason,
+            raw: String::new(),
+        })
+    }
+
+    /// A NULL in NOT NULL column `field`: such a row cannot be kept in any mode.
+    fn not_null(line: u64, field: &Field) -> Box<Self> {
+        Problem::new(
+            line,
+            format!("column '{}' is NOT NULL but has no value", field.name()),
+        )
+    }
+
     /// The same problem, placed at `line` with its record's text (`raw`, without the
     /// line end): a delimited record's problem is found before its place is attached.
     fn at(mut self: Box<Self>, line: u64, raw: &[u8]) -> Box<Self> {
@@ -503,13 +521,7 @@ fn csv_records(records: &[Option<&[u8]>], delimiter: u8, shape: &Shape) -> Resul
             record.clear();
         }
         let utf8_reason = columns.push_record(|i| record.get(i));
-        problems.push(reason.or(utf8_reason).map(|reason| {
-            Box::new(Problem {
-                line: 0,
-                reason,
-                raw: String::new(),
-            })
-        }));
+        problems.push(reason.or(utf8_reason).map(|reason| Problem::new(0, reason)));
     }
     let rows = typed_rows(columns.finish(), shape, problems)?;
     let problems = rows
@@ -597,13 +609,11 @@ fn read_csv(
         let width_reason = (record.len() != width)
             .then(|| format!("expected {width} fields, found {}", record.len()));
         let utf8_reason = columns.push_record(|i| record.get(i));
-        problems.push(width_reason.or(utf8_reason).map(|reason| {
-            Box::new(Problem {
-                line: position.line(),
-                reason,
-                raw: String::new(),
-            })
-        }));
+        problems.push(
+            width_reason
+                .or(utf8_reason)
+                .map(|reason| Problem::new(position.line(), reason)),
+        );
     }
     let rows = typed_rows(columns.finish(), shape, problems)?;
     // Attach raw lines only to the rows that need them.
@@ -630,15 +640,14 @@ fn typed_rows(
         format_options: FormatOptions::default(),
     };
     let not_valid = |text: &str, field: &Field| {
-        Box::new(Problem {
-            line: 0,
-            reason: format!(
+        Problem::new(
+            0,
+            format!(
                 "'{text}' is not a valid {} for column '{}'",
                 field.data_type(),
                 field.name()
             ),
-            raw: String::new(),
-        })
+        )
     };
     let mut arrays = Vec::with_capacity(columns.len());
     for (column, field) in columns.into_iter().zip(shape.data.fields()) {
@@ -665,16 +674,7 @@ fn typed_rows(
             for (row, slot) in unkeepable.iter_mut().enumerate() {
                 if typed.is_null(row) {
                     *slot = true;
-                    problems[row].get_or_insert_with(|| {
-                        Box::new(Problem {
-                            line: 0,
-                            reason: format!(
-                                "column '{}' is NOT NULL but has no value",
-                                field.name()
-                            ),
-                            raw: String::new(),
-                        })
-                    });
+                    problems[row].get_or_insert_with(|| Problem::not_null(0, field));
                 }
             }
         }
@@ -764,13 +764,8 @@ fn mark_not_null(
         for (row, slot) in unkeepable.iter_mut().enumerate() {
             if column.is_null(row) {
                 *slot = true;
-                problems[row].get_or_insert_with(|| {
-                    Box::new(Problem {
-                        line: lines.get(row).copied().unwrap_or(row as u64 + 1),
-                        reason: format!("column '{}' is NOT NULL but has no value", field.name()),
-                        raw: String::new(),
-                    })
-                });
+                let line = lines.get(row).copied().unwrap_or(row as u64 + 1);
+                problems[row].get_or_insert_with(|| Problem::not_null(line, field));
             }
         }
     }
