@@ -354,9 +354,8 @@ async fn a_socket_query_restarted_in_process_has_one_reader() {
 // ---------------------------------------------------------------------------
 // I/O faults under the checkpoint and the sink
 
-/// A file → Parquet job over `root/in`, run with `trigger = available_now`: its
-/// outcome, with the checkpoint in `root/ckpt` and the output in `root/out`.
-async fn run_files_job(root: &Path) -> Result<(), Error> {
+/// A context with table `ev` over the JSON files landing in `root/in`, one per batch.
+async fn events_in(root: &Path) -> Result<StreamingContext, Error> {
     let ctx = StreamingContext::new();
     ctx.sql(&format!(
         "CREATE UNBOUNDED EXTERNAL TABLE ev (id BIGINT NOT NULL, payload VARCHAR) \
@@ -364,6 +363,13 @@ async fn run_files_job(root: &Path) -> Result<(), Error> {
         root.join("in").display()
     ))
     .await?;
+    Ok(ctx)
+}
+
+/// A file → Parquet job over `root/in`, run with `trigger = available_now`: its
+/// outcome, with the checkpoint in `root/ckpt` and the output in `root/out`.
+async fn run_files_job(root: &Path) -> Result<(), Error> {
+    let ctx = events_in(root).await?;
     ctx.sql(&format!(
         "CREATE SINK out STORED AS PARQUET LOCATION '{}' \
          OPTIONS ('checkpoint' '{}', 'trigger' 'available_now') AS SELECT id FROM ev",
@@ -462,42 +468,42 @@ async fn a_failing_read_of_the_file_source_log_stops_and_resumes() {
     .await;
 }
 
-/// An aggregation whose state directory becomes unwritable: the query stops, and
-/// after the repair the counts (complete mode) are those of every row exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unwritable_state_directory_stops_and_resumes_with_exact_counts() {
+/// A count per `id % 2` over `root/in` (complete mode, one file per batch,
+/// `available_now`), with the checkpoint in `root/ckpt`: the counts, in key order.
+async fn run_parity_counts(root: &Path) -> Result<Vec<i64>, Error> {
+    let ctx = events_in(root).await?;
+    ctx.sql(&format!(
+        "CREATE SINK counts STORED AS MEMORY OPTIONS ('checkpoint' '{}', \
+         'output_mode' 'complete', 'trigger' 'available_now') AS \
+         SELECT id % 2 AS k, count(*) AS n FROM ev GROUP BY id % 2",
+        root.join("ckpt").display()
+    ))
+    .await?;
+    query(&ctx, "counts").await_termination().await?;
+    let rows = ctx
+        .session()
+        .query("SELECT k, n FROM counts ORDER BY k")
+        .await?;
+    Ok(i64_column(&rows, "n"))
+}
+
+/// Batch 0 of `run_parity_counts` commits; then files 1 to `pending` land and the
+/// state directory fails writes with `errno`: the query stops with an error naming it
+/// and containing `hint`, batch 1 is not committed and batch 2 is not logged. Once
+/// repaired, with one more file, every row is counted once.
+async fn state_fault_then_repair(pending: i64, errno: i32, hint: &str) {
     let tmp = temp_dir();
     let root = tmp.path();
     make_dir(root, "in");
     let ckpt = root.join("ckpt");
-    let run = || async {
-        let ctx = StreamingContext::new();
-        ctx.sql(&format!(
-            "CREATE UNBOUNDED EXTERNAL TABLE ev (id BIGINT NOT NULL, payload VARCHAR) \
-             STORED AS JSON LOCATION '{}' OPTIONS ('max_files_per_trigger' '1')",
-            root.join("in").display()
-        ))
-        .await?;
-        ctx.sql(&format!(
-            "CREATE SINK counts STORED AS MEMORY OPTIONS ('checkpoint' '{}', \
-             'output_mode' 'complete', 'trigger' 'available_now') AS \
-             SELECT id % 2 AS k, count(*) AS n FROM ev GROUP BY id % 2",
-            ckpt.display()
-        ))
-        .await?;
-        query(&ctx, "counts").await_termination().await?;
-        let rows = ctx
-            .session()
-            .query("SELECT k, n FROM counts ORDER BY k")
-            .await?;
-        Ok::<_, Error>(i64_column(&rows, "n"))
-    };
     land_ids(root, 0);
-    assert_eq!(run().await.unwrap(), vec![5, 5]);
-    land_ids(root, 1);
+    assert_eq!(run_parity_counts(root).await.unwrap(), vec![5, 5]);
+    for n in 1..=pending {
+        land_ids(root, n);
+    }
     {
-        let _fault = fault::inject(&ckpt.join("state"), Op::Write, libc::EACCES);
-        let error = run()
+        let _fault = fault::inject(&ckpt.join("state"), Op::Write, errno);
+        let error = run_parity_counts(root)
             .await
             .expect_err("the fault stops the query")
             .to_string();
@@ -505,10 +511,35 @@ async fn an_unwritable_state_directory_stops_and_resumes_with_exact_counts() {
             error.contains(&ckpt.join("state").display().to_string()),
             "{error}"
         );
-        assert!(error.contains("read and write access"), "{error}");
+        assert!(error.contains(hint), "{error}");
+        assert!(ckpt.join("offsets/1").exists(), "batch 1 ran");
+        assert!(!ckpt.join("commits/1").exists(), "batch 1 must not commit");
+        assert!(
+            !ckpt.join("offsets/2").exists(),
+            "batch 2 must not be logged"
+        );
     }
-    land_ids(root, 2);
-    assert_eq!(run().await.unwrap(), vec![15, 15]);
+    land_ids(root, pending + 1);
+    let rows_per_key = 5 * (pending + 2);
+    assert_eq!(
+        run_parity_counts(root).await.unwrap(),
+        vec![rows_per_key, rows_per_key]
+    );
+}
+
+/// An aggregation whose state directory becomes unwritable: the query stops, and
+/// after the repair the counts (complete mode) are those of every row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_state_directory_stops_and_resumes_with_exact_counts() {
+    state_fault_then_repair(1, libc::EACCES, "read and write access").await;
+}
+
+/// The state of batch 1 is written in the background while batch 2 is read and
+/// folded; when that write fails, batch 1 does not commit and batch 2 is not logged,
+/// and after the repair both run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_write_failing_behind_the_next_batch_commits_neither() {
+    state_fault_then_repair(2, libc::ENOSPC, "free space").await;
 }
 
 /// A damaged (torn or overwritten) file in `offsets/`, `commits/`, `state/` or the
@@ -552,28 +583,10 @@ async fn a_damaged_state_file_is_named_and_the_query_resumes_once_restored() {
     let root = tmp.path();
     make_dir(root, "in");
     let ckpt = root.join("ckpt");
-    let run = || async {
-        let ctx = StreamingContext::new();
-        ctx.sql(&format!(
-            "CREATE UNBOUNDED EXTERNAL TABLE ev (id BIGINT NOT NULL, payload VARCHAR) \
-             STORED AS JSON LOCATION '{}' OPTIONS ('max_files_per_trigger' '1')",
-            root.join("in").display()
-        ))
-        .await?;
-        ctx.sql(&format!(
-            "CREATE SINK counts STORED AS MEMORY OPTIONS ('checkpoint' '{}', \
-             'output_mode' 'complete', 'trigger' 'available_now') AS \
-             SELECT count(*) AS n FROM ev",
-            ckpt.display()
-        ))
-        .await?;
-        query(&ctx, "counts").await_termination().await?;
-        let rows = ctx.session().query("SELECT n FROM counts").await?;
-        Ok::<_, Error>(i64_column(&rows, "n"))
-    };
+    let run = || run_parity_counts(root);
     land_ids(root, 0);
     land_ids(root, 1);
-    assert_eq!(run().await.unwrap(), vec![20]);
+    assert_eq!(run().await.unwrap(), vec![10, 10]);
     let state_dir = ckpt.join("state");
     let delta = walk(&state_dir)
         .into_iter()
@@ -586,7 +599,7 @@ async fn a_damaged_state_file_is_named_and_the_query_resumes_once_restored() {
     assert!(error.contains(&delta.display().to_string()), "{error}");
     assert!(error.contains("restore"), "{error}");
     std::fs::write(&delta, &good).unwrap();
-    assert_eq!(run().await.unwrap(), vec![30]);
+    assert_eq!(run().await.unwrap(), vec![15, 15]);
 }
 
 /// Every file under `dir`, recursively.

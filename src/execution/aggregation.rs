@@ -253,15 +253,24 @@ impl StreamingAggregation {
         self.state.as_ref()
     }
 
-    /// Writes what the last [`step`](Self::step) changed as state version `batch_id`,
-    /// before the batch is committed; a replay of the batch after a crash reopens the
-    /// state at the previous version and writes this one anew.
+    /// Starts writing what the last [`step`](Self::step) changed as state version
+    /// `batch_id` ([`PartitionedState::start_commit`]); the batch may commit once
+    /// [`wait_committed`](Self::wait_committed) has returned. A replay of the batch
+    /// after a crash reopens the state at the previous version and writes this one anew.
     pub fn commit(&mut self, batch_id: u64) -> Result<()> {
         match &mut self.state {
-            Some(state) => state.commit(batch_id),
+            Some(state) => state.start_commit(batch_id),
             None => Err(Error::Unsupported(
                 "the aggregation's state was not opened before its first batch".into(),
             )),
+        }
+    }
+
+    /// Waits until the version the last [`commit`](Self::commit) started is durable.
+    pub fn wait_committed(&mut self) -> Result<()> {
+        match &mut self.state {
+            Some(state) => state.wait_committed(),
+            None => Ok(()),
         }
     }
 

@@ -18,7 +18,9 @@ use serde_json::Value;
 use tokio::runtime::Handle;
 use tracing::Instrument;
 
-use super::operator::{OperatorBatch, StatefulOperator, Watermarks, check_chain, find_operators};
+use super::operator::{
+    OperatorBatch, OperatorMetrics, StatefulOperator, Watermarks, check_chain, find_operators,
+};
 use super::progress::{DurationMs, EventTime, QueryProgress, SinkProgress, SourceProgress};
 use super::{Trigger, WatermarkPolicy};
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry};
@@ -197,6 +199,7 @@ impl StreamingQuery {
             next_batch: 0,
             committed: BTreeMap::new(),
             pending: None,
+            polled: None,
             max_event_ms: BTreeMap::new(),
             last_data_ms: BTreeMap::new(),
             last_trigger_start: None,
@@ -490,6 +493,9 @@ struct Runner {
     committed: BTreeMap<String, Value>,
     /// A batch found in the offset log without a commit: run it again first.
     pending: Option<OffsetEntry>,
+    /// The next batch's end offsets, when they were asked for before the last batch's
+    /// state was written (see [`Runner::deliver`]).
+    polled: Option<Polled>,
     /// Largest event time seen per watermarked source (ms since epoch).
     max_event_ms: BTreeMap<String, i64>,
     /// When each source last delivered rows (batch timestamp, ms; the query's start
@@ -515,10 +521,45 @@ struct BatchOutcome {
     future_per_source: BTreeMap<String, u64>,
     output_rows: u64,
     /// Spark's `stateOperators` entries of this batch.
-    state_operators: Vec<serde_json::Value>,
+    state_operators: Vec<OperatorMetrics>,
     /// Largest event time in this batch's input (ms), over watermarked sources.
     max_event_ms: Option<i64>,
+    /// Largest event time seen per watermarked source up to this batch, for its
+    /// commit-log entry (the next batch may have seen more by the time it commits).
+    commit_max_event_ms: BTreeMap<String, i64>,
+    /// Seconds since the previous batch started (the base of `inputRowsPerSecond`).
+    since_last: f64,
     durations: DurationMs,
+}
+
+/// The end offsets of every source for the next batch ([`Runner::poll_offsets`]).
+struct Polled {
+    ends: BTreeMap<String, Value>,
+    /// Whether any source has data beyond the previous batch's end.
+    new_data: bool,
+    /// How long asking took (`latestOffset` in progress reports).
+    ms: u64,
+}
+
+/// A batch whose output is computed and nothing written yet (see [`Runner::execute`]).
+struct Executed {
+    /// Whether its offset-log entry is written already (a replay's).
+    logged: bool,
+    results: Vec<RecordBatch>,
+    outcome: BatchOutcome,
+}
+
+/// A batch that reached its sink and is not committed yet: its offset-log entry and
+/// its sink output are written, its state files may still be being written. The loop
+/// computes the next batch (reads its sources and folds it into the state, in memory)
+/// before it commits this one, so that the state's disk writes overlap that work;
+/// the files on disk come in the same order as without it — state, sink and commit
+/// log of batch `N` before the offset-log entry of `N + 1` — so recovery is unchanged.
+/// If the next batch cannot run, this one commits all the same.
+struct InFlight {
+    outcome: BatchOutcome,
+    /// The batch's tracing span, for what its commit logs.
+    span: tracing::Span,
 }
 
 impl Runner {
@@ -556,12 +597,27 @@ impl Runner {
         Ok(())
     }
 
+    /// Runs batches until the trigger says to stop, a stop is asked for, or a batch
+    /// fails. A batch that reached its sink but is not committed yet (see
+    /// [`InFlight`]) is committed however the loop ends, unless committing it fails.
     async fn run(mut self) -> Result<()> {
         self.open_state().await?;
         let started = Utc::now().timestamp_millis();
         for open in &self.sources {
             self.last_data_ms.insert(open.name.clone(), started);
         }
+        let mut in_flight = None;
+        let outcome = self.run_triggers(&mut in_flight).await;
+        match in_flight {
+            Some(batch) => {
+                self.finish(batch)?;
+                outcome
+            }
+            None => outcome,
+        }
+    }
+
+    async fn run_triggers(&mut self, in_flight: &mut Option<InFlight>) -> Result<()> {
         loop {
             if self.shared.stop_requested() {
                 return Ok(());
@@ -570,6 +626,12 @@ impl Runner {
                 && let Some(last) = self.last_trigger_start
             {
                 let wait = (last + interval).saturating_duration_since(Instant::now());
+                if !wait.is_zero()
+                    && let Some(batch) = in_flight.take()
+                {
+                    // No batch follows at once: commit this one before waiting.
+                    self.finish(batch)?;
+                }
                 if self.shared.sleep_unless_stopped(wait) {
                     return Ok(());
                 }
@@ -586,34 +648,30 @@ impl Runner {
                 .map_or(self.next_batch, |e| e.batch_id);
             let span = tracing::info_span!("batch", batch_id);
             let ran = self
-                .run_batch(trigger_start)
-                .instrument(span.clone())
+                .run_batch(trigger_start, in_flight)
+                .instrument(span)
                 .await?;
             self.shared.set_status(|s| {
                 s.is_trigger_active = false;
-                s.is_data_available = ran.is_some();
+                s.is_data_available = ran;
                 s.message = "Waiting for data to arrive".to_string();
             });
-            match ran {
-                Some(outcome) => {
-                    span.in_scope(|| self.report(outcome, trigger_start))?;
-                    self.last_trigger_start = Some(trigger_start);
-                    self.last_batch_start = Some(trigger_start);
-                    if self.trigger == Trigger::Once && !replay {
-                        return Ok(());
-                    }
+            if ran {
+                self.last_trigger_start = Some(trigger_start);
+                if self.trigger == Trigger::Once && !replay {
+                    return Ok(());
                 }
-                None if self.trigger.is_finite() => return Ok(()),
-                None => {
-                    self.shared.note_idle_trigger();
-                    self.last_trigger_start = Some(trigger_start);
-                    let idle = match self.trigger {
-                        Trigger::ProcessingTime(interval) if !interval.is_zero() => Duration::ZERO,
-                        _ => IDLE_POLL,
-                    };
-                    if self.shared.sleep_unless_stopped(idle) {
-                        return Ok(());
-                    }
+            } else if self.trigger.is_finite() {
+                return Ok(());
+            } else {
+                self.shared.note_idle_trigger();
+                self.last_trigger_start = Some(trigger_start);
+                let idle = match self.trigger {
+                    Trigger::ProcessingTime(interval) if !interval.is_zero() => Duration::ZERO,
+                    _ => IDLE_POLL,
+                };
+                if self.shared.sleep_unless_stopped(idle) {
+                    return Ok(());
                 }
             }
         }
@@ -725,23 +783,53 @@ impl Runner {
         watermark
     }
 
-    /// Runs one batch (a replay first, if recovery found one). `None`: no new data.
-    async fn run_batch(&mut self, trigger_start: Instant) -> Result<Option<BatchOutcome>> {
+    /// Runs one batch (a replay first, if recovery found one) up to its sink, leaving
+    /// it in `in_flight`; `false`: no new data. The batch already in flight is
+    /// committed once this one's rows are computed (or could not be), before this
+    /// one is written anywhere: see [`InFlight`].
+    async fn run_batch(
+        &mut self,
+        trigger_start: Instant,
+        in_flight: &mut Option<InFlight>,
+    ) -> Result<bool> {
+        // A panic in this batch (a user's closure) must not keep the batch before it
+        // from committing: it is caught here and carried on once that one is done.
+        let executed = std::panic::AssertUnwindSafe(self.execute())
+            .catch_unwind()
+            .await;
+        let finishing = Instant::now();
+        let finished = match in_flight.take() {
+            Some(previous) => self.finish(previous),
+            None => Ok(()),
+        };
+        let executed = executed.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        finished?;
+        let finishing = finishing.elapsed();
+        let Some(executed) = executed? else {
+            return Ok(false);
+        };
+        *in_flight = Some(self.deliver(executed, trigger_start, finishing)?);
+        Ok(true)
+    }
+
+    /// Decides the next batch (a replay first, if recovery found one) and computes its
+    /// output: reads the sources, plans, and runs every stateful operator's step. Only
+    /// memory changes: the offset-log entry of a new batch is written by
+    /// [`deliver`](Self::deliver). `None`: no new data.
+    async fn execute(&mut self) -> Result<Option<Executed>> {
         let mut durations = DurationMs::default();
-        let entry = match self.pending.take() {
-            Some(entry) => entry,
+        let (entry, logged) = match self.pending.take() {
+            Some(entry) => (entry, true),
             None => {
-                let started = Instant::now();
-                let mut ends: BTreeMap<String, Value> = BTreeMap::new();
-                let mut new_data = false;
-                for open in &mut self.sources {
-                    let start = self.committed.get(&open.name);
-                    if let Some(end) = open.source.latest_offset(start)? {
-                        new_data |= Some(&end) != start;
-                        ends.insert(open.name.clone(), end);
-                    }
-                }
-                durations.latest_offset = elapsed_ms(started);
+                let Polled {
+                    mut ends,
+                    new_data,
+                    ms,
+                } = match self.polled.take() {
+                    Some(polled) => polled,
+                    None => self.poll_offsets(&self.committed.clone())?,
+                };
+                durations.latest_offset = ms;
                 if !new_data {
                     if !self.watermark_advanced() && !self.timeout_due() {
                         return Ok(None);
@@ -758,13 +846,9 @@ impl Runner {
                     source_max_event_time_ms: self.max_event_ms.clone(),
                     sources: ends,
                 };
-                let started = Instant::now();
-                self.checkpoint.offsets.add(entry.batch_id, &entry)?;
-                durations.wal_commit = elapsed_ms(started);
-                entry
+                (entry, false)
             }
         };
-        crash_point("after-offsets");
 
         // Read every source's rows for the batch.
         let started = Instant::now();
@@ -831,66 +915,150 @@ impl Runner {
             watermarks = operator.output_watermarks(watermarks);
         }
         let results = collect(plan, state.task_ctx()).await?;
+        durations.add_batch = elapsed_ms(started);
+        Ok(Some(Executed {
+            logged,
+            results,
+            outcome: BatchOutcome {
+                entry,
+                start: BTreeMap::new(),
+                rows_per_source,
+                malformed_per_source,
+                metrics_per_source,
+                future_per_source,
+                output_rows: 0,
+                state_operators: Vec::new(),
+                max_event_ms: batch_max_event,
+                commit_max_event_ms: self.max_event_ms.clone(),
+                since_last: 0.0,
+                durations,
+            },
+        }))
+    }
+
+    /// Asks every source how far a batch starting at `starts` may read.
+    fn poll_offsets(&mut self, starts: &BTreeMap<String, Value>) -> Result<Polled> {
+        let started = Instant::now();
+        let mut ends: BTreeMap<String, Value> = BTreeMap::new();
+        let mut new_data = false;
+        for open in &mut self.sources {
+            let start = starts.get(&open.name);
+            if let Some(end) = open.source.latest_offset(start)? {
+                new_data |= Some(&end) != start;
+                ends.insert(open.name.clone(), end);
+            }
+        }
+        Ok(Polled {
+            ends,
+            new_data,
+            ms: elapsed_ms(started),
+        })
+    }
+
+    /// Writes an executed batch: its offset-log entry (a new batch's), its state
+    /// (started: durable by [`finish`](Self::finish)), and its rows to the sink; the
+    /// batch is then in flight. `finishing`: time spent meanwhile committing the batch
+    /// before it, left out of this one's duration.
+    fn deliver(
+        &mut self,
+        executed: Executed,
+        trigger_start: Instant,
+        finishing: Duration,
+    ) -> Result<InFlight> {
+        let Executed {
+            logged,
+            results,
+            mut outcome,
+        } = executed;
+        let batch_id = outcome.entry.batch_id;
+        if !logged {
+            let started = Instant::now();
+            self.checkpoint.offsets.add(batch_id, &outcome.entry)?;
+            outcome.durations.wal_commit = elapsed_ms(started);
+        }
+        crash_point("after-offsets");
+        // The next batch's offsets are asked for now when it follows at once: a source
+        // may sync a file to decide them (the file source's log), and a sync behind the
+        // state files this batch is about to write would wait for them.
+        let next_trigger_due = match self.trigger {
+            Trigger::AvailableNow => true,
+            Trigger::Once => false,
+            Trigger::ProcessingTime(interval) => trigger_start + interval <= Instant::now(),
+        };
+        if next_trigger_due && !self.operators.is_empty() {
+            self.polled = Some(self.poll_offsets(&outcome.entry.sources)?);
+        }
+        let started = Instant::now();
         // The state of this batch is saved before the batch can commit; a replay after a
         // crash restores the previous version and recomputes this one.
-        let mut state_operators = Vec::with_capacity(self.operators.len());
         for (id, operator) in self.operators.iter_mut().enumerate() {
-            let mut metrics = operator.commit(entry.batch_id)?;
+            let mut metrics = operator.commit(batch_id)?;
             metrics.operator_id = id;
-            state_operators.push(serde_json::to_value(metrics)?);
+            outcome.state_operators.push(metrics);
         }
-        if !self.operators.is_empty() {
-            crash_point("after-state-commit");
-        }
-        let output_rows = results.iter().map(|b| b.num_rows() as u64).sum();
-        self.sink
-            .add_batch(entry.batch_id, &self.plan.schema, &results)?;
-        durations.add_batch = elapsed_ms(started);
+        outcome.output_rows = results.iter().map(|b| b.num_rows() as u64).sum();
+        self.sink.add_batch(batch_id, &self.plan.schema, &results)?;
+        outcome.durations.add_batch += elapsed_ms(started);
         for open in &self.sources {
             open.table.replace(Vec::new());
         }
         crash_point("after-sink");
 
+        // The next batch starts where this one ends.
+        self.last_watermark = outcome.entry.batch_watermark_ms;
+        outcome.start = std::mem::replace(&mut self.committed, outcome.entry.sources.clone());
+        self.next_batch = batch_id + 1;
+        outcome.since_last = self
+            .last_batch_start
+            .map_or(0.0, |t| trigger_start.duration_since(t).as_secs_f64());
+        self.last_batch_start = Some(trigger_start);
+        outcome.durations.trigger_execution =
+            elapsed_ms(trigger_start).saturating_sub(finishing.as_millis() as u64);
+        Ok(InFlight {
+            outcome,
+            span: tracing::Span::current(),
+        })
+    }
+
+    /// Commits a batch in flight: waits until every operator's state of it is durable,
+    /// writes its commit-log entry, tells the sources, and reports its progress.
+    fn finish(&mut self, in_flight: InFlight) -> Result<()> {
+        let InFlight { mut outcome, span } = in_flight;
+        let _entered = span.enter();
         let started = Instant::now();
+        for (operator, metrics) in self.operators.iter_mut().zip(&mut outcome.state_operators) {
+            let waited = Instant::now();
+            operator.finish_commit()?;
+            metrics.commit_time_ms += elapsed_ms(waited);
+        }
+        if !self.operators.is_empty() {
+            crash_point("after-state-commit");
+        }
+        let batch_id = outcome.entry.batch_id;
+        let committing = Instant::now();
         self.checkpoint.commits.add(
-            entry.batch_id,
+            batch_id,
             &CommitEntry {
-                batch_id: entry.batch_id,
-                num_output_rows: output_rows,
-                source_max_event_time_ms: self.max_event_ms.clone(),
+                batch_id,
+                num_output_rows: outcome.output_rows,
+                source_max_event_time_ms: outcome.commit_max_event_ms.clone(),
             },
         )?;
-        durations.commit_offsets = elapsed_ms(started);
+        outcome.durations.commit_offsets = elapsed_ms(committing);
         crash_point("after-commit");
+        self.last_committed = Some(batch_id);
         for open in &mut self.sources {
-            if let Some(end) = entry.sources.get(&open.name) {
+            if let Some(end) = outcome.entry.sources.get(&open.name) {
                 open.source.commit(end)?;
             }
         }
-        self.last_watermark = entry.batch_watermark_ms;
-        let start = std::mem::replace(&mut self.committed, entry.sources.clone());
-        self.next_batch = entry.batch_id + 1;
         self.checkpoint.purge(self.retain_batches)?;
-        durations.trigger_execution = elapsed_ms(trigger_start);
-        Ok(Some(BatchOutcome {
-            entry,
-            start,
-            rows_per_source,
-            malformed_per_source,
-            metrics_per_source,
-            future_per_source,
-            output_rows,
-            state_operators,
-            max_event_ms: batch_max_event,
-            durations,
-        }))
+        outcome.durations.trigger_execution += elapsed_ms(started);
+        self.report(outcome)
     }
 
-    fn report(&mut self, outcome: BatchOutcome, trigger_start: Instant) -> Result<()> {
-        let since_last = self
-            .last_batch_start
-            .map(|t| trigger_start.duration_since(t).as_secs_f64())
-            .unwrap_or(0.0);
+    fn report(&mut self, outcome: BatchOutcome) -> Result<()> {
+        let since_last = outcome.since_last;
         let processing = outcome.durations.trigger_execution as f64 / 1000.0;
         let rate = |rows: u64, seconds: f64| {
             if seconds > 0.0 {
@@ -965,7 +1133,11 @@ impl Runner {
                 watermark: outcome.entry.batch_watermark_ms.map(iso_ms),
                 max: outcome.max_event_ms.map(iso_ms),
             },
-            state_operators: outcome.state_operators,
+            state_operators: outcome
+                .state_operators
+                .iter()
+                .map(serde_json::to_value)
+                .collect::<std::result::Result<_, _>>()?,
             sources,
             sink: SinkProgress {
                 description: self.sink.describe(),

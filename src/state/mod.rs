@@ -29,14 +29,19 @@
 //! the files (the first version committed, or batch ids that skipped a version), so
 //! that every committed version is always loadable.
 //!
-//! **Snapshots in the background.** A periodic snapshot is not needed to load the
-//! version it belongs to (that version's delta is written and synced first), so it is
-//! encoded and written on a thread of its own while the next batch runs, as Spark's
-//! state store maintenance writes its snapshots. The next commit (or load) of the
-//! store waits for it first, and a failure to write it stops the query there; until
-//! the snapshot is there, loading and purging simply use the older one. A snapshot the
-//! version cannot do without (the first version committed) is written before the
-//! commit returns.
+//! **Writes in the background.** [`StateStore::start_commit`] takes a version's rows
+//! and returns; a thread of its own encodes and writes the delta and removed files,
+//! syncs them and purges old versions, while the query folds its next batch (the
+//! delta of a large state takes the disk tens of milliseconds). The batch loop waits
+//! for that ([`StateStore::wait_committed`]) before it writes the batch's commit-log
+//! entry, so a committed batch always has its state on disk. A periodic snapshot is
+//! not needed to load the version it belongs to (its delta is written and synced
+//! first), so the same thread writes it afterwards, as Spark's state store maintenance
+//! writes its snapshots, and nothing waits for it until the store's next commit or
+//! load; a failure to write it stops the query there, and until the snapshot is there,
+//! loading and purging simply use the older one. A snapshot the version cannot do
+//! without (the first version committed) is written in its delta's place, before the
+//! version counts as committed.
 //!
 //! **Loading version `N`** starts from the newest snapshot at or before `N` and applies
 //! the deltas after it up to `N` in order: each delta's rows replace the rows with the
@@ -59,7 +64,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::{concat_batches, interleave};
@@ -156,12 +161,82 @@ impl VersionFiles {
 /// The files present in the store's directory, by version.
 type Listing = BTreeMap<u64, VersionFiles>;
 
+/// The store's directory, and the file operations a background write needs too
+/// (naming, listing, deleting and purging versions), apart from the rest of the store.
+#[derive(Debug, Clone)]
+struct StoreFiles {
+    dir: PathBuf,
+    /// [`StateStoreConfig::retain_versions`].
+    retain_versions: u64,
+}
+
+impl StoreFiles {
+    fn path(&self, version: u64, kind: Kind) -> PathBuf {
+        self.dir.join(format!("{version}{}", kind.suffix()))
+    }
+
+    /// The state files present, by version. Other files are ignored.
+    fn list(&self) -> Result<Listing> {
+        let mut listing = Listing::new();
+        for entry in fs::read_dir(&self.dir).map_err(Error::io(&self.dir))? {
+            let entry = entry.map_err(Error::io(&self.dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            for kind in Kind::ALL {
+                if let Some(version) = name
+                    .strip_suffix(kind.suffix())
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    listing.entry(version).or_default().set(kind);
+                }
+            }
+        }
+        Ok(listing)
+    }
+
+    /// Deletes every file of the versions `doomed` selects, then makes that durable.
+    fn delete_versions(&self, listing: &Listing, doomed: impl Fn(u64) -> bool) -> Result<()> {
+        let mut deleted = false;
+        for (&version, &files) in listing {
+            if !doomed(version) {
+                continue;
+            }
+            for kind in Kind::ALL {
+                if files.has(kind) {
+                    remove_if_exists(&self.path(version, kind))?;
+                    deleted = true;
+                }
+            }
+        }
+        if deleted {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes versions older than the newest `retain_versions` (counting back from
+    /// `latest`), keeping the snapshot and the deltas the oldest retained version needs.
+    fn purge(&self, latest: u64) -> Result<()> {
+        let retain = self.retain_versions.max(2);
+        let oldest_retained = latest.saturating_sub(retain - 1);
+        let listing = self.list()?;
+        // The newest snapshot at or before the oldest retained version is where loading
+        // any retained version may start; without one, no retained version needs older files.
+        let keep_from = listing
+            .range(..=oldest_retained)
+            .rev()
+            .find(|(_, files)| files.snapshot)
+            .map_or(oldest_retained, |(&v, _)| v);
+        self.delete_versions(&listing, |v| v < keep_from)
+    }
+}
+
 /// The durable, versioned state of one stateful operator.
 ///
 /// See the [module documentation](self) for the file layout and the recovery rules.
 #[derive(Debug)]
 pub struct StateStore {
-    dir: PathBuf,
+    files: StoreFiles,
     schema: SchemaRef,
     key_schema: SchemaRef,
     key_columns: usize,
@@ -169,9 +244,86 @@ pub struct StateStore {
     /// Encodes the key columns into comparable bytes; `None` when there are no key
     /// columns (a global aggregation: the state is at most one row).
     keys: Option<RowConverter>,
-    /// The periodic snapshot being written in the background, if any (see the module
+    /// What is being written in the background, if anything (see the module
     /// documentation).
-    snapshot_writer: Option<std::thread::JoinHandle<Result<()>>>,
+    writer: Option<Writer>,
+}
+
+/// The thread writing a version's files (and then, maybe, its snapshot) while the
+/// query goes on.
+#[derive(Debug)]
+struct Writer {
+    thread: std::thread::JoinHandle<Result<()>>,
+    /// Gets one message once the version's delta and removed files are written and
+    /// synced and older versions purged, before any snapshot; `None` once received.
+    /// Closed without a message if that failed (the thread's outcome says why). In a
+    /// mutex only so that the store can be shared between threads (`Sync`).
+    committed: Option<Mutex<mpsc::Receiver<()>>>,
+}
+
+/// The files of one version, as [`StateStore::start_commit`] hands them to its writer.
+struct VersionWrite {
+    files: StoreFiles,
+    /// The store's files when the commit started.
+    listing: Listing,
+    version: u64,
+    schema: SchemaRef,
+    key_schema: SchemaRef,
+    /// The rows upserted and the keys removed; `None` for a first version, which is
+    /// its snapshot alone.
+    delta: Option<(RecordBatch, RecordBatch)>,
+    /// The whole state, when this version gets a snapshot.
+    snapshot: Option<RecordBatch>,
+}
+
+impl VersionWrite {
+    /// Writes the version: files of versions after it go first (a batch that never
+    /// committed wrote them), then its delta and removed keys, synced (a first
+    /// version: its snapshot); older versions are purged; `committed` is told; then
+    /// the periodic snapshot, if any, is written — the delta already makes the version
+    /// loadable, so the batch need not wait for it.
+    fn run(self, committed: mpsc::Sender<()>) -> Result<()> {
+        let (files, version) = (&self.files, self.version);
+        let Some((upserts, removed)) = &self.delta else {
+            // Files of an earlier attempt at this version go too.
+            files.delete_versions(&self.listing, |v| v >= version)?;
+            let current = self
+                .snapshot
+                .as_ref()
+                .expect("a first version has its snapshot");
+            write_atomic(
+                &files.path(version, Kind::Snapshot),
+                &ipc_bytes(&self.schema, current)?,
+            )?;
+            files.purge(version)?;
+            let _ = committed.send(());
+            return Ok(());
+        };
+        files.delete_versions(&self.listing, |v| v > version)?;
+        write_atomic(
+            &files.path(version, Kind::Delta),
+            &ipc_bytes(&self.schema, upserts)?,
+        )?;
+        write_atomic(
+            &files.path(version, Kind::Removed),
+            &ipc_bytes(&self.key_schema, removed)?,
+        )?;
+        if self.snapshot.is_none() && self.listing.get(&version).is_some_and(|f| f.snapshot) {
+            // Left by an earlier attempt at this version: it may hold another state.
+            remove_if_exists(&files.path(version, Kind::Snapshot))?;
+            sync_dir(&files.dir)?;
+        }
+        files.purge(version)?;
+        // The store may be gone (a query stopping); the files are written all the same.
+        let _ = committed.send(());
+        if let Some(current) = &self.snapshot {
+            write_atomic(
+                &files.path(version, Kind::Snapshot),
+                &ipc_bytes(&self.schema, current)?,
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl StateStore {
@@ -229,29 +381,51 @@ impl StateStore {
             }
         }
         Ok(StateStore {
-            dir: dir.to_path_buf(),
+            files: StoreFiles {
+                dir: dir.to_path_buf(),
+                retain_versions: config.retain_versions,
+            },
             schema,
             key_schema,
             key_columns,
             config,
             keys,
-            snapshot_writer: None,
+            writer: None,
         })
     }
 
-    /// Waits for the snapshot being written in the background, if any, and gives its
-    /// outcome: call it before anything lists, deletes or loads the store's files.
-    pub fn finish_snapshot(&mut self) -> Result<()> {
-        match self.snapshot_writer.take().map(|h| h.join()) {
+    /// Waits for everything being written in the background (the last version's files,
+    /// a snapshot) and gives its outcome: call it before anything lists, deletes or
+    /// loads the store's files.
+    pub fn finish_writes(&mut self) -> Result<()> {
+        match self.writer.take().map(|w| w.thread.join()) {
             None | Some(Ok(Ok(()))) => Ok(()),
             Some(Ok(Err(e))) => Err(e),
             Some(Err(panic)) => std::panic::resume_unwind(panic),
         }
     }
 
+    /// Waits until the version the last [`start_commit`](Self::start_commit) began is
+    /// durable (its files written and synced, older versions purged); a snapshot of it
+    /// may still be being written. Fails with the write's error if it failed.
+    pub fn wait_committed(&mut self) -> Result<()> {
+        let Some(committed) = self.writer.as_mut().and_then(|w| w.committed.take()) else {
+            return Ok(());
+        };
+        let received = committed
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .recv();
+        match received {
+            Ok(()) => Ok(()),
+            // The thread ended without committing: its outcome is the error.
+            Err(_) => self.finish_writes(),
+        }
+    }
+
     /// The directory the store keeps its files in.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.files.dir
     }
 
     /// The schema of the state rows: key columns first, then state columns.
@@ -271,9 +445,10 @@ impl StateStore {
     /// Fails with [`Error::Checkpoint`] if a file needed to rebuild `version` is
     /// missing or unreadable: the checkpoint is damaged.
     pub fn load(&mut self, version: Option<u64>) -> Result<RecordBatch> {
-        self.finish_snapshot()?;
-        let listing = self.list()?;
-        self.delete_versions(&listing, |v| version.is_none_or(|keep| v > keep))?;
+        self.finish_writes()?;
+        let listing = self.files.list()?;
+        self.files
+            .delete_versions(&listing, |v| version.is_none_or(|keep| v > keep))?;
         let Some(version) = version else {
             return Ok(RecordBatch::new_empty(self.schema.clone()));
         };
@@ -341,75 +516,66 @@ impl StateStore {
         removed: &RecordBatch,
         current: impl FnOnce() -> Result<RecordBatch>,
     ) -> Result<()> {
-        self.finish_snapshot()?;
+        self.start_commit(version, upserts, removed, current)?;
+        self.wait_committed()
+    }
+
+    /// [`commit_with`](Self::commit_with), returning once the rows are taken: the files
+    /// are written and synced on a thread of their own, so that the query can fold its
+    /// next batch meanwhile. The version is durable only once
+    /// [`wait_committed`](Self::wait_committed) has returned: the batch loop calls it
+    /// before the batch's commit-log entry. `current` runs before this returns, so
+    /// the snapshot is of this version's state whatever the caller changes next.
+    pub fn start_commit(
+        &mut self,
+        version: u64,
+        upserts: &RecordBatch,
+        removed: &RecordBatch,
+        current: impl FnOnce() -> Result<RecordBatch>,
+    ) -> Result<()> {
+        self.finish_writes()?;
         let upserts = self.conform(upserts, &self.schema, "the upserted rows")?;
         let removed = self.conform_removed(removed)?;
 
-        let listing = self.list()?;
-        self.delete_versions(&listing, |v| v > version)?;
+        let listing = self.files.list()?;
         let previous_loadable = version
             .checked_sub(1)
             .is_some_and(|previous| self.plan(&listing, previous).is_ok());
-        if !previous_loadable {
-            // The first version (or the first after a gap): its snapshot is its only
-            // way to load, so it is written before the commit returns, and alone —
-            // loading starts at the newest snapshot, so a delta here would never be
-            // read. Files of an earlier attempt at this version go first.
-            let current = self.conform(&current()?, &self.schema, "the current state")?;
-            self.delete_versions(&listing, |v| v == version)?;
-            write_atomic(
-                &self.path(version, Kind::Snapshot),
-                &ipc_bytes(&self.schema, &current)?,
-            )?;
-            return self.purge(version);
-        }
-        write_atomic(
-            &self.path(version, Kind::Delta),
-            &ipc_bytes(&self.schema, &upserts)?,
-        )?;
-        write_atomic(
-            &self.path(version, Kind::Removed),
-            &ipc_bytes(&self.key_schema, &removed)?,
-        )?;
+        // The first version (or the first after a gap) has no delta: its snapshot is its
+        // only way to load, so it is part of the commit, and alone — loading starts at
+        // the newest snapshot, so a delta here would never be read.
         let interval = self.config.snapshot_interval.max(1);
-        if (version + self.config.snapshot_phase).is_multiple_of(interval) {
-            // The delta, written and synced above, already makes this version loadable:
-            // the snapshot is written on a thread of its own while the next batch runs.
-            let current = self.conform(&current()?, &self.schema, "the current state")?;
-            let (path, schema) = (self.path(version, Kind::Snapshot), self.schema.clone());
-            let writer = std::thread::Builder::new()
-                .name("millrace-snapshot".into())
-                .spawn(move || write_atomic(&path, &ipc_bytes(&schema, &current)?))
-                .map_err(Error::io(&self.dir))?;
-            self.snapshot_writer = Some(writer);
-        } else if listing.get(&version).is_some_and(|f| f.snapshot) {
-            // Left by an earlier attempt at this version: it may hold another state.
-            let path = self.path(version, Kind::Snapshot);
-            remove_if_exists(&path)?;
-            sync_dir(&self.dir)?;
-        }
-        self.purge(version)
+        let snapshot = if !previous_loadable
+            || (version + self.config.snapshot_phase).is_multiple_of(interval)
+        {
+            Some(self.conform(&current()?, &self.schema, "the current state")?)
+        } else {
+            None
+        };
+        let write = VersionWrite {
+            files: self.files.clone(),
+            listing,
+            version,
+            schema: self.schema.clone(),
+            key_schema: self.key_schema.clone(),
+            delta: previous_loadable.then_some((upserts, removed)),
+            snapshot,
+        };
+        let (committed, on_committed) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("millrace-state-writer".into())
+            .spawn(move || write.run(committed))
+            .map_err(Error::io(&self.files.dir))?;
+        self.writer = Some(Writer {
+            thread,
+            committed: Some(Mutex::new(on_committed)),
+        });
+        Ok(())
     }
 
     /// Bytes of Arrow memory held by a state batch (for `memoryUsedBytes` in progress).
     pub fn memory_bytes(state: &RecordBatch) -> usize {
         state.get_array_memory_size()
-    }
-
-    /// Deletes versions older than the newest `retain_versions` (counting back from
-    /// `latest`), keeping the snapshot and the deltas the oldest retained version needs.
-    fn purge(&self, latest: u64) -> Result<()> {
-        let retain = self.config.retain_versions.max(2);
-        let oldest_retained = latest.saturating_sub(retain - 1);
-        let listing = self.list()?;
-        // The newest snapshot at or before the oldest retained version is where loading
-        // any retained version may start; without one, no retained version needs older files.
-        let keep_from = listing
-            .range(..=oldest_retained)
-            .rev()
-            .find(|(_, files)| files.snapshot)
-            .map_or(oldest_retained, |(&v, _)| v);
-        self.delete_versions(&listing, |v| v < keep_from)
     }
 
     /// The snapshot to start from and the deltas to apply to rebuild `version`, or the
@@ -424,7 +590,7 @@ impl StateStore {
                 "no state snapshot at or before version {version} in {}: the checkpoint is \
                  damaged (state files were deleted); restore them or start the query with a \
                  new checkpoint directory",
-                self.dir.display()
+                self.files.dir.display()
             )));
         };
         for v in base + 1..=version {
@@ -435,7 +601,7 @@ impl StateStore {
                         "{} is missing: the checkpoint is damaged (version {version} of the \
                          state cannot be rebuilt); restore the file or start the query with a \
                          new checkpoint directory",
-                        self.path(v, kind).display()
+                        self.files.path(v, kind).display()
                     )));
                 }
             }
@@ -479,7 +645,7 @@ impl StateStore {
         if !types_match {
             return Err(Error::Data(format!(
                 "state store {}: {what} have columns {} but the state needs {}",
-                self.dir.display(),
+                self.files.dir.display(),
                 describe_types(batch.columns().iter().map(|c| c.data_type().to_string())),
                 describe_types(schema.fields().iter().map(|f| f.data_type().to_string())),
             )));
@@ -492,7 +658,7 @@ impl StateStore {
         if removed.num_columns() < self.key_columns {
             return Err(Error::Data(format!(
                 "state store {}: the removed keys have {} columns, but the key has {}",
-                self.dir.display(),
+                self.files.dir.display(),
                 removed.num_columns(),
                 self.key_columns
             )));
@@ -501,52 +667,9 @@ impl StateStore {
         self.conform(&keys, &self.key_schema, "the removed keys")
     }
 
-    fn path(&self, version: u64, kind: Kind) -> PathBuf {
-        self.dir.join(format!("{version}{}", kind.suffix()))
-    }
-
-    /// The state files present, by version. Other files are ignored.
-    fn list(&self) -> Result<Listing> {
-        let mut listing = Listing::new();
-        for entry in fs::read_dir(&self.dir).map_err(Error::io(&self.dir))? {
-            let entry = entry.map_err(Error::io(&self.dir))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            for kind in Kind::ALL {
-                if let Some(version) = name
-                    .strip_suffix(kind.suffix())
-                    .and_then(|v| v.parse::<u64>().ok())
-                {
-                    listing.entry(version).or_default().set(kind);
-                }
-            }
-        }
-        Ok(listing)
-    }
-
-    /// Deletes every file of the versions `doomed` selects, then makes that durable.
-    fn delete_versions(&self, listing: &Listing, doomed: impl Fn(u64) -> bool) -> Result<()> {
-        let mut deleted = false;
-        for (&version, &files) in listing {
-            if !doomed(version) {
-                continue;
-            }
-            for kind in Kind::ALL {
-                if files.has(kind) {
-                    remove_if_exists(&self.path(version, kind))?;
-                    deleted = true;
-                }
-            }
-        }
-        if deleted {
-            sync_dir(&self.dir)?;
-        }
-        Ok(())
-    }
-
     /// Reads one state file back as a single batch.
     fn read(&self, version: u64, kind: Kind) -> Result<RecordBatch> {
-        let path = self.path(version, kind);
+        let path = self.files.path(version, kind);
         let schema = match kind {
             Kind::Removed => &self.key_schema,
             Kind::Delta | Kind::Snapshot => &self.schema,
@@ -593,12 +716,14 @@ impl StateStore {
 }
 
 impl Drop for StateStore {
-    /// A snapshot still being written when the query stops is waited for, so no
-    /// thread outlives the store; if it failed, the older snapshot and the deltas
-    /// still load every version, so the failure is only logged.
+    /// Files still being written when the query stops are waited for, so no thread
+    /// outlives the store. A failure is only logged: a version whose files failed was
+    /// never committed (the loop waits for them before the commit log) and runs again
+    /// after a restart, and a failed snapshot leaves the older one and the deltas,
+    /// which still load every version.
     fn drop(&mut self) {
-        if let Err(e) = self.finish_snapshot() {
-            tracing::warn!(store = %self.dir.display(), error = %e, "a state snapshot could not be written; the store loads from the previous one");
+        if let Err(e) = self.finish_writes() {
+            tracing::warn!(store = %self.files.dir.display(), error = %e, "state files could not be written in the background; a restart loads the last version that was written");
         }
     }
 }
@@ -771,7 +896,7 @@ mod tests {
         drop(full);
         run_batch(&mut store, &mut state, 3, &[3], &[]);
         run_batch(&mut store, &mut state, 4, &[4], &[]);
-        store.finish_snapshot().unwrap();
+        store.finish_writes().unwrap();
         assert_eq!(versions_with(dir.path(), ".snapshot.arrow"), vec![0, 4]);
         drop(store);
         for (version, expected) in [(2, &at_two), (4, &state)] {
@@ -785,6 +910,50 @@ mod tests {
                 assert_eq!(&again, &state);
             }
         }
+    }
+
+    #[test]
+    fn a_commit_written_in_the_background_is_durable_once_waited_for_and_its_failure_is_the_wait_error()
+     {
+        use crate::checkpoint::fault::{self, Op};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), config(10, 100));
+        let mut state = BTreeMap::new();
+        run_batch(&mut store, &mut state, 0, &[1, 2], &[]);
+        // Version 1 is written on the writer's thread; once waited for, another store
+        // (a restart) loads it.
+        store
+            .start_commit(1, &rows(&[(1, 2), (3, 1)]), &keys(&[2]), || {
+                panic!("no snapshot is due at version 1")
+            })
+            .unwrap();
+        store.wait_committed().unwrap();
+        let expected = BTreeMap::from([(1, 2), (3, 1)]);
+        assert_eq!(
+            to_map(&open(dir.path(), config(10, 100)).load(Some(1)).unwrap()),
+            expected
+        );
+        // A write that fails on the writer's thread is the error of the wait, naming
+        // the file; version 2 is then not loadable, version 1 still is.
+        let delta = dir.path().join("2.delta.arrow");
+        let full = fault::inject(dir.path(), Op::Write, libc::ENOSPC);
+        store
+            .start_commit(2, &rows(&[(4, 1)]), &no_keys(), || unreachable!())
+            .expect("the rows are taken; the write fails later");
+        let error = store.wait_committed().expect_err("the write failed");
+        assert!(
+            error.to_string().contains(&delta.display().to_string()),
+            "{error}"
+        );
+        assert!(!delta.exists());
+        drop(full);
+        drop(store);
+        let mut restarted = open(dir.path(), config(10, 100));
+        assert!(
+            restarted.load(Some(2)).is_err(),
+            "version 2 was never written"
+        );
+        assert_eq!(to_map(&restarted.load(Some(1)).unwrap()), expected);
     }
 
     /// Commits one batch of a counting operator: `adds` are counted, `drops` removed.
@@ -848,7 +1017,7 @@ mod tests {
             run_batch(&mut store, &mut state, version, &adds, &drops);
             history.push(state.clone());
         }
-        store.finish_snapshot().unwrap();
+        store.finish_writes().unwrap();
         assert_eq!(
             versions_with(dir.path(), ".snapshot.arrow"),
             vec![0, 3, 6, 9, 12, 15, 18]
@@ -1005,7 +1174,7 @@ mod tests {
         store
             .commit(1, &rows(&[(1, 2)]), &no_keys(), &rows(&[(1, 2)]))
             .unwrap();
-        store.finish_snapshot().unwrap();
+        store.finish_writes().unwrap();
         assert_eq!(versions_with(dir.path(), ".snapshot.arrow"), vec![0, 1]);
 
         // Restarted with a longer interval, version 1 is committed again with another state.
@@ -1013,7 +1182,7 @@ mod tests {
         store
             .commit(1, &rows(&[(1, 5)]), &no_keys(), &rows(&[(1, 5)]))
             .unwrap();
-        store.finish_snapshot().unwrap();
+        store.finish_writes().unwrap();
         assert_eq!(versions_with(dir.path(), ".snapshot.arrow"), vec![0]);
         assert_eq!(
             to_map(&store.load(Some(1)).unwrap()),
@@ -1032,7 +1201,7 @@ mod tests {
             history.push(state.clone());
         }
         // Retained: 11, 12, 13. Loading 11 starts from snapshot 10, so 10 stays too.
-        store.finish_snapshot().unwrap();
+        store.finish_writes().unwrap();
         assert_eq!(versions_with(dir.path(), ".snapshot.arrow"), vec![10]);
         assert_eq!(
             versions_with(dir.path(), ".delta.arrow"),
@@ -1061,7 +1230,7 @@ mod tests {
         for version in 0..6 {
             run_batch(&mut store, &mut state, version, &[1], &[]);
         }
-        store.finish_snapshot().unwrap();
+        store.finish_writes().unwrap();
         assert_eq!(versions_with(dir.path(), ".snapshot.arrow"), vec![4, 5]);
         let mut restarted = open(dir.path(), config(1, 1));
         assert_eq!(
@@ -1277,7 +1446,7 @@ mod tests {
             .commit(7, &rows(&[(1, 2)]), &no_keys(), &rows(&[(1, 2), (2, 1)]))
             .unwrap();
         // The first version committed and the one after the gap are snapshots.
-        store.finish_snapshot().unwrap();
+        store.finish_writes().unwrap();
         assert_eq!(versions_with(dir.path(), ".snapshot.arrow"), vec![3, 7]);
         let mut restarted = open(dir.path(), config(10, 100));
         assert_eq!(

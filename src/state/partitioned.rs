@@ -85,7 +85,7 @@ impl StatePartition {
         self.pending = Some((upserted, removed));
     }
 
-    fn commit(&mut self, version: u64) -> Result<()> {
+    fn start_commit(&mut self, version: u64) -> Result<()> {
         let schema = self.rows.schema().clone();
         let (upserted, removed) = self.pending.take().unwrap_or_else(|| {
             (
@@ -95,7 +95,7 @@ impl StatePartition {
         });
         let rows = &self.rows;
         self.store
-            .commit_with(version, &upserted, &removed, || rows.live_rows())
+            .start_commit(version, &upserted, &removed, || rows.live_rows())
     }
 }
 
@@ -255,11 +255,33 @@ impl PartitionedState {
     }
 
     /// Writes the running batch's changes of every partition as version `version`
-    /// (see [`StateStore::commit`]), the partitions in parallel.
+    /// (see [`StateStore::commit`]) and waits until they are durable.
     pub fn commit(&mut self, version: u64) -> Result<()> {
+        self.start_commit(version)?;
+        self.wait_committed()
+    }
+
+    /// Starts writing the running batch's changes of every partition as version
+    /// `version` ([`StateStore::start_commit`]: each partition's files on a thread of
+    /// their own); the in-memory rows may change again as soon as this returns. The
+    /// version is durable once [`wait_committed`](Self::wait_committed) returns.
+    pub fn start_commit(&mut self, version: u64) -> Result<()> {
         let partitions: Vec<&mut StatePartition> = self.partitions.iter_mut().collect();
-        par_map(partitions, |p| p.commit(version))?;
+        par_map(partitions, |p| p.start_commit(version))?;
         Ok(())
+    }
+
+    /// Waits until the version [`start_commit`](Self::start_commit) began is durable in
+    /// every partition; the first failure is the error.
+    pub fn wait_committed(&mut self) -> Result<()> {
+        let mut outcome = Ok(());
+        for partition in &mut self.partitions {
+            let waited = partition.store.wait_committed();
+            if outcome.is_ok() {
+                outcome = waited;
+            }
+        }
+        outcome
     }
 
     /// Keys held, over all partitions.

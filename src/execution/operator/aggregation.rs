@@ -89,6 +89,10 @@ impl StatefulOperator for AggregationOperator {
         })
     }
 
+    fn finish_commit(&mut self) -> Result<()> {
+        self.aggregation.wait_committed()
+    }
+
     fn evicts_by_watermark(&self, mode: OutputMode) -> bool {
         mode != OutputMode::Complete
     }

@@ -60,7 +60,8 @@ pub use stream_join::{
 ///   `watermarks.late_events` are dropped (counted in `numRowsDroppedByWatermark`);
 ///   groups that ended at or before `watermarks.eviction` leave the state;
 /// - **saves** version `N` of its state in [`commit`](Self::commit), under its own
-///   directory `state/<operator id>/`, before the sink sees the batch;
+///   directory `state/<operator id>/`, before the sink sees the batch, durably by the
+///   time [`finish_commit`](Self::finish_commit) returns (before the batch commits);
 /// - **restores**, in [`open`](Self::open), the version of the last committed batch,
 ///   deleting versions a batch that never committed wrote.
 ///
@@ -90,8 +91,18 @@ pub trait StatefulOperator: Send + std::fmt::Debug {
     ) -> Result<Arc<dyn ExecutionPlan>>;
 
     /// Saves the state after the last [`step`](Self::step) as version `batch_id`;
-    /// returns the operator's metrics for the batch.
+    /// returns the operator's metrics for the batch. The files may be written in the
+    /// background: the version is durable once [`finish_commit`](Self::finish_commit)
+    /// has returned.
     fn commit(&mut self, batch_id: u64) -> Result<OperatorMetrics>;
+
+    /// Waits until the version the last [`commit`](Self::commit) saved is durable. The
+    /// loop calls it before the batch's commit-log entry, and may fold the next batch
+    /// before it (the aggregation writes its files on threads of their own meanwhile);
+    /// an operator whose `commit` writes before it returns keeps this default.
+    fn finish_commit(&mut self) -> Result<()> {
+        Ok(())
+    }
 
     /// The watermarks the operator above this one gets (Spark's
     /// `produceOutputWatermark`): by default the input ones, as for aggregations and
