@@ -986,7 +986,14 @@ impl Runner {
             Trigger::ProcessingTime(interval) => trigger_start + interval <= Instant::now(),
         };
         if next_trigger_due && !self.operators.is_empty() {
-            self.polled = Some(self.poll_offsets(&outcome.entry.sources)?);
+            // A failure to ask is the next batch's, not this one's: that batch asks
+            // again (after this one commits) and fails with it there.
+            match self.poll_offsets(&outcome.entry.sources) {
+                Ok(polled) => self.polled = Some(polled),
+                Err(e) => {
+                    tracing::debug!(error = %e, "asking for the next batch's offsets early failed")
+                }
+            }
         }
         let started = Instant::now();
         // The state of this batch is saved before the batch can commit; a replay after a
