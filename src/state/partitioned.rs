@@ -274,14 +274,11 @@ impl PartitionedState {
     /// Waits until the version [`start_commit`](Self::start_commit) began is durable in
     /// every partition; the first failure is the error.
     pub fn wait_committed(&mut self) -> Result<()> {
-        let mut outcome = Ok(());
-        for partition in &mut self.partitions {
-            let waited = partition.store.wait_committed();
-            if outcome.is_ok() {
-                outcome = waited;
-            }
-        }
-        outcome
+        // Every partition is waited for, even after a failure: no write is left running.
+        self.partitions
+            .iter_mut()
+            .map(|partition| partition.store.wait_committed())
+            .fold(Ok(()), Result::and)
     }
 
     /// Keys held, over all partitions.

@@ -961,7 +961,9 @@ impl StatefulOperator for FlatMapGroupsOperator {
         let current = self.state_rows(&all)?;
         let commit_ms = match &mut self.store {
             Some(store) => {
-                let (result, ms) = timed(|| store.commit(batch_id, &updated, &removed, &current));
+                let (result, ms) = timed(|| {
+                    store.start_commit(batch_id, &updated, &removed, || Ok(current.clone()))
+                });
                 result?;
                 ms
             }
@@ -980,6 +982,12 @@ impl StatefulOperator for FlatMapGroupsOperator {
             num_state_store_instances: 1,
             ..OperatorMetrics::default()
         })
+    }
+
+    fn finish_commit(&mut self) -> Result<()> {
+        self.store
+            .as_mut()
+            .map_or(Ok(()), |store| store.wait_committed())
     }
 
     fn timeout_due(&self, now_ms: i64) -> bool {

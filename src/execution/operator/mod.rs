@@ -98,7 +98,8 @@ pub trait StatefulOperator: Send + std::fmt::Debug {
 
     /// Waits until the version the last [`commit`](Self::commit) saved is durable. The
     /// loop calls it before the batch's commit-log entry, and may fold the next batch
-    /// before it (the aggregation writes its files on threads of their own meanwhile);
+    /// before it (the operators' stores write their files on threads of their own
+    /// meanwhile, [`StateStore::start_commit`](crate::state::StateStore::start_commit));
     /// an operator whose `commit` writes before it returns keeps this default.
     fn finish_commit(&mut self) -> Result<()> {
         Ok(())

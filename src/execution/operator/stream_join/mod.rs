@@ -476,6 +476,12 @@ impl StatefulOperator for StreamJoinOperator {
         Ok(rest)
     }
 
+    fn finish_commit(&mut self) -> Result<()> {
+        self.state
+            .as_mut()
+            .map_or(Ok(()), |state| state.wait_committed())
+    }
+
     fn commit(&mut self, batch_id: u64) -> Result<OperatorMetrics> {
         let pending = self
             .pending

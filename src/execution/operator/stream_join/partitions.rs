@@ -170,7 +170,8 @@ impl JoinState {
 
     /// Writes every partition's changes of both sides as version `version`, the
     /// partitions in parallel (every partition writes every version, as the
-    /// aggregation's: a version is loadable only with all its files).
+    /// aggregation's: a version is loadable only with all its files), in the
+    /// background: durable once [`wait_committed`](Self::wait_committed) returns.
     pub fn commit(&mut self, version: u64) -> Result<(SideCommit, SideCommit)> {
         let parts: Vec<&mut JoinPartition> = self.partitions.iter_mut().collect();
         let done = par_map(parts, |part| -> Result<_> {
@@ -185,6 +186,17 @@ impl JoinState {
             right.removed += rr;
         }
         Ok((left, right))
+    }
+
+    /// Waits until the version [`commit`](Self::commit) started is durable in every
+    /// partition of both sides; the first failure is the error.
+    pub fn wait_committed(&mut self) -> Result<()> {
+        // Every side is waited for, even after a failure: no write is left running.
+        self.partitions
+            .iter_mut()
+            .flat_map(|part| [&mut part.left, &mut part.right])
+            .map(|side| side.wait_committed())
+            .fold(Ok(()), Result::and)
     }
 
     /// Rows held by a side, over all partitions.

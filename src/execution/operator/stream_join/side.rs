@@ -412,7 +412,9 @@ impl SideState {
 
     /// Saves version `version`: the rows added or whose flag changed, and the ids of
     /// the rows evicted since the last commit (only the chunks the batch touched are
-    /// read; the whole state only for a snapshot). Returns (rows updated, rows
+    /// read; the whole state only for a snapshot). The files are written in the
+    /// background ([`StateStore::start_commit`]): durable once
+    /// [`wait_committed`](Self::wait_committed) returns. Returns (rows updated, rows
     /// removed).
     pub fn commit(&mut self, version: u64) -> Result<(usize, usize)> {
         let flipped: std::collections::HashSet<Loc> = self.flipped.drain(..).collect();
@@ -434,7 +436,7 @@ impl SideState {
         // The store is taken out while the whole state (for a snapshot) is read.
         if let Some(mut store) = self.store.take() {
             let all: Vec<u64> = self.chunks.keys().copied().collect();
-            let result = store.commit_with(version, &updated, &removed, || {
+            let result = store.start_commit(version, &updated, &removed, || {
                 self.state_rows(all, |_, _| true)
             });
             self.store = Some(store);
@@ -447,6 +449,13 @@ impl SideState {
         }
         let evicted = std::mem::take(&mut self.evicted);
         Ok((updated.num_rows(), evicted))
+    }
+
+    /// Waits until the version the last [`commit`](Self::commit) started is durable.
+    pub fn wait_committed(&mut self) -> Result<()> {
+        self.store
+            .as_mut()
+            .map_or(Ok(()), StateStore::wait_committed)
     }
 
     /// Rows in the state.
