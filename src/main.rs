@@ -597,6 +597,11 @@ fn run_bench(
         }
         // --rows is per input: impressions and as many click rows.
         let dir = keep_dir.clone().unwrap_or_else(temp_dir);
+        if keep_dir.is_some() {
+            // A kept directory's checkpoint would make the run a restart with
+            // nothing left to read.
+            bench::reset_run_dirs(&dir)?;
+        }
         let report = bench::write_join_input(&dir, size.files, rows_per_file).and_then(|written| {
             bench::run_join(runtime, &dir, join, size.files_per_trigger, written)
         });
@@ -609,7 +614,9 @@ fn run_bench(
     let Some(aggregation) = AggregationWorkload::of(workload) else {
         if keys.is_some() || keep_dir.is_some() {
             return Err(Error::Option(
-                "--keys and --dir apply to the tumbling and groupby workloads".into(),
+                "--keys applies to the tumbling and groupby workloads, --dir to those and \
+                 the joins"
+                    .into(),
             ));
         }
         for format in [BenchFormat::Json, BenchFormat::Csv] {

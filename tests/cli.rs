@@ -293,3 +293,39 @@ fn a_global_count_and_max_over_a_stream_keep_their_state() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("| 2 | 2   |"), "{stdout}");
 }
+
+/// `bench --dir DIR` keeps its input for another look; running it again over the same
+/// directory runs the whole job again, not a restart from the first run's checkpoint
+/// (which found nothing left to read and reported 0 batches).
+#[test]
+fn a_benchmark_run_again_over_a_kept_directory_runs_the_whole_job_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let batches = |report: &str| -> usize {
+        let (_, rest) = report.split_once(" rows in ").expect("a report line");
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    for workload in ["join", "groupby"] {
+        let dir = tmp.path().join(workload);
+        let dir = dir.to_str().unwrap();
+        let runs: Vec<usize> = (0..2)
+            .map(|_| {
+                let out = millrace(
+                    &[
+                        "bench",
+                        "--workload",
+                        workload,
+                        "--rows",
+                        "2000",
+                        "--dir",
+                        dir,
+                    ],
+                    tmp.path(),
+                );
+                assert!(out.status.success(), "{}", text(&out.stderr));
+                batches(&text(&out.stdout))
+            })
+            .collect();
+        assert!(runs[0] > 0, "{workload}: {runs:?}");
+        assert_eq!(runs[0], runs[1], "{workload}: batches of the two runs");
+    }
+}
