@@ -504,25 +504,14 @@ impl StateStore {
         removed: &RecordBatch,
         current: &RecordBatch,
     ) -> Result<()> {
-        self.commit_with(version, upserts, removed, || Ok(current.clone()))
-    }
-
-    /// [`commit`](Self::commit), with the whole state built by `current` only when
-    /// this version gets a snapshot (so that other batches cost O(rows touched)).
-    pub fn commit_with(
-        &mut self,
-        version: u64,
-        upserts: &RecordBatch,
-        removed: &RecordBatch,
-        current: impl FnOnce() -> Result<RecordBatch>,
-    ) -> Result<()> {
-        self.start_commit(version, upserts, removed, current)?;
+        self.start_commit(version, upserts, removed, || Ok(current.clone()))?;
         self.wait_committed()
     }
 
-    /// [`commit_with`](Self::commit_with), returning once the rows are taken: the files
-    /// are written and synced on a thread of their own, so that the query can fold its
-    /// next batch meanwhile. The version is durable only once
+    /// [`commit`](Self::commit), returning once the rows are taken, with the whole state
+    /// built by `current` only when this version gets a snapshot (so that other batches
+    /// cost O(rows touched)): the files are written and synced on a thread of their own,
+    /// so that the query can fold its next batch meanwhile. The version is durable only once
     /// [`wait_committed`](Self::wait_committed) has returned: the batch loop calls it
     /// before the batch's commit-log entry. `current` runs before this returns, so
     /// the snapshot is of this version's state whatever the caller changes next.
