@@ -284,43 +284,47 @@ impl VersionWrite {
     /// loadable, so the batch need not wait for it.
     fn run(self, committed: mpsc::Sender<()>) -> Result<()> {
         let (files, version) = (&self.files, self.version);
-        let Some((upserts, removed)) = &self.delta else {
-            // Files of an earlier attempt at this version go too.
-            files.delete_versions(&self.listing, |v| v >= version)?;
-            let current = self
-                .snapshot
-                .as_ref()
-                .expect("a first version has its snapshot");
+        let write_snapshot = |current: &RecordBatch| {
             write_atomic(
                 &files.path(version, Kind::Snapshot),
                 &ipc_bytes(&self.schema, current)?,
-            )?;
-            files.purge(version)?;
-            let _ = committed.send(());
-            return Ok(());
+            )
         };
-        files.delete_versions(&self.listing, |v| v > version)?;
-        write_atomic(
-            &files.path(version, Kind::Delta),
-            &ipc_bytes(&self.schema, upserts)?,
-        )?;
-        write_atomic(
-            &files.path(version, Kind::Removed),
-            &ipc_bytes(&self.key_schema, removed)?,
-        )?;
-        if self.snapshot.is_none() && self.listing.get(&version).is_some_and(|f| f.snapshot) {
-            // Left by an earlier attempt at this version: it may hold another state.
-            remove_if_exists(&files.path(version, Kind::Snapshot))?;
-            sync_dir(&files.dir)?;
+        match &self.delta {
+            None => {
+                // Files of an earlier attempt at this version go too.
+                files.delete_versions(&self.listing, |v| v >= version)?;
+                write_snapshot(
+                    self.snapshot
+                        .as_ref()
+                        .expect("a first version has its snapshot"),
+                )?;
+            }
+            Some((upserts, removed)) => {
+                files.delete_versions(&self.listing, |v| v > version)?;
+                write_atomic(
+                    &files.path(version, Kind::Delta),
+                    &ipc_bytes(&self.schema, upserts)?,
+                )?;
+                write_atomic(
+                    &files.path(version, Kind::Removed),
+                    &ipc_bytes(&self.key_schema, removed)?,
+                )?;
+                if self.snapshot.is_none() && self.listing.get(&version).is_some_and(|f| f.snapshot)
+                {
+                    // Left by an earlier attempt at this version: it may hold another state.
+                    remove_if_exists(&files.path(version, Kind::Snapshot))?;
+                    sync_dir(&files.dir)?;
+                }
+            }
         }
         files.purge(version)?;
         // The store may be gone (a query stopping); the files are written all the same.
         let _ = committed.send(());
-        if let Some(current) = &self.snapshot {
-            write_atomic(
-                &files.path(version, Kind::Snapshot),
-                &ipc_bytes(&self.schema, current)?,
-            )?;
+        if self.delta.is_some()
+            && let Some(current) = &self.snapshot
+        {
+            write_snapshot(current)?;
         }
         Ok(())
     }
